@@ -1,0 +1,253 @@
+//! The browser's WebSocket client: connect, (re)subscribe with the last positions, apply
+//! frames to the page state, and reconnect with exponential backoff and jitter.
+//!
+//! Positions and followed topics live in `localStorage`, so a reload resumes where the page
+//! left off; the topics also go to a cookie so the server can render their history.
+
+use crate::protocol::{ClientFrame, HistoryPage, Notification, Position, ServerFrame};
+use crate::state::{insert, is_new, replace_topic, Center, ConnState, ToastKind};
+use futures::channel::mpsc::{unbounded, UnboundedReceiver, UnboundedSender};
+use futures::{FutureExt, SinkExt, StreamExt};
+use gloo_net::websocket::{futures::WebSocket, Message};
+use gloo_timers::future::TimeoutFuture;
+use leptos::prelude::*;
+use leptos::task::spawn_local;
+use std::collections::HashMap;
+
+const POSITIONS_KEY: &str = "herald.positions";
+const TOPICS_KEY: &str = "herald.topics";
+/// First retry delay; doubles per failed attempt up to `MAX_BACKOFF_MS`.
+const BASE_BACKOFF_MS: u32 = 1_000;
+const MAX_BACKOFF_MS: u32 = 30_000;
+const TOAST_MS: u32 = 6_000;
+
+/// What the page asks the connection to do.
+pub enum Command {
+    Subscribe(String),
+    Unsubscribe(String),
+}
+
+/// A handle the page keeps to talk to the running connection.
+#[derive(Clone)]
+pub struct Client {
+    tx: UnboundedSender<Command>,
+}
+
+impl Client {
+    pub fn send(&self, c: Command) {
+        // Dropped while disconnected: the reconnect subscribes to every followed topic anyway.
+        let _ = self.tx.unbounded_send(c);
+    }
+}
+
+fn storage() -> Option<web_sys::Storage> {
+    web_sys::window()?.local_storage().ok().flatten()
+}
+
+pub fn load_topics() -> Option<Vec<String>> {
+    let raw = storage()?.get_item(TOPICS_KEY).ok().flatten()?;
+    Some(crate::state::parse_topics(&raw))
+}
+
+pub fn save_topics(topics: &[String]) {
+    let joined = topics.join(",");
+    if let Some(s) = storage() {
+        let _ = s.set_item(TOPICS_KEY, &joined);
+    }
+    if let Some(doc) = web_sys::window().and_then(|w| w.document()) {
+        use wasm_bindgen::JsCast;
+        if let Ok(html) = doc.dyn_into::<web_sys::HtmlDocument>() {
+            let cookie = format!("{}={joined}; path=/; max-age=31536000; samesite=lax", crate::TOPICS_COOKIE);
+            let _ = html.set_cookie(&cookie);
+        }
+    }
+}
+
+fn load_positions() -> HashMap<String, Position> {
+    storage()
+        .and_then(|s| s.get_item(POSITIONS_KEY).ok().flatten())
+        .and_then(|raw| serde_json::from_str(&raw).ok())
+        .unwrap_or_default()
+}
+
+fn save_positions(p: &HashMap<String, Position>) {
+    if let (Some(s), Ok(raw)) = (storage(), serde_json::to_string(p)) {
+        let _ = s.set_item(POSITIONS_KEY, &raw);
+    }
+}
+
+fn ws_url() -> String {
+    let loc = web_sys::window().map(|w| w.location());
+    let proto = loc.as_ref().and_then(|l| l.protocol().ok()).unwrap_or_else(|| "http:".into());
+    let host = loc.and_then(|l| l.host().ok()).unwrap_or_else(|| "127.0.0.1:3000".into());
+    let scheme = if proto == "https:" { "wss" } else { "ws" };
+    format!("{scheme}://{host}/ws")
+}
+
+/// Starts the connection loop; call once, in the browser, after hydration.
+pub fn start(center: Center) -> Client {
+    let mut positions = load_positions();
+    // Items rendered by the server count as seen: resume after the newest of them.
+    for n in center.items.get_untracked() {
+        if is_new(positions.get(&n.topic), &n) {
+            positions.insert(n.topic.clone(), n.position());
+        }
+    }
+    center.positions.set(positions);
+    let (tx, rx) = unbounded();
+    spawn_local(run(center, rx));
+    Client { tx }
+}
+
+async fn run(center: Center, mut commands: UnboundedReceiver<Command>) {
+    let mut attempt: u32 = 0;
+    loop {
+        center.conn.set(ConnState::Connecting);
+        if let Ok(ws) = WebSocket::open(&ws_url()) {
+            if session(center, ws, &mut commands).await {
+                attempt = 0;
+            }
+        }
+        let exp = BASE_BACKOFF_MS.saturating_mul(1 << attempt.min(5)).min(MAX_BACKOFF_MS);
+        // Full jitter in [exp/2, exp]: clients cut off together do not return together.
+        let delay = exp / 2 + (js_sys::Math::random() * f64::from(exp / 2)) as u32;
+        attempt = attempt.saturating_add(1);
+        let mut left = delay;
+        while left > 0 {
+            center.conn.set(ConnState::Reconnecting { in_secs: left.div_ceil(1000) });
+            let step = left.min(1000);
+            TimeoutFuture::new(step).await;
+            left -= step;
+        }
+    }
+}
+
+fn send_frame(frame: &ClientFrame) -> Message {
+    Message::Text(serde_json::to_string(frame).unwrap_or_default())
+}
+
+/// One connection's life. Returns whether it got as far as the server's welcome.
+async fn session(center: Center, ws: WebSocket, commands: &mut UnboundedReceiver<Command>) -> bool {
+    let (mut write, mut read) = ws.split();
+    let mut welcomed = false;
+    loop {
+        let next = futures::select_biased! {
+            msg = read.next().fuse() => Ok(msg),
+            cmd = commands.next().fuse() => Err(cmd),
+        };
+        match next {
+            Ok(Some(Ok(Message::Text(text)))) => {
+                let Ok(frame) = serde_json::from_str::<ServerFrame>(&text) else { continue };
+                if let ServerFrame::Welcome { .. } = frame {
+                    welcomed = true;
+                    center.conn.set(ConnState::Live);
+                    let topics = center.topics.get_untracked();
+                    let positions = center.positions.get_untracked();
+                    for topic in topics {
+                        let since = positions.get(&topic).cloned();
+                        let sub = ClientFrame::Subscribe { topic, since, id: None };
+                        if write.send(send_frame(&sub)).await.is_err() {
+                            return welcomed;
+                        }
+                    }
+                    continue;
+                }
+                apply(center, frame);
+            }
+            Ok(Some(Ok(Message::Bytes(_)))) => {}
+            Ok(Some(Err(_))) | Ok(None) => return welcomed,
+            Err(Some(cmd)) => {
+                let frame = match cmd {
+                    Command::Subscribe(topic) => {
+                        let since = center.positions.get_untracked().get(&topic).cloned();
+                        ClientFrame::Subscribe { topic, since, id: None }
+                    }
+                    Command::Unsubscribe(topic) => ClientFrame::Unsubscribe { topic, id: None },
+                };
+                if welcomed && write.send(send_frame(&frame)).await.is_err() {
+                    return welcomed;
+                }
+            }
+            Err(None) => return welcomed,
+        }
+    }
+}
+
+fn set_position(center: Center, topic: &str, pos: Position) {
+    center.positions.update(|p| {
+        p.insert(topic.to_owned(), pos);
+        save_positions(p);
+    });
+}
+
+/// Applies one server frame to the page.
+fn apply(center: Center, frame: ServerFrame) {
+    match frame {
+        ServerFrame::Subscribed { topic, position, .. } => {
+            let known = center.positions.get_untracked().get(&topic).is_some_and(|p| p.epoch == position.epoch);
+            if !known {
+                set_position(center, &topic, position);
+            }
+        }
+        ServerFrame::Notification(n) => on_notification(center, n),
+        ServerFrame::Gap { topic, requested, first_available, .. } => {
+            let missed = first_available.saturating_sub(requested + 1);
+            center.toast(
+                ToastKind::Notice,
+                format!("Missed {missed} on {topic}"),
+                "They are older than this server keeps. The list was refreshed.".into(),
+                3,
+            );
+            refetch(center, topic);
+        }
+        ServerFrame::Reset { topic, epoch, first_available } => {
+            set_position(center, &topic, Position { epoch, offset: first_available.saturating_sub(1) });
+            center.toast(
+                ToastKind::Notice,
+                format!("History of {topic} was reset"),
+                "The server started a new history for this topic.".into(),
+                3,
+            );
+            refetch(center, topic);
+        }
+        ServerFrame::Error { code, message, .. } => {
+            center.toast(ToastKind::Error, format!("Error: {code}"), message, 4);
+        }
+        _ => {}
+    }
+}
+
+fn on_notification(center: Center, n: Notification) {
+    if !is_new(center.positions.get_untracked().get(&n.topic), &n) {
+        return;
+    }
+    set_position(center, &n.topic, n.position());
+    let title = n.title.clone().unwrap_or_else(|| n.topic.clone());
+    let (body, priority) = (n.body.clone(), n.priority);
+    let added = center.items.try_update(|items| insert(items, n)).unwrap_or(false);
+    if added {
+        center.unread.update(|u| *u += 1);
+        let id = center.toast(ToastKind::Notification, title, body, priority);
+        spawn_local(async move {
+            TimeoutFuture::new(TOAST_MS).await;
+            center.dismiss(id);
+        });
+    }
+}
+
+/// Reloads a topic's recent history over HTTP (after a gap or a reset).
+pub fn refetch(center: Center, topic: String) {
+    spawn_local(async move {
+        let url = format!("/api/topics/{topic}/notifications?limit={}", crate::HISTORY_PAGE);
+        let Ok(resp) = gloo_net::http::Request::get(&url).send().await else { return };
+        let Ok(page) = resp.json::<HistoryPage>().await else { return };
+        if let Some(newest) = page.notifications.first() {
+            let pos = newest.position();
+            let ahead = center.positions.get_untracked().get(&topic).is_some_and(|p| p.epoch == pos.epoch && p.offset > pos.offset);
+            if !ahead {
+                set_position(center, &topic, pos);
+            }
+        }
+        center.items.update(|items| replace_topic(items, &topic, page.notifications));
+    });
+}

@@ -1,0 +1,339 @@
+//! The notification center page: header (connection state, unread bell), followed topics,
+//! the live list, a publish form and toasts.
+
+mod publish;
+
+use crate::protocol::{validate_topic, Notification};
+use crate::state::{Center, ToastKind};
+use crate::time::format_utc;
+use leptos::prelude::*;
+use publish::PublishForm;
+use serde::{Deserialize, Serialize};
+
+/// What the server renders before the socket connects: the followed topics and their
+/// recent history.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct InitialView {
+    pub topics: Vec<String>,
+    pub notifications: Vec<Notification>,
+}
+
+#[cfg(feature = "ssr")]
+type Loader = (Option<crate::HistoryLoader>, Vec<String>);
+#[cfg(not(feature = "ssr"))]
+type Loader = ();
+
+#[cfg(feature = "ssr")]
+fn loader() -> Loader {
+    let topics = use_context::<http::request::Parts>()
+        .and_then(|parts| {
+            let cookies = parts.headers.get(http::header::COOKIE)?.to_str().ok()?.to_owned();
+            cookies.split(';').find_map(|c| {
+                let (k, v) = c.trim().split_once('=')?;
+                (k == crate::TOPICS_COOKIE).then(|| v.to_owned())
+            })
+        })
+        .map(|raw| crate::state::parse_topics(&raw))
+        .unwrap_or_else(|| vec![crate::DEFAULT_TOPIC.to_owned()]);
+    (use_context::<crate::HistoryLoader>(), topics)
+}
+
+#[cfg(not(feature = "ssr"))]
+fn loader() -> Loader {}
+
+#[cfg(feature = "ssr")]
+async fn load_initial((loader, topics): Loader) -> InitialView {
+    let mut notifications = Vec::new();
+    if let Some(load) = loader {
+        for t in &topics {
+            if let Some(page) = load(t.clone()).await {
+                notifications.extend(page.notifications);
+            }
+        }
+    }
+    let mut items = Vec::new();
+    for n in notifications {
+        crate::state::insert(&mut items, n);
+    }
+    InitialView { topics, notifications: items }
+}
+
+#[cfg(not(feature = "ssr"))]
+async fn load_initial(_: Loader) -> InitialView {
+    InitialView { topics: vec![crate::DEFAULT_TOPIC.to_owned()], notifications: Vec::new() }
+}
+
+#[component]
+pub fn NotificationCenter() -> impl IntoView {
+    let ctx = loader();
+    let initial = Resource::new(|| (), move |_| load_initial(ctx.clone()));
+    view! {
+        <Suspense fallback=|| view! { <div class="loading">"Loading…"</div> }>
+            {move || Suspend::new(async move {
+                let init = initial.await;
+                view! { <CenterView init/> }
+            })}
+        </Suspense>
+    }
+}
+
+/// A handle to the running WebSocket client (browser only).
+#[derive(Clone)]
+struct ClientHandle(
+    #[cfg(feature = "hydrate")] StoredValue<Option<crate::client::Client>, LocalStorage>,
+    #[cfg(not(feature = "hydrate"))] (),
+);
+
+impl ClientHandle {
+    #[cfg(feature = "hydrate")]
+    fn subscribe(&self, topic: &str, center: Center) {
+        if let Some(c) = self.0.get_value() {
+            c.send(crate::client::Command::Subscribe(topic.to_owned()));
+        }
+        crate::client::refetch(center, topic.to_owned());
+        crate::client::save_topics(&center.topics.get_untracked());
+    }
+    #[cfg(not(feature = "hydrate"))]
+    fn subscribe(&self, _: &str, _: Center) {}
+
+    #[cfg(feature = "hydrate")]
+    fn unsubscribe(&self, topic: &str, center: Center) {
+        if let Some(c) = self.0.get_value() {
+            c.send(crate::client::Command::Unsubscribe(topic.to_owned()));
+        }
+        crate::client::save_topics(&center.topics.get_untracked());
+    }
+    #[cfg(not(feature = "hydrate"))]
+    fn unsubscribe(&self, _: &str, _: Center) {}
+}
+
+#[component]
+fn CenterView(init: InitialView) -> impl IntoView {
+    let center = Center::new(init.topics, init.notifications);
+    provide_context(center);
+
+    #[cfg(feature = "hydrate")]
+    let client = {
+        let handle = StoredValue::new_local(None);
+        Effect::new(move |_| {
+            if handle.with_value(Option::is_some) {
+                return;
+            }
+            // Topics the browser remembers win over the server's guess (cookie or default).
+            if let Some(saved) = crate::client::load_topics() {
+                if saved != center.topics.get_untracked() {
+                    center.topics.set(saved.clone());
+                    for t in &saved {
+                        crate::client::refetch(center, t.clone());
+                    }
+                }
+            }
+            crate::client::save_topics(&center.topics.get_untracked());
+            handle.set_value(Some(crate::client::start(center)));
+        });
+        ClientHandle(handle)
+    };
+    #[cfg(not(feature = "hydrate"))]
+    let client = ClientHandle(());
+    provide_context(client);
+
+    let list_ref = NodeRef::<leptos::html::Section>::new();
+    let open_list = move |_| {
+        center.mark_read();
+        #[cfg(feature = "hydrate")]
+        if let Some(el) = list_ref.get_untracked() {
+            el.scroll_into_view();
+        }
+    };
+
+    view! {
+        <div class="app">
+            <header class="topbar">
+                <div class="brand">
+                    <span class="logo" aria-hidden="true">"◆"</span>
+                    <span class="name">"Herald"</span>
+                </div>
+                <div class="topbar-right">
+                    <span class=move || center.conn.get().class() data-testid="conn-state" role="status">
+                        <span class="dot" aria-hidden="true"></span>
+                        {move || center.conn.get().label()}
+                    </span>
+                    <button class="bell" data-testid="bell" on:click=open_list
+                        aria-label=move || format!("{} unread notifications", center.unread.get())>
+                        <span aria-hidden="true">"🔔"</span>
+                        <Show when=move || { center.unread.get() > 0 }>
+                            <span class="badge" data-testid="unread">{move || center.unread.get()}</span>
+                        </Show>
+                    </button>
+                </div>
+            </header>
+            <main class="layout">
+                <aside class="sidebar">
+                    <TopicManager/>
+                    <PublishForm/>
+                </aside>
+                <section class="panel list-panel" node_ref=list_ref on:click=move |_| center.mark_read()>
+                    <div class="panel-head">
+                        <h2>"Notifications"</h2>
+                        <button class="link-button" data-testid="mark-read" on:click=move |_| center.mark_read()>
+                            "Mark all read"
+                        </button>
+                    </div>
+                    <NotificationList/>
+                </section>
+            </main>
+            <Toasts/>
+        </div>
+    }
+}
+
+#[component]
+fn TopicManager() -> impl IntoView {
+    let center = expect_context::<Center>();
+    let client = expect_context::<ClientHandle>();
+    let draft = RwSignal::new(String::new());
+    let problem = RwSignal::new(None::<String>);
+    let add_client = client.clone();
+    let add = move |ev: leptos::ev::SubmitEvent| {
+        ev.prevent_default();
+        let topic = draft.get_untracked().trim().to_owned();
+        if let Err(e) = validate_topic(&topic) {
+            problem.set(Some(e.message));
+            return;
+        }
+        problem.set(None);
+        draft.set(String::new());
+        if center.topics.get_untracked().contains(&topic) {
+            return;
+        }
+        center.topics.update(|t| t.push(topic.clone()));
+        add_client.subscribe(&topic, center);
+    };
+    view! {
+        <section class="panel">
+            <h2>"Topics"</h2>
+            <ul class="topics" data-testid="topics">
+                <For
+                    each=move || center.topics.get()
+                    key=|t| t.clone()
+                    children=move |topic: String| {
+                        let client = client.clone();
+                        let t = topic.clone();
+                        let remove = move |_| {
+                            center.topics.update(|ts| ts.retain(|x| *x != t));
+                            center.items.update(|items| items.retain(|n| n.topic != t));
+                            client.unsubscribe(&t, center);
+                        };
+                        view! {
+                            <li class="topic">
+                                <span class="topic-name">"#" {topic.clone()}</span>
+                                <button class="icon-button" on:click=remove
+                                    aria-label=format!("Stop following {topic}")>"×"</button>
+                            </li>
+                        }
+                    }
+                />
+            </ul>
+            <form class="inline-form" on:submit=add>
+                <input type="text" placeholder="add a topic" aria-label="Topic to follow"
+                    data-testid="topic-input" bind:value=draft maxlength="64"/>
+                <button type="submit" class="button secondary">"Follow"</button>
+            </form>
+            <Show when=move || problem.get().is_some()>
+                <p class="form-error">{move || problem.get().unwrap_or_default()}</p>
+            </Show>
+        </section>
+    }
+}
+
+fn priority_label(p: u8) -> &'static str {
+    match p {
+        1 => "min",
+        2 => "low",
+        3 => "default",
+        4 => "high",
+        _ => "urgent",
+    }
+}
+
+#[component]
+fn NotificationList() -> impl IntoView {
+    let center = expect_context::<Center>();
+    view! {
+        <Show when=move || center.items.with(|i| i.is_empty())>
+            <p class="empty" data-testid="empty">
+                "Nothing yet. Publish with the form, or: "
+                <code>"curl -d \"Deploy finished\" "{move || format!("{}/api/topics/{}", origin(), center.topics.with(|t| t.first().cloned().unwrap_or_default()))}</code>
+            </p>
+        </Show>
+        <ol class="notifications" data-testid="notifications">
+            <For
+                each=move || center.items.get()
+                key=|n| (n.topic.clone(), n.epoch.clone(), n.offset)
+                children=move |n: Notification| view! { <NotificationItem n/> }
+            />
+        </ol>
+    }
+}
+
+fn origin() -> String {
+    #[cfg(feature = "hydrate")]
+    if let Some(o) = web_sys::window().and_then(|w| w.location().origin().ok()) {
+        return o;
+    }
+    "http://127.0.0.1:3000".to_owned()
+}
+
+#[component]
+fn NotificationItem(n: Notification) -> impl IntoView {
+    let class = format!("notification prio-{}", n.priority);
+    let time = format_utc(n.time);
+    let tags = n.tags.clone();
+    view! {
+        <li class=class data-testid="notification" data-topic=n.topic.clone() data-offset=n.offset>
+            <div class="meta">
+                <span class="chip topic-chip">"#" {n.topic.clone()}</span>
+                <span class=format!("chip prio prio-chip-{}", n.priority) title="priority">
+                    {format!("P{} {}", n.priority, priority_label(n.priority))}
+                </span>
+                <time class="time">{time}</time>
+            </div>
+            {n.title.clone().map(|t| view! { <h3 class="title">{t}</h3> })}
+            <p class="body">{n.body.clone()}</p>
+            <div class="foot">
+                {tags.into_iter().map(|t| view! { <span class="chip tag">{t}</span> }).collect_view()}
+                {n.link.clone().map(|l| view! { <a class="open-link" href=l.clone() rel="noopener noreferrer" target="_blank">"Open link"</a> })}
+            </div>
+        </li>
+    }
+}
+
+#[component]
+fn Toasts() -> impl IntoView {
+    let center = expect_context::<Center>();
+    view! {
+        <div class="toasts" aria-live="polite" data-testid="toasts">
+            <For
+                each=move || center.toasts.get()
+                key=|t| t.id
+                children=move |t| {
+                    let kind = match t.kind {
+                        ToastKind::Notification => "toast",
+                        ToastKind::Notice => "toast notice",
+                        ToastKind::Error => "toast error",
+                    };
+                    let id = t.id;
+                    view! {
+                        <div class=format!("{kind} prio-{}", t.priority) data-testid="toast" role="status">
+                            <div class="toast-text">
+                                <strong>{t.title}</strong>
+                                <span>{t.body}</span>
+                            </div>
+                            <button class="icon-button" aria-label="Dismiss" on:click=move |_| center.dismiss(id)>"×"</button>
+                        </div>
+                    }
+                }
+            />
+        </div>
+    }
+}

@@ -1,0 +1,518 @@
+//! Herald's one wire protocol, shared by the server and the browser.
+//!
+//! Every WebSocket frame is a JSON object tagged by `"type"` (snake_case). The client sends
+//! [`ClientFrame`]s and the server answers with [`ServerFrame`]s. Fields that later features
+//! add are optional with defaults, so old clients keep working:
+//!
+//! | client frame   | purpose                                                               |
+//! |----------------|-----------------------------------------------------------------------|
+//! | `auth`         | first frame: an authentication token (never put tokens in URLs)       |
+//! | `subscribe`    | follow a topic, optionally resuming after a [`Position`]              |
+//! | `unsubscribe`  | stop following a topic                                                |
+//! | `publish`      | send a notification from the socket; acknowledged with `ack` by `id`  |
+//! | `ping`         | application-level liveness check; answered with `pong`                |
+//!
+//! | server frame   | purpose                                                               |
+//! |----------------|-----------------------------------------------------------------------|
+//! | `welcome`      | sent once on connect: connection id and server limits                 |
+//! | `subscribed`   | a subscription is live; carries the topic's current position          |
+//! | `unsubscribed` | a subscription ended                                                  |
+//! | `notification` | one stored notification (the same bytes for every subscriber)         |
+//! | `gap`          | the requested resume position is older than what is retained         |
+//! | `reset`        | the topic's history was reset (epoch changed) since the position      |
+//! | `ack`          | a client `publish` with an `id` was stored                            |
+//! | `presence`     | someone joined or left a topic (reserved for presence)               |
+//! | `error`        | a typed error; the connection stays up unless a close follows         |
+//! | `pong`         | answer to `ping`                                                      |
+//!
+//! Error codes are [`ErrorCode`]; WebSocket close codes are in [`close_code`].
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// Longest topic name, in bytes.
+pub const MAX_TOPIC_LEN: usize = 64;
+/// Highest (most urgent) priority. 3 is the default.
+pub const MAX_PRIORITY: u8 = 5;
+/// The priority a notification gets when none is given.
+pub const DEFAULT_PRIORITY: u8 = 3;
+/// At most this many tags on a notification.
+pub const MAX_TAGS: usize = 10;
+/// Longest tag, in bytes.
+pub const MAX_TAG_LEN: usize = 32;
+/// Longest title, in bytes.
+pub const MAX_TITLE_LEN: usize = 256;
+/// Longest link, in bytes.
+pub const MAX_LINK_LEN: usize = 2048;
+
+/// A resume position: the last notification a client saw on a topic.
+///
+/// `epoch` identifies one history of the topic; it changes only when that history is reset,
+/// so an offset is meaningful only together with its epoch. Offsets start at 1 and increase
+/// by exactly one per notification.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Position {
+    pub epoch: String,
+    pub offset: u64,
+}
+
+/// What a publisher supplies; the store adds id, offset and time.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewNotification {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+    #[serde(default)]
+    pub body: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<u8>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link: Option<String>,
+}
+
+/// A stored notification, as every reader sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Notification {
+    /// Unique id (random, URL-safe).
+    pub id: String,
+    pub topic: String,
+    pub epoch: String,
+    /// Per-topic offset, assigned by the store: 1, 2, 3, ... within one epoch.
+    pub offset: u64,
+    /// Unix time in milliseconds when the store accepted it.
+    pub time: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+    pub body: String,
+    pub priority: u8,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link: Option<String>,
+}
+
+impl Notification {
+    pub fn position(&self) -> Position {
+        Position { epoch: self.epoch.clone(), offset: self.offset }
+    }
+}
+
+/// Frames a client sends.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientFrame {
+    /// Authenticate the connection. Only valid as the first frame.
+    Auth { token: String },
+    /// Follow `topic`. With `since`, the server replays everything after that position first.
+    Subscribe {
+        topic: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        since: Option<Position>,
+        /// Echoed in the reply so a client can match it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+    },
+    Unsubscribe {
+        topic: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+    },
+    /// Publish from the socket (chat). Acknowledged with `ack` carrying the same `id`.
+    Publish {
+        topic: String,
+        #[serde(flatten)]
+        message: NewNotification,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+    },
+    Ping {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+    },
+}
+
+/// A presence change on a topic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PresenceAction {
+    Join,
+    Leave,
+}
+
+/// Frames the server sends.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerFrame {
+    Welcome {
+        conn_id: u64,
+        /// Largest inbound frame the server accepts, in bytes.
+        max_frame_bytes: usize,
+        /// How often the server pings; a client silent for longer than twice this is closed.
+        heartbeat_ms: u64,
+    },
+    /// The subscription is live. `position` is the topic's last offset when the subscription
+    /// started: any replay ends there and live notifications continue after it.
+    Subscribed {
+        topic: String,
+        position: Position,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+    },
+    Unsubscribed {
+        topic: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+    },
+    Notification(Notification),
+    /// The resume position is older than the oldest retained notification: offsets
+    /// `requested + 1 .. first_available` are gone. Replay continues from `first_available`.
+    Gap {
+        topic: String,
+        epoch: String,
+        requested: u64,
+        first_available: u64,
+    },
+    /// The topic's epoch differs from the one in the resume position; offsets from the old
+    /// epoch mean nothing now. Replay continues from `first_available` of the new `epoch`.
+    Reset {
+        topic: String,
+        epoch: String,
+        first_available: u64,
+    },
+    Ack {
+        id: u64,
+        position: Position,
+    },
+    Presence {
+        topic: String,
+        action: PresenceAction,
+        user: String,
+    },
+    Error {
+        code: ErrorCode,
+        message: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+    },
+    Pong {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+    },
+}
+
+/// Every error code Herald sends, over HTTP (`{"error":{"code":..}}`) and in `error` frames.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The frame or body is not valid JSON, or not the expected shape.
+    BadFrame,
+    /// The frame's `type` is not one the server knows.
+    UnknownType,
+    /// The frame or body is larger than the configured limit.
+    TooLarge,
+    /// The topic name breaks the grammar (see [`validate_topic`]).
+    BadTopic,
+    /// A field is out of range (priority, tag, title, link, empty body...).
+    BadField,
+    /// Unsubscribing from a topic the connection does not follow.
+    NotSubscribed,
+    /// The connection follows as many topics as it may.
+    TooManySubscriptions,
+    /// Too many requests or frames; slow down.
+    RateLimited,
+    /// A query parameter is invalid.
+    BadQuery,
+    /// The resource does not exist.
+    NotFound,
+    /// The server cannot take more connections or work right now.
+    Unavailable,
+    /// The request's Origin is not allowed.
+    ForbiddenOrigin,
+    /// The store failed; nothing was acknowledged.
+    Internal,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadFrame => "bad_frame",
+            ErrorCode::UnknownType => "unknown_type",
+            ErrorCode::TooLarge => "too_large",
+            ErrorCode::BadTopic => "bad_topic",
+            ErrorCode::BadField => "bad_field",
+            ErrorCode::NotSubscribed => "not_subscribed",
+            ErrorCode::TooManySubscriptions => "too_many_subscriptions",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::BadQuery => "bad_query",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::Unavailable => "unavailable",
+            ErrorCode::ForbiddenOrigin => "forbidden_origin",
+            ErrorCode::Internal => "internal",
+        }
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// WebSocket close codes Herald uses. 1000-1015 are RFC 6455's; 4000-4999 are Herald's own.
+pub mod close_code {
+    /// Normal close (client asked, or unsubscribe-all).
+    pub const NORMAL: u16 = 1000;
+    /// The server is shutting down; reconnect (to another node) and resume.
+    pub const GOING_AWAY: u16 = 1001;
+    /// The Origin or token was refused.
+    pub const POLICY: u16 = 1008;
+    /// A frame exceeded the hard size limit; the stream cannot be resynchronised.
+    pub const TOO_BIG: u16 = 1009;
+    /// Internal error.
+    pub const INTERNAL: u16 = 1011;
+    /// The client did not keep up: its outbound queue overflowed. Reconnect and resume from
+    /// the last offset seen; nothing is lost for a client that resumes.
+    pub const SLOW_CONSUMER: u16 = 4000;
+    /// The client stopped answering heartbeats.
+    pub const HEARTBEAT_TIMEOUT: u16 = 4001;
+    /// The client sent too many frames too fast.
+    pub const RATE_LIMITED: u16 = 4002;
+}
+
+/// Why a name or field was refused; the message is user-facing.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct ValidationError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl ValidationError {
+    fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self { code, message: message.into() }
+    }
+}
+
+/// The topic grammar: 1 to 64 characters from `A-Z a-z 0-9 _ -`.
+///
+/// Kept deliberately small so that a topic is safe in a URL path, a Redis key and a file
+/// name without escaping.
+pub fn validate_topic(topic: &str) -> Result<(), ValidationError> {
+    if topic.is_empty() || topic.len() > MAX_TOPIC_LEN {
+        return Err(ValidationError::new(
+            ErrorCode::BadTopic,
+            format!("topic must be 1 to {MAX_TOPIC_LEN} characters"),
+        ));
+    }
+    if !topic.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
+        return Err(ValidationError::new(
+            ErrorCode::BadTopic,
+            "topic may contain only letters, digits, '_' and '-'",
+        ));
+    }
+    Ok(())
+}
+
+impl NewNotification {
+    /// Checks every field against the documented limits; `max_body` is the configured
+    /// largest body in bytes.
+    pub fn validate(&self, max_body: usize) -> Result<(), ValidationError> {
+        if self.body.trim().is_empty() {
+            return Err(ValidationError::new(ErrorCode::BadField, "body must not be empty"));
+        }
+        if self.body.len() > max_body {
+            return Err(ValidationError::new(
+                ErrorCode::TooLarge,
+                format!("body is larger than {max_body} bytes"),
+            ));
+        }
+        if let Some(p) = self.priority {
+            if !(1..=MAX_PRIORITY).contains(&p) {
+                return Err(ValidationError::new(
+                    ErrorCode::BadField,
+                    format!("priority must be 1 to {MAX_PRIORITY}"),
+                ));
+            }
+        }
+        if let Some(t) = &self.title {
+            if t.len() > MAX_TITLE_LEN {
+                return Err(ValidationError::new(
+                    ErrorCode::BadField,
+                    format!("title is longer than {MAX_TITLE_LEN} bytes"),
+                ));
+            }
+        }
+        if self.tags.len() > MAX_TAGS {
+            return Err(ValidationError::new(
+                ErrorCode::BadField,
+                format!("at most {MAX_TAGS} tags"),
+            ));
+        }
+        if self.tags.iter().any(|t| t.is_empty() || t.len() > MAX_TAG_LEN) {
+            return Err(ValidationError::new(
+                ErrorCode::BadField,
+                format!("each tag must be 1 to {MAX_TAG_LEN} bytes"),
+            ));
+        }
+        if let Some(l) = &self.link {
+            let ok_scheme = l.starts_with("https://") || l.starts_with("http://");
+            if l.len() > MAX_LINK_LEN || !ok_scheme {
+                return Err(ValidationError::new(
+                    ErrorCode::BadField,
+                    format!("link must be an http(s) URL of at most {MAX_LINK_LEN} bytes"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The JSON error body of every failed HTTP request: `{"error":{"code":..,"message":..}}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+/// One page of `GET /api/topics/{topic}/notifications`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryPage {
+    pub topic: String,
+    pub epoch: String,
+    /// Oldest retained offset (equals `last_offset + 1` when nothing is retained).
+    pub first_offset: u64,
+    /// Newest offset ever assigned in this epoch (0 before the first publish).
+    pub last_offset: u64,
+    pub notifications: Vec<Notification>,
+    /// Pass as `since` (oldest-first) or `before` (newest-first) for the next page; absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round_trip_client(frame: ClientFrame) {
+        let json = serde_json::to_string(&frame).unwrap();
+        let back: ClientFrame = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, frame, "{json}");
+    }
+
+    fn round_trip_server(frame: ServerFrame) {
+        let json = serde_json::to_string(&frame).unwrap();
+        let back: ServerFrame = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, frame, "{json}");
+    }
+
+    fn sample() -> Notification {
+        Notification {
+            id: "abc123".into(),
+            topic: "ops".into(),
+            epoch: "e1".into(),
+            offset: 7,
+            time: 1_700_000_000_000,
+            title: Some("Deploy".into()),
+            body: "Deploy finished".into(),
+            priority: 4,
+            tags: vec!["rocket".into()],
+            link: Some("https://example.com".into()),
+        }
+    }
+
+    #[test]
+    fn every_client_frame_round_trips() {
+        round_trip_client(ClientFrame::Auth { token: "t".into() });
+        round_trip_client(ClientFrame::Subscribe { topic: "a".into(), since: None, id: None });
+        round_trip_client(ClientFrame::Subscribe {
+            topic: "a".into(),
+            since: Some(Position { epoch: "e".into(), offset: 3 }),
+            id: Some(9),
+        });
+        round_trip_client(ClientFrame::Unsubscribe { topic: "a".into(), id: Some(1) });
+        round_trip_client(ClientFrame::Publish {
+            topic: "chat".into(),
+            message: NewNotification { body: "hi".into(), ..Default::default() },
+            id: Some(2),
+        });
+        round_trip_client(ClientFrame::Ping { id: None });
+    }
+
+    #[test]
+    fn every_server_frame_round_trips() {
+        let pos = Position { epoch: "e".into(), offset: 5 };
+        round_trip_server(ServerFrame::Welcome { conn_id: 1, max_frame_bytes: 65536, heartbeat_ms: 25000 });
+        round_trip_server(ServerFrame::Subscribed { topic: "a".into(), position: pos.clone(), id: Some(1) });
+        round_trip_server(ServerFrame::Unsubscribed { topic: "a".into(), id: None });
+        round_trip_server(ServerFrame::Notification(sample()));
+        round_trip_server(ServerFrame::Gap {
+            topic: "a".into(),
+            epoch: "e".into(),
+            requested: 1,
+            first_available: 10,
+        });
+        round_trip_server(ServerFrame::Reset { topic: "a".into(), epoch: "f".into(), first_available: 1 });
+        round_trip_server(ServerFrame::Ack { id: 3, position: pos });
+        round_trip_server(ServerFrame::Presence {
+            topic: "a".into(),
+            action: PresenceAction::Join,
+            user: "ann".into(),
+        });
+        round_trip_server(ServerFrame::Error { code: ErrorCode::BadTopic, message: "no".into(), id: None });
+        round_trip_server(ServerFrame::Pong { id: Some(4) });
+    }
+
+    #[test]
+    fn notification_frame_is_flat_and_tagged() {
+        let v: serde_json::Value =
+            serde_json::to_value(ServerFrame::Notification(sample())).unwrap();
+        assert_eq!(v["type"], "notification");
+        assert_eq!(v["offset"], 7);
+        assert_eq!(v["body"], "Deploy finished");
+    }
+
+    #[test]
+    fn subscribe_without_optional_fields_parses() {
+        let f: ClientFrame = serde_json::from_str(r#"{"type":"subscribe","topic":"ops"}"#).unwrap();
+        assert_eq!(f, ClientFrame::Subscribe { topic: "ops".into(), since: None, id: None });
+    }
+
+    #[test]
+    fn error_codes_serialize_as_their_names() {
+        for code in [ErrorCode::BadFrame, ErrorCode::TooManySubscriptions, ErrorCode::ForbiddenOrigin] {
+            assert_eq!(serde_json::to_value(code).unwrap(), code.as_str());
+        }
+    }
+
+    #[test]
+    fn topic_grammar() {
+        assert!(validate_topic("general").is_ok());
+        assert!(validate_topic("ops_prod-1").is_ok());
+        assert!(validate_topic(&"a".repeat(64)).is_ok());
+        assert!(validate_topic("").is_err());
+        assert!(validate_topic(&"a".repeat(65)).is_err());
+        assert!(validate_topic("a/b").is_err());
+        assert!(validate_topic("héllo").is_err());
+        assert_eq!(validate_topic("a b").unwrap_err().code, ErrorCode::BadTopic);
+    }
+
+    #[test]
+    fn notification_validation() {
+        let ok = NewNotification { body: "x".into(), ..Default::default() };
+        assert!(ok.validate(10).is_ok());
+        let empty = NewNotification { body: "  ".into(), ..Default::default() };
+        assert_eq!(empty.validate(10).unwrap_err().code, ErrorCode::BadField);
+        let big = NewNotification { body: "x".repeat(11), ..Default::default() };
+        assert_eq!(big.validate(10).unwrap_err().code, ErrorCode::TooLarge);
+        let prio = NewNotification { body: "x".into(), priority: Some(6), ..Default::default() };
+        assert_eq!(prio.validate(10).unwrap_err().code, ErrorCode::BadField);
+        let link = NewNotification { body: "x".into(), link: Some("javascript:1".into()), ..Default::default() };
+        assert_eq!(link.validate(10).unwrap_err().code, ErrorCode::BadField);
+    }
+}

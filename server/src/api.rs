@@ -1,0 +1,243 @@
+//! The HTTP API: publish, history, health and stats, and the WebSocket upgrade.
+//!
+//! | route                                   | what                                          |
+//! |-----------------------------------------|-----------------------------------------------|
+//! | `POST /api/topics/{topic}`              | publish; 201 + the stored notification        |
+//! | `GET /api/topics/{topic}/notifications` | history page (`since`, `before`, `limit`, `order`) |
+//! | `GET /api/health`                       | liveness                                      |
+//! | `GET /api/stats`                        | connections and delivery counters             |
+//! | `GET /ws`                               | the WebSocket (see `app::protocol`)           |
+
+use crate::error::ApiError;
+use crate::session::Session;
+use crate::AppState;
+use app::protocol::{validate_topic, ErrorCode, HistoryPage, NewNotification, Notification};
+use axum::body::Body;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+
+/// Longest accepted `Idempotency-Key`.
+const MAX_IDEMPOTENCY_KEY: usize = 128;
+/// Default and largest history page.
+const DEFAULT_PAGE: usize = 50;
+const MAX_PAGE: usize = 500;
+
+/// `POST /api/topics/{topic}`.
+///
+/// A `Content-Type: application/json` body is a [`NewNotification`] (`title`, `body`,
+/// `priority` 1-5, `tags`, `link`); any other body is the plain-text notification body, with
+/// optional `Title`, `Priority`, `Tags` (comma separated) and `Link` headers (ntfy style).
+pub async fn publish(
+    State(state): State<AppState>,
+    Path(topic): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    validate_topic(&topic)?;
+    let max = state.config.max_body_bytes;
+    // A JSON envelope around a maximal body is allowed some room for the other fields.
+    let limit = max + 8 * 1024;
+    let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| ApiError::TooLarge(limit))?;
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    let new = if is_json {
+        serde_json::from_slice::<NewNotification>(&bytes)
+            .map_err(|e| ApiError::Invalid(ErrorCode::BadFrame, format!("invalid JSON body: {e}")))?
+    } else {
+        let body = String::from_utf8(bytes.to_vec())
+            .map_err(|_| ApiError::Invalid(ErrorCode::BadField, "body must be UTF-8 text".into()))?;
+        from_headers(&headers, body)?
+    };
+    new.validate(max)?;
+    let key = idempotency_key(&headers)?;
+    let appended = state.store.append(&topic, new, key).await?;
+    tracing::debug!(topic, offset = appended.stored.notification.offset, duplicate = appended.duplicate, "published");
+    let mut resp = (StatusCode::CREATED, Json(&appended.stored.notification)).into_response();
+    if appended.duplicate {
+        resp.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    Ok(resp)
+}
+
+fn header_str<'a>(headers: &'a HeaderMap, names: &[&str]) -> Result<Option<&'a str>, ApiError> {
+    for name in names {
+        if let Some(v) = headers.get(*name) {
+            let s = v.to_str().map_err(|_| {
+                ApiError::Invalid(ErrorCode::BadField, format!("header {name} must be visible ASCII"))
+            })?;
+            return Ok(Some(s.trim()));
+        }
+    }
+    Ok(None)
+}
+
+fn from_headers(headers: &HeaderMap, body: String) -> Result<NewNotification, ApiError> {
+    let title = header_str(headers, &["title", "x-title"])?.map(str::to_owned);
+    let priority = match header_str(headers, &["priority", "x-priority"])? {
+        None => None,
+        Some(p) => Some(p.parse::<u8>().map_err(|_| {
+            ApiError::Invalid(ErrorCode::BadField, "priority must be a number from 1 to 5".into())
+        })?),
+    };
+    let tags = header_str(headers, &["tags", "x-tags"])?
+        .map(|t| t.split(',').map(str::trim).filter(|t| !t.is_empty()).map(str::to_owned).collect())
+        .unwrap_or_default();
+    let link = header_str(headers, &["link", "x-link"])?.map(str::to_owned);
+    Ok(NewNotification { title, body, priority, tags, link })
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(key) = header_str(headers, &["idempotency-key"])? else { return Ok(None) };
+    if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY {
+        return Err(ApiError::Invalid(
+            ErrorCode::BadField,
+            format!("Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} characters"),
+        ));
+    }
+    Ok(Some(key.to_owned()))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct HistoryParams {
+    since: Option<String>,
+    before: Option<String>,
+    limit: Option<String>,
+    order: Option<String>,
+}
+
+fn parse_param<T: std::str::FromStr>(name: &str, v: Option<&str>) -> Result<Option<T>, ApiError> {
+    v.map(|s| {
+        s.parse::<T>()
+            .map_err(|_| ApiError::Invalid(ErrorCode::BadQuery, format!("{name} must be a non-negative integer")))
+    })
+    .transpose()
+}
+
+/// `GET /api/topics/{topic}/notifications?since=&before=&limit=&order=`.
+///
+/// `order=desc` (the default) pages newest first: follow `next` as `before`. `order=asc` pages
+/// oldest first from `since` (exclusive): follow `next` as `since`. `limit` is 1 to 500.
+pub async fn history(
+    State(state): State<AppState>,
+    Path(topic): Path<String>,
+    Query(p): Query<HistoryParams>,
+) -> Result<Json<HistoryPage>, ApiError> {
+    validate_topic(&topic)?;
+    let since = parse_param::<u64>("since", p.since.as_deref())?.unwrap_or(0);
+    let before = parse_param::<u64>("before", p.before.as_deref())?.unwrap_or(u64::MAX);
+    let limit = parse_param::<usize>("limit", p.limit.as_deref())?.unwrap_or(DEFAULT_PAGE);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ApiError::Invalid(ErrorCode::BadQuery, format!("limit must be 1 to {MAX_PAGE}")));
+    }
+    let newest_first = match p.order.as_deref() {
+        None | Some("desc") => true,
+        Some("asc") => false,
+        Some(_) => return Err(ApiError::Invalid(ErrorCode::BadQuery, "order must be asc or desc".into())),
+    };
+    let q = crate::store::ReadQuery { after: since, before, limit, newest_first };
+    Ok(Json(history_page(&state, &topic, q).await?))
+}
+
+/// One page of history; shared by the HTTP route and the server-rendered page.
+pub async fn history_page(
+    state: &AppState,
+    topic: &str,
+    q: crate::store::ReadQuery,
+) -> Result<HistoryPage, ApiError> {
+    let (pos, items) = state.store.read(topic, q).await?;
+    let notifications: Vec<Notification> = items.iter().map(|s| s.notification.clone()).collect();
+    let next = if notifications.len() == q.limit { notifications.last().map(|n| n.offset) } else { None };
+    Ok(HistoryPage {
+        topic: topic.to_owned(),
+        epoch: pos.epoch,
+        first_offset: pos.first,
+        last_offset: pos.last,
+        notifications,
+        next,
+    })
+}
+
+pub async fn health() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "ok" }))
+}
+
+pub async fn stats(State(state): State<AppState>) -> Json<crate::hub::HubStats> {
+    Json(state.hub.stats())
+}
+
+/// `GET /ws`: checks the Origin and the connection cap *before* upgrading, so a refused
+/// client gets a clear HTTP error instead of a socket that closes at once.
+pub async fn websocket(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Result<Response, ApiError> {
+    check_origin(&headers, &state.config.allowed_origins)?;
+    let Some((reg, rx)) = state.hub.register() else {
+        return Err(ApiError::Unavailable("connection limit reached; retry later".into()));
+    };
+    let cfg = &state.config;
+    let ws = ws
+        .read_buffer_size(cfg.read_buffer_bytes)
+        .write_buffer_size(cfg.write_buffer_bytes)
+        .max_message_size(cfg.hard_frame_bytes)
+        .max_frame_size(cfg.hard_frame_bytes);
+    Ok(ws
+        .on_failed_upgrade(|e| tracing::debug!(error = %e, "websocket upgrade failed"))
+        .on_upgrade(move |socket| Session::new(state, reg).run(socket, rx)))
+}
+
+/// Browsers always send `Origin` on a WebSocket handshake; a page from another site must not
+/// be able to open a socket with the user's cookies. Allowed: no Origin (not a browser), the
+/// server's own host, and the configured allowlist.
+fn check_origin(headers: &HeaderMap, allowed: &[String]) -> Result<(), ApiError> {
+    let Some(origin) = headers.get(header::ORIGIN) else { return Ok(()) };
+    let origin = origin.to_str().map_err(|_| ApiError::ForbiddenOrigin("<invalid>".into()))?;
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
+    let origin_host = origin.split_once("://").map_or("", |(_, rest)| rest);
+    if (!host.is_empty() && origin_host.eq_ignore_ascii_case(host))
+        || allowed.iter().any(|a| a.trim_end_matches('/').eq_ignore_ascii_case(origin))
+    {
+        Ok(())
+    } else {
+        Err(ApiError::ForbiddenOrigin(origin.to_owned()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, v.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn origin_rules() {
+        let allowed = vec!["https://app.example.com".to_owned()];
+        assert!(check_origin(&headers(&[]), &allowed).is_ok());
+        assert!(check_origin(&headers(&[("origin", "http://127.0.0.1:3000"), ("host", "127.0.0.1:3000")]), &allowed).is_ok());
+        assert!(check_origin(&headers(&[("origin", "https://app.example.com"), ("host", "x")]), &allowed).is_ok());
+        assert!(check_origin(&headers(&[("origin", "https://evil.example"), ("host", "127.0.0.1:3000")]), &allowed).is_err());
+    }
+
+    #[test]
+    fn plain_text_headers_become_fields() {
+        let h = headers(&[("title", "Deploy"), ("priority", "5"), ("tags", "a, b")]);
+        let n = from_headers(&h, "done".into()).unwrap();
+        assert_eq!(n.title.as_deref(), Some("Deploy"));
+        assert_eq!(n.priority, Some(5));
+        assert_eq!(n.tags, vec!["a", "b"]);
+        assert!(from_headers(&headers(&[("priority", "high")]), "x".into()).is_err());
+    }
+}

@@ -1,0 +1,144 @@
+//! Runtime configuration: every bound Herald enforces, with its default and the reason for it.
+//!
+//! Every flag has an environment fallback (`HERALD_*`), so the same binary is configured by
+//! flags in development and by the environment in deployment.
+
+use clap::{Parser, ValueEnum};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Which store keeps notifications.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum StoreKind {
+    /// Embedded SQLite (WAL, group commit): survives restarts and crashes.
+    Sqlite,
+    /// In-process memory: fastest, everything is lost on exit.
+    Memory,
+}
+
+/// How hard SQLite syncs a commit before a publish is acknowledged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum SyncMode {
+    /// fsync the WAL on every group commit: an acknowledged publish survives power loss.
+    Full,
+    /// No fsync on commit: survives a process crash, not an OS crash or power loss.
+    Normal,
+}
+
+#[derive(Clone, Debug, Parser)]
+#[command(name = "herald", version, about = "Herald: a real-time notification hub")]
+pub struct Config {
+    /// Address to listen on. Falls back to LEPTOS_SITE_ADDR (set by cargo-leptos).
+    #[arg(long, env = "HERALD_ADDR")]
+    pub addr: Option<SocketAddr>,
+
+    /// Store backend.
+    #[arg(long, env = "HERALD_STORE", value_enum, default_value = "sqlite")]
+    pub store: StoreKind,
+
+    /// SQLite database file; created with its directory on first run.
+    #[arg(long, env = "HERALD_DB", default_value = "data/herald.db")]
+    pub db: PathBuf,
+
+    /// SQLite durability of an acknowledged publish.
+    #[arg(long, env = "HERALD_SQLITE_SYNC", value_enum, default_value = "full")]
+    pub sqlite_sync: SyncMode,
+
+    /// Most publishes committed in one SQLite transaction (group commit).
+    #[arg(long, env = "HERALD_MAX_BATCH", default_value_t = 1024)]
+    pub max_batch: usize,
+
+    /// Retain at most this many notifications per topic (older ones are pruned).
+    #[arg(long, env = "HERALD_RETAIN_COUNT", default_value_t = 1000)]
+    pub retain_count: u64,
+
+    /// Retain notifications for at most this many seconds.
+    #[arg(long, env = "HERALD_RETAIN_SECS", default_value_t = 7 * 24 * 3600)]
+    pub retain_secs: u64,
+
+    /// How often the retention pruner runs, in seconds.
+    #[arg(long, env = "HERALD_PRUNE_INTERVAL_SECS", default_value_t = 30)]
+    pub prune_interval_secs: u64,
+
+    /// How long an Idempotency-Key is remembered, in seconds.
+    #[arg(long, env = "HERALD_IDEMPOTENCY_SECS", default_value_t = 24 * 3600)]
+    pub idempotency_secs: u64,
+
+    /// Most concurrent WebSocket connections; beyond it the upgrade is refused with 503.
+    /// Clamped below the process's open-file limit so accept() never hits EMFILE.
+    #[arg(long, env = "HERALD_MAX_CONNECTIONS", default_value_t = 19_000)]
+    pub max_connections: usize,
+
+    /// Frames queued for one connection before it is closed as a slow consumer (4000).
+    #[arg(long, env = "HERALD_QUEUE_FRAMES", default_value_t = 512)]
+    pub queue_frames: usize,
+
+    /// Largest inbound text frame answered normally; larger ones get a `too_large` error frame.
+    #[arg(long, env = "HERALD_MAX_FRAME_BYTES", default_value_t = 64 * 1024)]
+    pub max_frame_bytes: usize,
+
+    /// Hard inbound message limit: beyond it the socket is closed with 1009. Must be >= max_frame_bytes.
+    #[arg(long, env = "HERALD_HARD_FRAME_BYTES", default_value_t = 1024 * 1024)]
+    pub hard_frame_bytes: usize,
+
+    /// Largest notification body (HTTP and socket), in bytes.
+    #[arg(long, env = "HERALD_MAX_BODY_BYTES", default_value_t = 16 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// Per-connection WebSocket read buffer. tungstenite's default (128 KiB) is preallocated and
+    /// zero-filled per read: far too much for idle connections. Larger frames still work.
+    #[arg(long, env = "HERALD_READ_BUFFER_BYTES", default_value_t = 1024)]
+    pub read_buffer_bytes: usize,
+
+    /// Outbound bytes buffered before tungstenite writes to the socket. Frames fed in one batch
+    /// up to this size leave in one write.
+    #[arg(long, env = "HERALD_WRITE_BUFFER_BYTES", default_value_t = 64 * 1024)]
+    pub write_buffer_bytes: usize,
+
+    /// Most subscriptions one connection may hold.
+    #[arg(long, env = "HERALD_MAX_SUBSCRIPTIONS", default_value_t = 64)]
+    pub max_subscriptions: usize,
+
+    /// Inbound frames per second allowed per connection (token bucket, burst of twice this).
+    #[arg(long, env = "HERALD_FRAMES_PER_SEC", default_value_t = 50)]
+    pub frames_per_sec: u32,
+
+    /// Heartbeat ping interval, in milliseconds. A connection silent for twice this is closed (4001).
+    #[arg(long, env = "HERALD_HEARTBEAT_MS", default_value_t = 25_000)]
+    pub heartbeat_ms: u64,
+
+    /// Extra allowed browser origins (comma separated), besides the server's own host.
+    #[arg(long, env = "HERALD_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+
+    /// Seconds to wait for connections to close on shutdown.
+    #[arg(long, env = "HERALD_SHUTDOWN_GRACE_SECS", default_value_t = 5)]
+    pub shutdown_grace_secs: u64,
+
+    /// Directory with the built site (wasm, js, css). Falls back to LEPTOS_SITE_ROOT.
+    #[arg(long, env = "HERALD_SITE_ROOT")]
+    pub site_root: Option<PathBuf>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self::parse_from(["herald"])
+    }
+}
+
+impl Config {
+    pub fn heartbeat(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_ms.max(10))
+    }
+    pub fn retain_age(&self) -> Duration {
+        Duration::from_secs(self.retain_secs)
+    }
+    pub fn idempotency_window(&self) -> Duration {
+        Duration::from_secs(self.idempotency_secs)
+    }
+    /// A throwaway configuration for tests: memory store, everything else default.
+    pub fn for_tests() -> Self {
+        Self { store: StoreKind::Memory, ..Self::default() }
+    }
+}

@@ -1,0 +1,67 @@
+//! HTTP errors: every failure maps to a status and the JSON body
+//! `{"error":{"code":"...","message":"..."}}` defined in the shared protocol.
+
+use crate::store::StoreError;
+use app::protocol::{ErrorBody, ErrorCode, ErrorDetail, ValidationError};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{1}")]
+    Invalid(ErrorCode, String),
+    #[error("request body is larger than {0} bytes")]
+    TooLarge(usize),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("origin {0:?} is not allowed")]
+    ForbiddenOrigin(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<ValidationError> for ApiError {
+    fn from(e: ValidationError) -> Self {
+        ApiError::Invalid(e.code, e.message)
+    }
+}
+
+impl ApiError {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            ApiError::Invalid(code, _) => *code,
+            ApiError::TooLarge(_) => ErrorCode::TooLarge,
+            ApiError::NotFound(_) => ErrorCode::NotFound,
+            ApiError::Unavailable(_) => ErrorCode::Unavailable,
+            ApiError::ForbiddenOrigin(_) => ErrorCode::ForbiddenOrigin,
+            ApiError::Store(_) => ErrorCode::Internal,
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::Invalid(..) => StatusCode::BAD_REQUEST,
+            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Unavailable(_) | ApiError::Store(StoreError::Closed) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ApiError::ForbiddenOrigin(_) => StatusCode::FORBIDDEN,
+            ApiError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if status.is_server_error() {
+            tracing::error!(error = %self, "request failed");
+        }
+        let body = ErrorBody { error: ErrorDetail { code: self.code(), message: self.to_string() } };
+        (status, Json(body)).into_response()
+    }
+}

@@ -1,0 +1,343 @@
+//! The hub: which local connection follows which topic, and the fan-out to them.
+//!
+//! # Guarantees
+//! - **Never blocks on a socket.** `broadcast` only `try_send`s into each connection's bounded
+//!   queue; the connection's own session task does the writing.
+//! - **Per-topic order.** The dispatcher feeds `broadcast` from the store's feed, which is in
+//!   offset order, and each queue is FIFO, so every subscriber sees a topic in offset order.
+//! - **Serialize once.** Every subscriber's queue gets a clone of the same `Utf8Bytes` frame.
+//! - **Slow consumers are cut, not waited for.** When a queue is full the connection is marked
+//!   to close with [`close_code::SLOW_CONSUMER`] and dropped from every topic it follows. It can
+//!   reconnect and resume from its last offset, so nothing is lost to it.
+//! - **Bounded.** At most `max_connections` connections are registered; each queue holds at most
+//!   `queue_frames` frames.
+//!
+//! Topics are spread over shards, each behind its own short-held std mutex, so publishes to
+//! different topics and subscribes on both cores do not contend on one lock.
+
+use crate::store::Stored;
+use app::protocol::close_code;
+use axum::extract::ws::Utf8Bytes;
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicU16, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, Notify};
+
+const SHARDS: usize = 32;
+
+/// What a connection's queue carries.
+#[derive(Debug)]
+pub enum Outbound {
+    /// A notification for the subscription with this slot; the session drops it if that
+    /// subscription has already delivered `offset` (replay and live overlap on resume).
+    Notification { slot: u32, offset: u64, frame: Utf8Bytes },
+    /// The heartbeat: send a WebSocket ping.
+    Ping,
+}
+
+/// One registered connection, shared by the hub (to enqueue) and its session (to drain).
+pub struct Conn {
+    pub id: u64,
+    tx: mpsc::Sender<Outbound>,
+    /// First close reason wins; 0 means "open". Set by the hub (slow consumer, heartbeat,
+    /// shutdown) and acted on by the session, which is woken through `closed`.
+    close_code: AtomicU16,
+    /// A `Notify` rather than a channel: one permit is enough and costs a few bytes.
+    closed: Notify,
+    /// Milliseconds since the hub started when the client was last heard from.
+    last_seen: AtomicU64,
+}
+
+impl Conn {
+    /// Asks the session to close with `code`; the first request wins.
+    pub fn close(&self, code: u16) {
+        if self.close_code.compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+            self.closed.notify_one();
+        }
+    }
+
+    /// Resolves once `close` was called; the code is in [`Conn::close_code`].
+    pub async fn closed(&self) {
+        self.closed.notified().await
+    }
+
+    pub fn close_code(&self) -> Option<u16> {
+        match self.close_code.load(Ordering::Acquire) {
+            0 => None,
+            c => Some(c),
+        }
+    }
+}
+
+struct Subscriber {
+    conn: Arc<Conn>,
+    slot: u32,
+}
+
+pub struct Hub {
+    topics: Box<[Mutex<HashMap<Arc<str>, Vec<Subscriber>>>]>,
+    conns: Box<[Mutex<HashMap<u64, Arc<Conn>>>]>,
+    hasher: RandomState,
+    next_id: AtomicU64,
+    count: AtomicUsize,
+    max_connections: usize,
+    queue_frames: usize,
+    started: Instant,
+    /// Frames handed to connection queues, for stats.
+    delivered: AtomicU64,
+    /// Connections closed as slow consumers, for stats.
+    slow_closed: AtomicU64,
+}
+
+/// Keeps a connection registered; dropping it unregisters (also when the upgrade fails).
+pub struct Registration {
+    hub: Arc<Hub>,
+    pub conn: Arc<Conn>,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        lock(&self.hub.conns[self.conn.id as usize % SHARDS]).remove(&self.conn.id);
+        self.hub.count.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every critical section here leaves the maps consistent, so a poisoned lock is usable.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A snapshot of the hub's counters.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct HubStats {
+    pub connections: usize,
+    pub delivered: u64,
+    pub slow_closed: u64,
+}
+
+impl Hub {
+    pub fn new(max_connections: usize, queue_frames: usize) -> Arc<Self> {
+        Arc::new(Self {
+            topics: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            conns: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            hasher: RandomState::new(),
+            next_id: AtomicU64::new(1),
+            count: AtomicUsize::new(0),
+            max_connections,
+            queue_frames: queue_frames.max(1),
+            started: Instant::now(),
+            delivered: AtomicU64::new(0),
+            slow_closed: AtomicU64::new(0),
+        })
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    fn shard(&self, topic: &str) -> &Mutex<HashMap<Arc<str>, Vec<Subscriber>>> {
+        &self.topics[self.hasher.hash_one(topic) as usize % SHARDS]
+    }
+
+    /// Registers a new connection, or `None` when `max_connections` are open.
+    pub fn register(self: &Arc<Self>) -> Option<(Registration, mpsc::Receiver<Outbound>)> {
+        if self.count.fetch_add(1, Ordering::AcqRel) >= self.max_connections {
+            self.count.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        let (tx, rx) = mpsc::channel(self.queue_frames);
+        let conn = Arc::new(Conn {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            tx,
+            close_code: AtomicU16::new(0),
+            closed: Notify::new(),
+            last_seen: AtomicU64::new(self.now_ms()),
+        });
+        lock(&self.conns[conn.id as usize % SHARDS]).insert(conn.id, conn.clone());
+        Some((Registration { hub: self.clone(), conn }, rx))
+    }
+
+    /// Records that the client was heard from (any inbound frame, pongs included).
+    pub fn touch(&self, conn: &Conn) {
+        conn.last_seen.store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    pub fn connections(&self) -> usize {
+        self.count.load(Ordering::Acquire)
+    }
+
+    pub fn stats(&self) -> HubStats {
+        HubStats {
+            connections: self.connections(),
+            delivered: self.delivered.load(Ordering::Relaxed),
+            slow_closed: self.slow_closed.load(Ordering::Relaxed),
+        }
+    }
+
+    /// From now on, every notification broadcast on `topic` is queued for `conn` tagged `slot`.
+    pub fn subscribe(&self, topic: &str, conn: &Arc<Conn>, slot: u32) {
+        let mut shard = lock(self.shard(topic));
+        let subs = match shard.get_mut(topic) {
+            Some(s) => s,
+            None => shard.entry(Arc::from(topic)).or_default(),
+        };
+        subs.push(Subscriber { conn: conn.clone(), slot });
+    }
+
+    pub fn unsubscribe(&self, topic: &str, conn_id: u64, slot: u32) {
+        let mut shard = lock(self.shard(topic));
+        if let Some(subs) = shard.get_mut(topic) {
+            subs.retain(|s| !(s.conn.id == conn_id && s.slot == slot));
+            if subs.is_empty() {
+                shard.remove(topic);
+            }
+        }
+    }
+
+    /// Number of local subscribers of `topic`.
+    pub fn subscribers(&self, topic: &str) -> usize {
+        lock(self.shard(topic)).get(topic).map_or(0, Vec::len)
+    }
+
+    /// Queues the notification for every subscriber of its topic. Never waits.
+    pub fn broadcast(&self, stored: &Stored) {
+        let topic = stored.notification.topic.as_str();
+        let offset = stored.notification.offset;
+        let mut shard = lock(self.shard(topic));
+        let Some(subs) = shard.get_mut(topic) else { return };
+        let mut sent = 0u64;
+        subs.retain(|s| {
+            let item = Outbound::Notification { slot: s.slot, offset, frame: stored.frame.clone() };
+            match s.conn.tx.try_send(item) {
+                Ok(()) => {
+                    sent += 1;
+                    true
+                }
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    tracing::warn!(conn_id = s.conn.id, topic, offset, "slow consumer: closing");
+                    self.slow_closed.fetch_add(1, Ordering::Relaxed);
+                    s.conn.close(close_code::SLOW_CONSUMER);
+                    false
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => false,
+            }
+        });
+        if subs.is_empty() {
+            shard.remove(topic);
+        }
+        self.delivered.fetch_add(sent, Ordering::Relaxed);
+    }
+
+    /// One heartbeat pass over every connection: close those silent for longer than `timeout`
+    /// and queue a ping for the rest. One sweep for all connections instead of a timer each.
+    pub fn sweep(&self, timeout: Duration) {
+        let now = self.now_ms();
+        let timeout = timeout.as_millis() as u64;
+        for shard in self.conns.iter() {
+            for conn in lock(shard).values() {
+                if now.saturating_sub(conn.last_seen.load(Ordering::Relaxed)) > timeout {
+                    tracing::info!(conn_id = conn.id, "heartbeat timeout: closing");
+                    conn.close(close_code::HEARTBEAT_TIMEOUT);
+                } else {
+                    // A full queue means the slow-consumer rule will act; no ping needed.
+                    let _ = conn.tx.try_send(Outbound::Ping);
+                }
+            }
+        }
+    }
+
+    /// Asks every connection to close with `code` (shutdown: 1001).
+    pub fn close_all(&self, code: u16) {
+        for shard in self.conns.iter() {
+            for conn in lock(shard).values() {
+                conn.close(code);
+            }
+        }
+    }
+
+    /// Waits until every connection has unregistered, or `grace` has passed.
+    pub async fn drained(&self, grace: Duration) -> bool {
+        let deadline = Instant::now() + grace;
+        while self.connections() > 0 {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        true
+    }
+}
+
+/// Moves committed notifications from the store's feed into the hub, in feed order.
+pub async fn dispatch(hub: Arc<Hub>, mut feed: mpsc::Receiver<Arc<Stored>>) {
+    let mut batch = Vec::with_capacity(256);
+    while feed.recv_many(&mut batch, 256).await > 0 {
+        for stored in batch.drain(..) {
+            hub.broadcast(&stored);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use app::protocol::Notification;
+
+    fn stored(topic: &str, offset: u64) -> Arc<Stored> {
+        Stored::new(Notification {
+            id: format!("id{offset}"),
+            topic: topic.into(),
+            epoch: "e".into(),
+            offset,
+            time: 0,
+            title: None,
+            body: "b".into(),
+            priority: 3,
+            tags: vec![],
+            link: None,
+        })
+    }
+
+    #[tokio::test]
+    async fn full_queue_closes_only_the_slow_connection() {
+        let hub = Hub::new(10, 2);
+        let (slow, _slow_rx) = hub.register().unwrap();
+        let (fast, mut fast_rx) = hub.register().unwrap();
+        hub.subscribe("t", &slow.conn, 0);
+        hub.subscribe("t", &fast.conn, 7);
+        for off in 1..=3 {
+            hub.broadcast(&stored("t", off));
+            // the fast one drains as it goes
+            match fast_rx.recv().await.unwrap() {
+                Outbound::Notification { slot, offset, .. } => assert_eq!((slot, offset), (7, off)),
+                Outbound::Ping => panic!("unexpected ping"),
+            }
+        }
+        assert_eq!(slow.conn.close_code(), Some(close_code::SLOW_CONSUMER));
+        assert_eq!(fast.conn.close_code(), None);
+        assert_eq!(hub.subscribers("t"), 1);
+    }
+
+    #[tokio::test]
+    async fn registration_is_capped_and_released_on_drop() {
+        let hub = Hub::new(1, 4);
+        let first = hub.register().unwrap();
+        assert!(hub.register().is_none());
+        drop(first);
+        assert!(hub.register().is_some());
+    }
+
+    #[tokio::test]
+    async fn sweep_pings_live_connections_and_closes_silent_ones() {
+        let hub = Hub::new(4, 4);
+        let (reg, mut rx) = hub.register().unwrap();
+        hub.sweep(Duration::from_secs(10));
+        assert!(matches!(rx.recv().await, Some(Outbound::Ping)));
+        assert_eq!(reg.conn.close_code(), None);
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        hub.sweep(Duration::from_millis(10));
+        assert_eq!(reg.conn.close_code(), Some(close_code::HEARTBEAT_TIMEOUT));
+    }
+}

@@ -1,0 +1,275 @@
+//! Herald's server, as a library: `main.rs` parses the config and calls [`run`]; tests call
+//! [`start`] on `127.0.0.1:0`.
+//!
+//! A publish flows one way: `api` (HTTP) or `session` (socket) -> `store` (assigns the offset,
+//! makes it durable, emits it on the feed in order) -> `hub::dispatch` -> `hub` (fan-out into
+//! bounded per-connection queues) -> each `session` (coalesced writes).
+//!
+//! - [`config`]: every bound, with defaults and env fallbacks.
+//! - [`store`]: the `Store` trait and its guarantees; SQLite (default) and memory.
+//! - [`hub`]: local subscriptions, fan-out, slow-consumer policy, heartbeat sweep.
+//! - [`session`]: one WebSocket connection, resume without gaps, coalesced writer.
+//! - [`api`]: HTTP routes and the upgrade (origin check, connection cap).
+//! - [`error`]: `ApiError` -> status + JSON body.
+
+pub mod api;
+pub mod config;
+pub mod error;
+pub mod hub;
+pub mod session;
+pub mod store;
+
+use crate::config::{Config, StoreKind};
+use crate::hub::Hub;
+use crate::store::{MemoryStore, ReadQuery, Retention, SqliteStore, Store};
+use anyhow::Context as _;
+use app::{shell, App, HistoryLoader};
+use axum::extract::FromRef;
+use axum::routing::{get, post};
+use axum::Router;
+use leptos::config::LeptosOptions;
+use leptos::prelude::provide_context;
+use leptos_axum::{generate_route_list, LeptosRoutes};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::ops::Deref;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
+use tower_http::trace::TraceLayer;
+
+/// Notifications committed but not yet fanned out; the store waits (backpressure) beyond it.
+const FEED_CAPACITY: usize = 4096;
+/// Open files kept free for the listener, the database, logs and HTTP requests.
+const FD_RESERVE: usize = 256;
+
+/// What every handler shares.
+pub struct Shared {
+    pub config: Config,
+    pub hub: Arc<Hub>,
+    pub store: Arc<dyn Store>,
+    pub leptos_options: LeptosOptions,
+}
+
+#[derive(Clone)]
+pub struct AppState(pub Arc<Shared>);
+
+impl Deref for AppState {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+impl FromRef<AppState> for LeptosOptions {
+    fn from_ref(s: &AppState) -> Self {
+        s.leptos_options.clone()
+    }
+}
+
+/// Leptos options from the environment cargo-leptos sets, with defaults that work when the
+/// binary is started directly from the repository root.
+fn leptos_options(config: &Config, addr: SocketAddr) -> LeptosOptions {
+    let env = |k: &str, d: &str| std::env::var(k).unwrap_or_else(|_| d.to_owned());
+    let site_root = config
+        .site_root
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(env("LEPTOS_SITE_ROOT", "target/site")));
+    LeptosOptions::builder()
+        .output_name(env("LEPTOS_OUTPUT_NAME", "herald"))
+        .site_root(site_root.to_string_lossy().into_owned())
+        .site_pkg_dir(env("LEPTOS_SITE_PKG_DIR", "pkg"))
+        .site_addr(addr)
+        .reload_port(env("LEPTOS_RELOAD_PORT", "3001").parse::<u32>().unwrap_or(3001))
+        .build()
+}
+
+/// The listen address: `--addr`, else cargo-leptos's LEPTOS_SITE_ADDR, else 127.0.0.1:3000.
+pub fn listen_addr(config: &Config) -> SocketAddr {
+    config
+        .addr
+        .or_else(|| std::env::var("LEPTOS_SITE_ADDR").ok().and_then(|a| a.parse().ok()))
+        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 3000)))
+}
+
+/// The soft open-file limit of this process, from /proc (Linux); `None` elsewhere.
+fn open_file_limit() -> Option<usize> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
+}
+
+/// Builds the store, the hub and the router, and starts the background tasks.
+fn build(mut config: Config, addr: SocketAddr) -> anyhow::Result<(Router, Arc<Hub>, AppState)> {
+    if let Some(limit) = open_file_limit() {
+        let cap = limit.saturating_sub(FD_RESERVE).max(1);
+        if config.max_connections > cap {
+            tracing::warn!(requested = config.max_connections, cap, "max_connections lowered below the open-file limit");
+            config.max_connections = cap;
+        }
+    }
+    config.hard_frame_bytes = config.hard_frame_bytes.max(config.max_frame_bytes);
+    let retention = Retention {
+        max_count: config.retain_count.max(1),
+        max_age: config.retain_age(),
+        idempotency_window: config.idempotency_window(),
+    };
+    let (feed_tx, feed_rx) = mpsc::channel(FEED_CAPACITY);
+    let store: Arc<dyn Store> = match config.store {
+        StoreKind::Memory => Arc::new(MemoryStore::new(feed_tx, retention)),
+        StoreKind::Sqlite => Arc::new(
+            SqliteStore::open(&config.db, config.sqlite_sync, config.max_batch, retention, feed_tx)
+                .with_context(|| format!("opening database {}", config.db.display()))?,
+        ),
+    };
+    let hub = Hub::new(config.max_connections, config.queue_frames);
+    tokio::spawn(hub::dispatch(hub.clone(), feed_rx));
+    spawn_heartbeat(hub.clone(), config.heartbeat());
+    spawn_pruner(store.clone(), Duration::from_secs(config.prune_interval_secs.max(1)));
+
+    let leptos_options = leptos_options(&config, addr);
+    let state = AppState(Arc::new(Shared { config, hub: hub.clone(), store, leptos_options }));
+    let routes = generate_route_list(App);
+    let loader = history_loader(state.clone());
+    let opts = state.leptos_options.clone();
+    let router = Router::new()
+        .route("/ws", get(api::websocket))
+        .route("/api/health", get(api::health))
+        .route("/api/stats", get(api::stats))
+        .route("/api/topics/{topic}", post(api::publish))
+        .route("/api/topics/{topic}/notifications", get(api::history))
+        .leptos_routes_with_context(
+            &state,
+            routes,
+            move || provide_context(loader.clone()),
+            move || shell(opts.clone()),
+        )
+        .fallback(leptos_axum::file_and_error_handler::<AppState, _>(shell))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state.clone());
+    Ok((router, hub, state))
+}
+
+/// Lets the server-rendered page read recent history straight from the store.
+fn history_loader(state: AppState) -> HistoryLoader {
+    Arc::new(move |topic: String| {
+        let state = state.clone();
+        Box::pin(async move {
+            let q = ReadQuery { after: 0, before: u64::MAX, limit: app::HISTORY_PAGE, newest_first: true };
+            api::history_page(&state, &topic, q).await.ok()
+        })
+    })
+}
+
+fn spawn_heartbeat(hub: Arc<Hub>, every: Duration) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            hub.sweep(every * 2);
+        }
+    });
+}
+
+fn spawn_pruner(store: Arc<dyn Store>, every: Duration) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            match store.prune().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(dropped = n, "retention pruned notifications"),
+                Err(store::StoreError::Closed) => return,
+                Err(e) => tracing::error!(error = %e, "retention pruning failed"),
+            }
+        }
+    });
+}
+
+/// Serves on `listener` until `shutdown` resolves, then closes every socket with 1001 and
+/// waits up to the configured grace for them to go.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let addr = listener.local_addr()?;
+    let grace = Duration::from_secs(config.shutdown_grace_secs);
+    let (router, hub, _state) = build(config, addr)?;
+    tracing::info!(%addr, "herald listening on http://{addr}");
+    let closer = hub.clone();
+    let signal = async move {
+        shutdown.await;
+        tracing::info!("shutting down: closing connections with 1001");
+        closer.close_all(app::protocol::close_code::GOING_AWAY);
+    };
+    axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(signal)
+        .await?;
+    if !hub.drained(grace).await {
+        tracing::warn!(left = hub.connections(), "connections still open after the grace period");
+    }
+    Ok(())
+}
+
+/// A server running in this process (for tests and the benchmark tool).
+pub struct RunningServer {
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl RunningServer {
+    pub fn http_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/ws", self.addr)
+    }
+    /// Graceful shutdown, as on SIGTERM.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        (&mut self.task).await?
+    }
+}
+
+/// Starts a server on `127.0.0.1:0` (or `config.addr`) in this process.
+pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
+    let bind = config.addr.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
+    let listener = TcpListener::bind(bind).await?;
+    let addr = listener.local_addr()?;
+    let (tx, rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(run(config, listener, async move {
+        let _ = rx.await;
+    }));
+    Ok(RunningServer { addr, stop: Some(tx), task })
+}
+
+/// Resolves on SIGINT or SIGTERM (cargo-leptos stops the server with SIGINT).
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

@@ -1,0 +1,16 @@
+//! `herald`: parse the configuration, set up logging, and run the server until SIGINT/SIGTERM.
+
+use clap::Parser;
+use herald::config::Config;
+use tracing_subscriber::EnvFilter;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,tower_http=warn")))
+        .init();
+    let config = Config::parse();
+    let addr = herald::listen_addr(&config);
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    herald::run(config, listener, herald::shutdown_signal()).await
+}

@@ -1,0 +1,170 @@
+//! The store: where notifications get their offsets and are kept.
+//!
+//! # The contract every store keeps
+//! - **Offsets**: within a topic's epoch, the store assigns offsets 1, 2, 3, ... with no hole and
+//!   no repeat, in the order appends are committed. An epoch changes only when the topic's history
+//!   is reset (for the embedded stores: a new database, or any restart of the memory store).
+//! - **Durability**: `append` returns only after the notification is as durable as the store
+//!   promises (SQLite: committed, and with `SyncMode::Full` fsynced, in a group commit).
+//! - **The feed**: every appended notification is sent exactly once to the feed given at
+//!   construction, after it is durable and in offset order per topic. The hub fans out from the
+//!   feed, so live delivery order is offset order. A notification is readable through `read`
+//!   before it appears on the feed, which is what makes resume gap-free (see `session`).
+//! - **Idempotency**: an append with an idempotency key already seen on that topic within the
+//!   window returns the original notification (`duplicate = true`) and appends nothing.
+//! - **Retention**: `prune` drops notifications beyond the per-topic count or older than the age;
+//!   it never lowers `last_offset`, so offsets are never reused.
+
+mod memory;
+mod sqlite;
+
+pub use memory::MemoryStore;
+pub use sqlite::SqliteStore;
+
+use app::protocol::{NewNotification, Notification, ServerFrame};
+use async_trait::async_trait;
+use axum::extract::ws::Utf8Bytes;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::mpsc;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("store i/o: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    #[error("store failed: {0}")]
+    Backend(String),
+    #[error("the store is shutting down")]
+    Closed,
+}
+
+/// A notification together with its wire frame, serialized once and shared by every subscriber.
+#[derive(Debug)]
+pub struct Stored {
+    pub notification: Notification,
+    /// `ServerFrame::Notification` as JSON text; cloning shares the bytes.
+    pub frame: Utf8Bytes,
+}
+
+impl Stored {
+    pub fn new(notification: Notification) -> Arc<Self> {
+        let frame = frame_of(&notification);
+        Arc::new(Self { notification, frame })
+    }
+}
+
+/// Serializes the notification frame (the single place it is done for live delivery).
+pub fn frame_of(n: &Notification) -> Utf8Bytes {
+    // Serializing plain structs of strings and integers cannot fail.
+    let text = serde_json::to_string(&ServerFrame::Notification(n.clone()))
+        .unwrap_or_else(|_| String::from("{}"));
+    Utf8Bytes::from(text)
+}
+
+/// The ordered stream of committed notifications, consumed by the hub's dispatcher.
+pub type Feed = mpsc::Sender<Arc<Stored>>;
+
+/// The result of an append.
+#[derive(Debug, Clone)]
+pub struct Appended {
+    pub stored: Arc<Stored>,
+    /// True when the idempotency key matched an earlier append, which is returned instead.
+    pub duplicate: bool,
+}
+
+/// Where a topic's history stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicPosition {
+    pub epoch: String,
+    /// Oldest retained offset; `last + 1` when nothing is retained.
+    pub first: u64,
+    /// Newest offset assigned; 0 before the first publish.
+    pub last: u64,
+}
+
+/// Which slice of a topic's history to read.
+#[derive(Debug, Clone, Copy)]
+pub struct ReadQuery {
+    /// Only offsets strictly greater than this.
+    pub after: u64,
+    /// Only offsets strictly smaller than this.
+    pub before: u64,
+    pub limit: usize,
+    /// Newest first (for browsing) instead of oldest first (for replay).
+    pub newest_first: bool,
+}
+
+impl ReadQuery {
+    pub fn after(after: u64, limit: usize) -> Self {
+        Self { after, before: u64::MAX, limit, newest_first: false }
+    }
+}
+
+/// Retention and idempotency bounds shared by the stores.
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    pub max_count: u64,
+    pub max_age: Duration,
+    pub idempotency_window: Duration,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Assigns the next offset on `topic`, makes the notification durable, sends it to the feed
+    /// and returns it. See the module docs for the guarantees.
+    async fn append(
+        &self,
+        topic: &str,
+        new: NewNotification,
+        idempotency_key: Option<String>,
+    ) -> Result<Appended, StoreError>;
+
+    /// Reads retained notifications, with the topic's position at the time of the read.
+    async fn read(
+        &self,
+        topic: &str,
+        query: ReadQuery,
+    ) -> Result<(TopicPosition, Vec<Arc<Stored>>), StoreError>;
+
+    /// The topic's position (a never-published topic has `last = 0`, `first = 1`).
+    async fn position(&self, topic: &str) -> Result<TopicPosition, StoreError>;
+
+    /// Applies retention now; returns how many notifications were dropped.
+    async fn prune(&self) -> Result<u64, StoreError>;
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// A random id of `len` URL-safe characters.
+pub fn random_id(len: usize) -> String {
+    const ALPHABET: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ";
+    (0..len).map(|_| ALPHABET[fastrand::usize(..ALPHABET.len())] as char).collect()
+}
+
+/// Builds the stored notification from a validated request.
+pub(crate) fn materialize(
+    topic: &str,
+    epoch: &str,
+    offset: u64,
+    time: i64,
+    new: NewNotification,
+) -> Notification {
+    Notification {
+        id: random_id(12),
+        topic: topic.to_owned(),
+        epoch: epoch.to_owned(),
+        offset,
+        time,
+        title: new.title.filter(|t| !t.is_empty()),
+        body: new.body,
+        priority: new.priority.unwrap_or(app::protocol::DEFAULT_PRIORITY),
+        tags: new.tags,
+        link: new.link.filter(|l| !l.is_empty()),
+    }
+}

@@ -43,8 +43,10 @@ impl ApiError {
 
     pub fn status(&self) -> StatusCode {
         match self {
+            ApiError::TooLarge(_) | ApiError::Invalid(ErrorCode::TooLarge, _) => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
             ApiError::Invalid(..) => StatusCode::BAD_REQUEST,
-            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Unavailable(_) | ApiError::Store(StoreError::Closed) => {
                 StatusCode::SERVICE_UNAVAILABLE

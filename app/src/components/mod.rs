@@ -160,7 +160,11 @@ fn CenterView(init: InitialView) -> impl IntoView {
                     </span>
                     <button class="bell" data-testid="bell" on:click=open_list
                         aria-label=move || format!("{} unread notifications", center.unread.get())>
-                        <span aria-hidden="true">"🔔"</span>
+                        <svg class="bell-icon" viewBox="0 0 24 24" width="18" height="18" aria-hidden="true"
+                            fill="none" stroke="currentColor" stroke-width="2" stroke-linecap="round" stroke-linejoin="round">
+                            <path d="M18 8a6 6 0 0 0-12 0c0 7-3 9-3 9h18s-3-2-3-9"/>
+                            <path d="M13.73 21a2 2 0 0 1-3.46 0"/>
+                        </svg>
                         <Show when=move || { center.unread.get() > 0 }>
                             <span class="badge" data-testid="unread">{move || center.unread.get()}</span>
                         </Show>

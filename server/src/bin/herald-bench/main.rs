@@ -1,0 +1,661 @@
+//! `herald-bench`: Herald's load generator. It talks Herald's real protocol over loopback and
+//! prints progress while it runs and a summary at the end (`--json` for machines).
+//!
+//! ```text
+//! herald-bench connections --count 10000 --server-pid $PID   # hold N sockets, RSS per socket
+//! herald-bench fanout --subscribers 1000 --rate 20 --messages 400 --server-pid $PID
+//! herald-bench publish --concurrency 32 --requests 200000 --server-pid $PID
+//! ```
+//!
+//! The client is kept cheaper than the server it measures: frames are scanned for the two
+//! numbers it needs (offset and send time), never decoded as JSON; publishes go over raw
+//! keep-alive HTTP/1.1. Pin it to another core than the server (`taskset -c 1`).
+
+mod http;
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+use futures::{SinkExt, StreamExt};
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use std::io::{BufRead, BufReader};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::net::TcpSocket;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Message;
+
+#[derive(Parser)]
+#[command(name = "herald-bench", about = "Load generator for Herald")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+    /// Print the summary as JSON instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    /// Herald's address.
+    #[arg(long, global = true, default_value = "127.0.0.1:3000")]
+    addr: SocketAddr,
+    /// The server's pid, to read its memory and CPU time from /proc.
+    #[arg(long, global = true)]
+    server_pid: Option<u32>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Open N WebSocket connections at a given rate and hold them.
+    Connections(ConnArgs),
+    /// N subscribers on one topic; publish M notifications at rate R over HTTP.
+    Fanout(FanoutArgs),
+    /// HTTP publish throughput and latency with C concurrent publishers.
+    Publish(PublishArgs),
+}
+
+#[derive(Args, Clone)]
+struct ConnArgs {
+    #[arg(long, default_value_t = 1000)]
+    count: usize,
+    /// New connections per second.
+    #[arg(long, default_value_t = 2000.0)]
+    rate: f64,
+    /// Seconds to hold the connections after the last one is up.
+    #[arg(long, default_value_t = 5)]
+    hold: u64,
+    /// Connections per load-generator process (each process has its own open-file limit).
+    #[arg(long, default_value_t = 9000)]
+    per_process: usize,
+    /// Internal: this process is a child of a larger run; its index picks source addresses.
+    #[arg(long, hide = true)]
+    child: Option<usize>,
+}
+
+#[derive(Args, Clone)]
+struct FanoutArgs {
+    #[arg(long, default_value_t = 1000)]
+    subscribers: usize,
+    /// Notifications to publish.
+    #[arg(long, default_value_t = 400)]
+    messages: u64,
+    /// Publishes per second (0: as fast as the publishers go).
+    #[arg(long, default_value_t = 20.0)]
+    rate: f64,
+    /// Concurrent HTTP publisher connections.
+    #[arg(long, default_value_t = 4)]
+    publishers: usize,
+    /// Body size in bytes (at least 24: the send time is in it).
+    #[arg(long, default_value_t = 64)]
+    body_bytes: usize,
+    #[arg(long, default_value = "bench")]
+    topic: String,
+    /// Seconds to wait for stragglers after the last publish.
+    #[arg(long, default_value_t = 15)]
+    drain: u64,
+}
+
+#[derive(Args, Clone)]
+struct PublishArgs {
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    #[arg(long, default_value_t = 100_000)]
+    requests: u64,
+    #[arg(long, default_value_t = 64)]
+    body_bytes: usize,
+    #[arg(long, default_value = "bench-publish")]
+    topic: String,
+}
+
+/// /proc readings of the server process.
+mod proc_stats {
+    /// Resident set size in KiB.
+    pub fn rss_kib(pid: u32) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+        line.split_whitespace().nth(1)?.parse().ok()
+    }
+
+    /// User + system CPU seconds. /proc reports clock ticks of USER_HZ, which is 100 on Linux.
+    pub fn cpu_secs(pid: u32) -> Option<f64> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // Fields after the command name (which may contain spaces) start after the last ')'.
+        let rest = &stat[stat.rfind(')')? + 2..];
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let utime: f64 = f.get(11)?.parse().ok()?;
+        let stime: f64 = f.get(12)?.parse().ok()?;
+        Some((utime + stime) / 100.0)
+    }
+}
+
+fn now_micros() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+struct Percentiles {
+    p50_ms: f64,
+    p90_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
+    samples: u64,
+}
+
+fn percentiles(h: &Histogram<u64>) -> Percentiles {
+    let ms = |v: u64| v as f64 / 1000.0;
+    Percentiles {
+        p50_ms: ms(h.value_at_quantile(0.50)),
+        p90_ms: ms(h.value_at_quantile(0.90)),
+        p99_ms: ms(h.value_at_quantile(0.99)),
+        max_ms: ms(h.max()),
+        samples: h.len(),
+    }
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 120_000_000, 3).expect("valid histogram bounds")
+}
+
+fn ws_config() -> WebSocketConfig {
+    // A modest read buffer: tungstenite zero-fills it on every read.
+    WebSocketConfig::default().read_buffer_size(32 * 1024)
+}
+
+/// Opens a WebSocket from `source` and waits for the welcome frame.
+async fn open_ws(
+    addr: SocketAddr,
+    source: Ipv4Addr,
+) -> anyhow::Result<tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>> {
+    let socket = TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::new(IpAddr::V4(source), 0))?;
+    let stream = socket.connect(addr).await?;
+    stream.set_nodelay(true)?;
+    let url = format!("ws://{addr}/ws");
+    let (mut ws, _) = tokio_tungstenite::client_async_with_config(url, stream, Some(ws_config())).await?;
+    match tokio::time::timeout(Duration::from_secs(30), ws.next()).await {
+        Ok(Some(Ok(Message::Text(t)))) if t.as_str().contains("\"welcome\"") => Ok(ws),
+        other => bail!("no welcome: {other:?}"),
+    }
+}
+
+/// Source address for connection `i`: loopback has ~28k ephemeral ports per source address,
+/// so spread connections over 127.0.0.x.
+fn source_for(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(127, 0, 0, 1 + (i / 20_000) as u8)
+}
+
+// ---------------------------------------------------------------------------------------------
+// connections
+
+#[derive(Debug, Default, Serialize, serde::Deserialize, Clone)]
+struct ConnReport {
+    requested: usize,
+    held: usize,
+    handshake_failures: usize,
+    failure_examples: Vec<String>,
+    connect_p50_ms: f64,
+    connect_p99_ms: f64,
+    connect_max_ms: f64,
+    seconds_to_connect_all: f64,
+    server_rss_before_kib: Option<u64>,
+    server_rss_after_kib: Option<u64>,
+    server_rss_per_conn_kib: Option<f64>,
+}
+
+async fn connections(cli: &Cli, args: &ConnArgs) -> anyhow::Result<ConnReport> {
+    if args.child.is_none() && args.count > args.per_process {
+        return connections_multi(cli, args).await;
+    }
+    let base = args.child.unwrap_or(0) * args.per_process;
+    let rss_before = cli.server_pid.and_then(proc_stats::rss_kib);
+    let stop = Arc::new(AtomicBool::new(false));
+    let held = Arc::new(AtomicUsize::new(0));
+    let failures = Arc::new(Mutex::new(Vec::<String>::new()));
+    let times = Arc::new(Mutex::new(histogram()));
+    let started = Instant::now();
+    let interval = Duration::from_secs_f64(1.0 / args.rate.max(1.0));
+    let mut tasks = Vec::with_capacity(args.count);
+    let progress = spawn_progress("connections", {
+        let (held, failures) = (held.clone(), failures.clone());
+        move || format!("held {} failed {}", held.load(Ordering::Relaxed), failures.lock().unwrap().len())
+    });
+    for i in 0..args.count {
+        tokio::time::sleep_until((started + interval * i as u32).into()).await;
+        let (addr, stop, held, failures, times) = (cli.addr, stop.clone(), held.clone(), failures.clone(), times.clone());
+        tasks.push(tokio::spawn(async move {
+            let t0 = Instant::now();
+            match open_ws(addr, source_for(base + i)).await {
+                Ok(mut ws) => {
+                    let _ = times.lock().unwrap().record(t0.elapsed().as_micros() as u64);
+                    held.fetch_add(1, Ordering::Relaxed);
+                    // Hold: read (tungstenite answers the server's pings) until told to stop.
+                    while !stop.load(Ordering::Relaxed) {
+                        match tokio::time::timeout(Duration::from_millis(500), ws.next()).await {
+                            Ok(Some(Ok(_))) | Err(_) => {}
+                            Ok(_) => {
+                                held.fetch_sub(1, Ordering::Relaxed);
+                                return;
+                            }
+                        }
+                    }
+                    let _ = ws.close(None).await;
+                }
+                Err(e) => failures.lock().unwrap().push(e.to_string()),
+            }
+        }));
+    }
+    // Wait for every attempt to finish its handshake (or fail).
+    while held.load(Ordering::Relaxed) + failures.lock().unwrap().len() < args.count {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if started.elapsed() > Duration::from_secs(600) {
+            break;
+        }
+    }
+    let connect_all = started.elapsed().as_secs_f64();
+    if let Some(child) = args.child {
+        // Tell the parent we are up, then hold.
+        println!("READY {child} {}", held.load(Ordering::Relaxed));
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rss_after = cli.server_pid.and_then(proc_stats::rss_kib);
+    tokio::time::sleep(Duration::from_secs(args.hold)).await;
+    progress.abort();
+    let report = {
+        let h = times.lock().unwrap();
+        let f = failures.lock().unwrap();
+        let held_now = held.load(Ordering::Relaxed);
+        ConnReport {
+            requested: args.count,
+            held: held_now,
+            handshake_failures: f.len(),
+            failure_examples: f.iter().take(3).cloned().collect(),
+            connect_p50_ms: h.value_at_quantile(0.5) as f64 / 1000.0,
+            connect_p99_ms: h.value_at_quantile(0.99) as f64 / 1000.0,
+            connect_max_ms: h.max() as f64 / 1000.0,
+            seconds_to_connect_all: connect_all,
+            server_rss_before_kib: rss_before,
+            server_rss_after_kib: rss_after,
+            server_rss_per_conn_kib: per_conn(rss_before, rss_after, held_now),
+        }
+    };
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        let _ = t.await;
+    }
+    Ok(report)
+}
+
+fn per_conn(before: Option<u64>, after: Option<u64>, n: usize) -> Option<f64> {
+    match (before, after) {
+        (Some(b), Some(a)) if n > 0 => Some(a.saturating_sub(b) as f64 / n as f64),
+        _ => None,
+    }
+}
+
+/// Splits a large run over child processes (each has its own open-file limit), measures the
+/// server once every child holds its share, and merges their reports.
+async fn connections_multi(cli: &Cli, args: &ConnArgs) -> anyhow::Result<ConnReport> {
+    let procs = args.count.div_ceil(args.per_process);
+    let rss_before = cli.server_pid.and_then(proc_stats::rss_kib);
+    let exe = std::env::current_exe()?;
+    let mut children = Vec::new();
+    let mut ready_rx = Vec::new();
+    for p in 0..procs {
+        let n = args.per_process.min(args.count - p * args.per_process);
+        let mut child = Command::new(&exe)
+            .args(["--addr", &cli.addr.to_string(), "--json", "connections"])
+            .args(["--count", &n.to_string(), "--rate", &(args.rate / procs as f64).to_string()])
+            .args(["--hold", &(args.hold + 5).to_string(), "--per-process", &args.per_process.to_string()])
+            .args(["--child", &p.to_string()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("spawning a load-generator child")?;
+        let stdout = child.stdout.take().context("child stdout")?;
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        children.push(child);
+        ready_rx.push(rx);
+    }
+    let mut lines: Vec<Vec<String>> = vec![Vec::new(); procs];
+    for (i, rx) in ready_rx.iter().enumerate() {
+        loop {
+            let line = rx.recv_timeout(Duration::from_secs(900)).context("child never became ready")?;
+            let ready = line.starts_with("READY");
+            lines[i].push(line);
+            if ready {
+                break;
+            }
+        }
+    }
+    eprintln!("[connections] all {procs} generators ready; measuring");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let rss_after = cli.server_pid.and_then(proc_stats::rss_kib);
+    let mut merged = ConnReport { requested: args.count, server_rss_before_kib: rss_before, server_rss_after_kib: rss_after, ..Default::default() };
+    for (i, (mut child, rx)) in children.into_iter().zip(ready_rx).enumerate() {
+        child.wait()?;
+        lines[i].extend(rx.try_iter());
+        let json = lines[i].iter().rev().find(|l| l.starts_with('{')).context("child printed no report")?;
+        let r: ConnReport = serde_json::from_str(json)?;
+        merged.held += r.held;
+        merged.handshake_failures += r.handshake_failures;
+        merged.failure_examples.extend(r.failure_examples);
+        merged.connect_p50_ms = merged.connect_p50_ms.max(r.connect_p50_ms);
+        merged.connect_p99_ms = merged.connect_p99_ms.max(r.connect_p99_ms);
+        merged.connect_max_ms = merged.connect_max_ms.max(r.connect_max_ms);
+        merged.seconds_to_connect_all = merged.seconds_to_connect_all.max(r.seconds_to_connect_all);
+    }
+    merged.failure_examples.truncate(3);
+    merged.server_rss_per_conn_kib = per_conn(rss_before, rss_after, merged.held);
+    Ok(merged)
+}
+
+// ---------------------------------------------------------------------------------------------
+// fanout
+
+#[derive(Debug, Default, Serialize)]
+struct FanoutReport {
+    subscribers: usize,
+    published: u64,
+    publish_errors: u64,
+    expected_deliveries: u64,
+    delivered: u64,
+    lost: u64,
+    duplicated: u64,
+    out_of_order: u64,
+    seconds: f64,
+    deliveries_per_sec: f64,
+    latency: Percentiles,
+    server_cpu_secs: Option<f64>,
+    server_cpu_secs_per_million: Option<f64>,
+    server_rss_kib: Option<u64>,
+}
+
+/// What one subscriber saw.
+#[derive(Default)]
+struct SubResult {
+    delivered: u64,
+    duplicated: u64,
+    out_of_order: u64,
+    last: u64,
+    first: u64,
+    latencies: Vec<u32>,
+}
+
+/// Finds `key` in `hay` and parses the unsigned integer right after it.
+fn scan_u64(hay: &[u8], key: &[u8]) -> Option<u64> {
+    let at = hay.windows(key.len()).position(|w| w == key)? + key.len();
+    let digits = hay[at..].iter().take_while(|b| b.is_ascii_digit()).count();
+    std::str::from_utf8(&hay[at..at + digits]).ok()?.parse().ok()
+}
+
+async fn fanout(cli: &Cli, a: &FanoutArgs) -> anyhow::Result<FanoutReport> {
+    let subscribe = format!(r#"{{"type":"subscribe","topic":"{}"}}"#, a.topic);
+    let delivered = Arc::new(AtomicU64::new(0));
+    let last_delivery = Arc::new(AtomicU64::new(0));
+    let subscribed = Arc::new(AtomicUsize::new(0));
+    let expected = a.messages;
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<SubResult>();
+    let setup = Instant::now();
+    let mut failures = 0usize;
+    let progress = spawn_progress("fanout", {
+        let (delivered, subscribed) = (delivered.clone(), subscribed.clone());
+        move || format!("subscribed {} delivered {}", subscribed.load(Ordering::Relaxed), delivered.load(Ordering::Relaxed))
+    });
+    let mut connecting = Vec::new();
+    for i in 0..a.subscribers {
+        let (addr, subscribe) = (cli.addr, subscribe.clone());
+        connecting.push(tokio::spawn(async move {
+            let mut ws = open_ws(addr, source_for(i)).await?;
+            ws.send(Message::text(subscribe)).await?;
+            match ws.next().await {
+                Some(Ok(Message::Text(t))) if t.as_str().contains("\"subscribed\"") => Ok(ws),
+                other => bail!("no subscribed: {other:?}"),
+            }
+        }));
+        if i % 500 == 499 {
+            tokio::task::yield_now().await;
+        }
+    }
+    let mut sockets = Vec::new();
+    for c in connecting {
+        match c.await? {
+            Ok(ws) => {
+                subscribed.fetch_add(1, Ordering::Relaxed);
+                sockets.push(ws);
+            }
+            Err(e) => {
+                failures += 1;
+                if failures <= 3 {
+                    eprintln!("[fanout] subscriber failed: {e}");
+                }
+            }
+        }
+    }
+    eprintln!("[fanout] {} subscribers ready in {:.1}s", sockets.len(), setup.elapsed().as_secs_f64());
+    let n_subs = sockets.len();
+    for mut ws in sockets {
+        let (delivered, last_delivery, done_tx) = (delivered.clone(), last_delivery.clone(), done_tx.clone());
+        tokio::spawn(async move {
+            let mut r = SubResult { latencies: Vec::with_capacity(expected as usize), ..Default::default() };
+            while r.delivered < expected {
+                let Some(Ok(msg)) = ws.next().await else { break };
+                let Message::Text(t) = msg else { continue };
+                let bytes = t.as_bytes();
+                let (Some(offset), Some(sent)) = (scan_u64(bytes, b"\"offset\":"), scan_u64(bytes, b"\"body\":\"")) else {
+                    continue;
+                };
+                let now = now_micros();
+                if r.first == 0 {
+                    r.first = offset;
+                } else if offset <= r.last {
+                    if offset == r.last { r.duplicated += 1 } else { r.out_of_order += 1 }
+                    continue;
+                }
+                r.last = offset;
+                r.delivered += 1;
+                r.latencies.push(now.saturating_sub(sent).min(u32::MAX as u64) as u32);
+                delivered.fetch_add(1, Ordering::Relaxed);
+                last_delivery.fetch_max(now, Ordering::Relaxed);
+            }
+            let _ = done_tx.send(r);
+        });
+    }
+    drop(done_tx);
+
+    // Publish on a fixed schedule: message k leaves at start + k / rate.
+    let cpu_before = cli.server_pid.and_then(proc_stats::cpu_secs);
+    let start_us = now_micros();
+    let start = Instant::now();
+    let next = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let mut pubs = Vec::new();
+    for _ in 0..a.publishers.max(1) {
+        let (addr, next, errors, a) = (cli.addr, next.clone(), errors.clone(), a.clone());
+        pubs.push(tokio::spawn(async move {
+            let mut conn = http::HttpConn::connect(addr).await?;
+            let path = format!("/api/topics/{}", a.topic);
+            loop {
+                let k = next.fetch_add(1, Ordering::Relaxed);
+                if k >= a.messages {
+                    return anyhow::Ok(());
+                }
+                if a.rate > 0.0 {
+                    tokio::time::sleep_until((start + Duration::from_secs_f64(k as f64 / a.rate)).into()).await;
+                }
+                let mut body = format!("{:020}", now_micros()).into_bytes();
+                body.resize(a.body_bytes.max(24), b'.');
+                if conn.post(&path, &body).await? != 201 {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    for p in pubs {
+        p.await??;
+    }
+    let published = a.messages - errors.load(Ordering::Relaxed);
+    let drain_deadline = Instant::now() + Duration::from_secs(a.drain);
+    let mut results = Vec::with_capacity(n_subs);
+    while results.len() < n_subs {
+        match tokio::time::timeout_at(drain_deadline.into(), done_rx.recv()).await {
+            Ok(Some(r)) => results.push(r),
+            _ => break,
+        }
+    }
+    let cpu_after = cli.server_pid.and_then(proc_stats::cpu_secs);
+    progress.abort();
+    let mut h = histogram();
+    let mut report = FanoutReport {
+        subscribers: n_subs,
+        published,
+        publish_errors: errors.load(Ordering::Relaxed),
+        expected_deliveries: published * n_subs as u64,
+        ..Default::default()
+    };
+    for r in &results {
+        report.delivered += r.delivered;
+        report.duplicated += r.duplicated;
+        report.out_of_order += r.out_of_order;
+        // Offsets are contiguous: anything between first and last not delivered is lost.
+        if r.delivered > 0 {
+            report.lost += (r.last - r.first + 1) - r.delivered;
+        }
+        for &l in &r.latencies {
+            let _ = h.record(u64::from(l).max(1));
+        }
+    }
+    // Subscribers that never finished count everything they did not get as lost.
+    report.lost = report.expected_deliveries.saturating_sub(report.delivered).max(report.lost);
+    let end = last_delivery.load(Ordering::Relaxed).max(start_us + 1);
+    report.seconds = (end - start_us) as f64 / 1e6;
+    report.deliveries_per_sec = report.delivered as f64 / report.seconds;
+    report.latency = percentiles(&h);
+    if let (Some(b), Some(a)) = (cpu_before, cpu_after) {
+        report.server_cpu_secs = Some(a - b);
+        if report.delivered > 0 {
+            report.server_cpu_secs_per_million = Some((a - b) / (report.delivered as f64 / 1e6));
+        }
+    }
+    report.server_rss_kib = cli.server_pid.and_then(proc_stats::rss_kib);
+    Ok(report)
+}
+
+// ---------------------------------------------------------------------------------------------
+// publish
+
+#[derive(Debug, Default, Serialize)]
+struct PublishReport {
+    concurrency: usize,
+    requests: u64,
+    ok: u64,
+    errors: u64,
+    seconds: f64,
+    publishes_per_sec: f64,
+    latency: Percentiles,
+    server_cpu_secs: Option<f64>,
+}
+
+async fn publish(cli: &Cli, a: &PublishArgs) -> anyhow::Result<PublishReport> {
+    let next = Arc::new(AtomicU64::new(0));
+    let ok = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let cpu_before = cli.server_pid.and_then(proc_stats::cpu_secs);
+    let progress = spawn_progress("publish", {
+        let ok = ok.clone();
+        move || format!("ok {}", ok.load(Ordering::Relaxed))
+    });
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..a.concurrency.max(1) {
+        let (addr, next, ok, errors, a) = (cli.addr, next.clone(), ok.clone(), errors.clone(), a.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut conn = http::HttpConn::connect(addr).await?;
+            let path = format!("/api/topics/{}", a.topic);
+            let body = vec![b'x'; a.body_bytes.max(1)];
+            let mut lat = Vec::new();
+            while next.fetch_add(1, Ordering::Relaxed) < a.requests {
+                let t0 = Instant::now();
+                let status = conn.post(&path, &body).await?;
+                lat.push(t0.elapsed().as_micros() as u64);
+                if status == 201 { ok.fetch_add(1, Ordering::Relaxed) } else { errors.fetch_add(1, Ordering::Relaxed) };
+            }
+            anyhow::Ok(lat)
+        }));
+    }
+    let mut h = histogram();
+    for t in tasks {
+        for l in t.await?? {
+            let _ = h.record(l.max(1));
+        }
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    progress.abort();
+    let cpu_after = cli.server_pid.and_then(proc_stats::cpu_secs);
+    let okn = ok.load(Ordering::Relaxed);
+    Ok(PublishReport {
+        concurrency: a.concurrency,
+        requests: a.requests,
+        ok: okn,
+        errors: errors.load(Ordering::Relaxed),
+        seconds,
+        publishes_per_sec: okn as f64 / seconds,
+        latency: percentiles(&h),
+        server_cpu_secs: cpu_before.zip(cpu_after).map(|(b, a)| a - b),
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+
+fn spawn_progress(name: &'static str, line: impl Fn() -> String + Send + 'static) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let start = Instant::now();
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            eprintln!("[{name}] {:>5.1}s {}", start.elapsed().as_secs_f64(), line());
+        }
+    })
+}
+
+fn print<T: Serialize + std::fmt::Debug>(json: bool, title: &str, report: &T) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(report)?);
+    } else {
+        println!("== {title}");
+        let v = serde_json::to_value(report)?;
+        if let Some(map) = v.as_object() {
+            for (k, v) in map {
+                println!("  {k:<30} {v}");
+            }
+        }
+    }
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    // One runtime thread: the load generator should use one core (pin it with taskset).
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async {
+        match &cli.cmd {
+            Cmd::Connections(a) => {
+                let r = connections(&cli, a).await?;
+                print(cli.json, "connections", &r)
+            }
+            Cmd::Fanout(a) => {
+                let r = fanout(&cli, a).await?;
+                print(cli.json, "fanout", &r)
+            }
+            Cmd::Publish(a) => {
+                let r = publish(&cli, a).await?;
+                print(cli.json, "publish", &r)
+            }
+        }
+    })
+}

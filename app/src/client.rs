@@ -25,6 +25,10 @@ const TOAST_MS: u32 = 6_000;
 pub enum Command {
     Subscribe(String),
     Unsubscribe(String),
+    /// The browser lost its network: drop the socket now rather than wait for a timeout.
+    Offline,
+    /// The network is back: reconnect now instead of waiting out the backoff.
+    Online,
 }
 
 /// A handle the page keeps to talk to the running connection.
@@ -57,7 +61,10 @@ pub fn save_topics(topics: &[String]) {
     if let Some(doc) = web_sys::window().and_then(|w| w.document()) {
         use wasm_bindgen::JsCast;
         if let Ok(html) = doc.dyn_into::<web_sys::HtmlDocument>() {
-            let cookie = format!("{}={joined}; path=/; max-age=31536000; samesite=lax", crate::TOPICS_COOKIE);
+            let cookie = format!(
+                "{}={joined}; path=/; max-age=31536000; samesite=lax",
+                crate::TOPICS_COOKIE
+            );
             let _ = html.set_cookie(&cookie);
         }
     }
@@ -78,8 +85,13 @@ fn save_positions(p: &HashMap<String, Position>) {
 
 fn ws_url() -> String {
     let loc = web_sys::window().map(|w| w.location());
-    let proto = loc.as_ref().and_then(|l| l.protocol().ok()).unwrap_or_else(|| "http:".into());
-    let host = loc.and_then(|l| l.host().ok()).unwrap_or_else(|| "127.0.0.1:3000".into());
+    let proto = loc
+        .as_ref()
+        .and_then(|l| l.protocol().ok())
+        .unwrap_or_else(|| "http:".into());
+    let host = loc
+        .and_then(|l| l.host().ok())
+        .unwrap_or_else(|| "127.0.0.1:3000".into());
     let scheme = if proto == "https:" { "wss" } else { "ws" };
     format!("{scheme}://{host}/ws")
 }
@@ -95,8 +107,31 @@ pub fn start(center: Center) -> Client {
     }
     center.positions.set(positions);
     let (tx, rx) = unbounded();
+    watch_network(&tx);
     spawn_local(run(center, rx));
     Client { tx }
+}
+
+/// Forwards the window's `online`/`offline` events to the connection loop.
+fn watch_network(tx: &UnboundedSender<Command>) {
+    use wasm_bindgen::closure::Closure;
+    use wasm_bindgen::JsCast;
+    let Some(window) = web_sys::window() else {
+        return;
+    };
+    for (event, online) in [("offline", false), ("online", true)] {
+        let tx = tx.clone();
+        let cb = Closure::<dyn Fn()>::new(move || {
+            let _ = tx.unbounded_send(if online {
+                Command::Online
+            } else {
+                Command::Offline
+            });
+        });
+        let _ = window.add_event_listener_with_callback(event, cb.as_ref().unchecked_ref());
+        // The listener lives as long as the page.
+        cb.forget();
+    }
 }
 
 async fn run(center: Center, mut commands: UnboundedReceiver<Command>) {
@@ -108,13 +143,17 @@ async fn run(center: Center, mut commands: UnboundedReceiver<Command>) {
                 attempt = 0;
             }
         }
-        let exp = BASE_BACKOFF_MS.saturating_mul(1 << attempt.min(5)).min(MAX_BACKOFF_MS);
+        let exp = BASE_BACKOFF_MS
+            .saturating_mul(1 << attempt.min(5))
+            .min(MAX_BACKOFF_MS);
         // Full jitter in [exp/2, exp]: clients cut off together do not return together.
         let delay = exp / 2 + (js_sys::Math::random() * f64::from(exp / 2)) as u32;
         attempt = attempt.saturating_add(1);
         let mut left = delay;
         while left > 0 {
-            center.conn.set(ConnState::Reconnecting { in_secs: left.div_ceil(1000) });
+            center.conn.set(ConnState::Reconnecting {
+                in_secs: left.div_ceil(1000),
+            });
             let step = left.min(1000);
             TimeoutFuture::new(step).await;
             left -= step;
@@ -137,7 +176,9 @@ async fn session(center: Center, ws: WebSocket, commands: &mut UnboundedReceiver
         };
         match next {
             Ok(Some(Ok(Message::Text(text)))) => {
-                let Ok(frame) = serde_json::from_str::<ServerFrame>(&text) else { continue };
+                let Ok(frame) = serde_json::from_str::<ServerFrame>(&text) else {
+                    continue;
+                };
                 if let ServerFrame::Welcome { .. } = frame {
                     welcomed = true;
                     center.conn.set(ConnState::Live);
@@ -145,7 +186,11 @@ async fn session(center: Center, ws: WebSocket, commands: &mut UnboundedReceiver
                     let positions = center.positions.get_untracked();
                     for topic in topics {
                         let since = positions.get(&topic).cloned();
-                        let sub = ClientFrame::Subscribe { topic, since, id: None };
+                        let sub = ClientFrame::Subscribe {
+                            topic,
+                            since,
+                            id: None,
+                        };
                         if write.send(send_frame(&sub)).await.is_err() {
                             return welcomed;
                         }
@@ -160,9 +205,15 @@ async fn session(center: Center, ws: WebSocket, commands: &mut UnboundedReceiver
                 let frame = match cmd {
                     Command::Subscribe(topic) => {
                         let since = center.positions.get_untracked().get(&topic).cloned();
-                        ClientFrame::Subscribe { topic, since, id: None }
+                        ClientFrame::Subscribe {
+                            topic,
+                            since,
+                            id: None,
+                        }
                     }
                     Command::Unsubscribe(topic) => ClientFrame::Unsubscribe { topic, id: None },
+                    Command::Offline => return welcomed,
+                    Command::Online => continue,
                 };
                 if welcomed && write.send(send_frame(&frame)).await.is_err() {
                     return welcomed;
@@ -183,14 +234,25 @@ fn set_position(center: Center, topic: &str, pos: Position) {
 /// Applies one server frame to the page.
 fn apply(center: Center, frame: ServerFrame) {
     match frame {
-        ServerFrame::Subscribed { topic, position, .. } => {
-            let known = center.positions.get_untracked().get(&topic).is_some_and(|p| p.epoch == position.epoch);
+        ServerFrame::Subscribed {
+            topic, position, ..
+        } => {
+            let known = center
+                .positions
+                .get_untracked()
+                .get(&topic)
+                .is_some_and(|p| p.epoch == position.epoch);
             if !known {
                 set_position(center, &topic, position);
             }
         }
         ServerFrame::Notification(n) => on_notification(center, n),
-        ServerFrame::Gap { topic, requested, first_available, .. } => {
+        ServerFrame::Gap {
+            topic,
+            requested,
+            first_available,
+            ..
+        } => {
             let missed = first_available.saturating_sub(requested + 1);
             center.toast(
                 ToastKind::Notice,
@@ -200,8 +262,19 @@ fn apply(center: Center, frame: ServerFrame) {
             );
             refetch(center, topic);
         }
-        ServerFrame::Reset { topic, epoch, first_available } => {
-            set_position(center, &topic, Position { epoch, offset: first_available.saturating_sub(1) });
+        ServerFrame::Reset {
+            topic,
+            epoch,
+            first_available,
+        } => {
+            set_position(
+                center,
+                &topic,
+                Position {
+                    epoch,
+                    offset: first_available.saturating_sub(1),
+                },
+            );
             center.toast(
                 ToastKind::Notice,
                 format!("History of {topic} was reset"),
@@ -224,7 +297,10 @@ fn on_notification(center: Center, n: Notification) {
     set_position(center, &n.topic, n.position());
     let title = n.title.clone().unwrap_or_else(|| n.topic.clone());
     let (body, priority) = (n.body.clone(), n.priority);
-    let added = center.items.try_update(|items| insert(items, n)).unwrap_or(false);
+    let added = center
+        .items
+        .try_update(|items| insert(items, n))
+        .unwrap_or(false);
     if added {
         center.unread.update(|u| *u += 1);
         let id = center.toast(ToastKind::Notification, title, body, priority);
@@ -238,16 +314,29 @@ fn on_notification(center: Center, n: Notification) {
 /// Reloads a topic's recent history over HTTP (after a gap or a reset).
 pub fn refetch(center: Center, topic: String) {
     spawn_local(async move {
-        let url = format!("/api/topics/{topic}/notifications?limit={}", crate::HISTORY_PAGE);
-        let Ok(resp) = gloo_net::http::Request::get(&url).send().await else { return };
-        let Ok(page) = resp.json::<HistoryPage>().await else { return };
+        let url = format!(
+            "/api/topics/{topic}/notifications?limit={}",
+            crate::HISTORY_PAGE
+        );
+        let Ok(resp) = gloo_net::http::Request::get(&url).send().await else {
+            return;
+        };
+        let Ok(page) = resp.json::<HistoryPage>().await else {
+            return;
+        };
         if let Some(newest) = page.notifications.first() {
             let pos = newest.position();
-            let ahead = center.positions.get_untracked().get(&topic).is_some_and(|p| p.epoch == pos.epoch && p.offset > pos.offset);
+            let ahead = center
+                .positions
+                .get_untracked()
+                .get(&topic)
+                .is_some_and(|p| p.epoch == pos.epoch && p.offset > pos.offset);
             if !ahead {
                 set_position(center, &topic, pos);
             }
         }
-        center.items.update(|items| replace_topic(items, &topic, page.notifications));
+        center
+            .items
+            .update(|items| replace_topic(items, &topic, page.notifications));
     });
 }

@@ -29,8 +29,11 @@ pub const DEFAULT_TOPIC: &str = "general";
 /// Loads one topic's recent history on the server, for the server-rendered page.
 #[cfg(feature = "ssr")]
 pub type HistoryLoader = std::sync::Arc<
-    dyn Fn(String) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<protocol::HistoryPage>> + Send>>
-        + Send
+    dyn Fn(
+            String,
+        ) -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = Option<protocol::HistoryPage>> + Send>,
+        > + Send
         + Sync,
 >;
 

@@ -94,7 +94,10 @@ pub struct Notification {
 
 impl Notification {
     pub fn position(&self) -> Position {
-        Position { epoch: self.epoch.clone(), offset: self.offset }
+        Position {
+            epoch: self.epoch.clone(),
+            offset: self.offset,
+        }
     }
 }
 
@@ -290,7 +293,10 @@ pub struct ValidationError {
 
 impl ValidationError {
     fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self { code, message: message.into() }
+        Self {
+            code,
+            message: message.into(),
+        }
     }
 }
 
@@ -305,7 +311,10 @@ pub fn validate_topic(topic: &str) -> Result<(), ValidationError> {
             format!("topic must be 1 to {MAX_TOPIC_LEN} characters"),
         ));
     }
-    if !topic.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
+    if !topic
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
         return Err(ValidationError::new(
             ErrorCode::BadTopic,
             "topic may contain only letters, digits, '_' and '-'",
@@ -319,7 +328,10 @@ impl NewNotification {
     /// largest body in bytes.
     pub fn validate(&self, max_body: usize) -> Result<(), ValidationError> {
         if self.body.trim().is_empty() {
-            return Err(ValidationError::new(ErrorCode::BadField, "body must not be empty"));
+            return Err(ValidationError::new(
+                ErrorCode::BadField,
+                "body must not be empty",
+            ));
         }
         if self.body.len() > max_body {
             return Err(ValidationError::new(
@@ -349,7 +361,11 @@ impl NewNotification {
                 format!("at most {MAX_TAGS} tags"),
             ));
         }
-        if self.tags.iter().any(|t| t.is_empty() || t.len() > MAX_TAG_LEN) {
+        if self
+            .tags
+            .iter()
+            .any(|t| t.is_empty() || t.len() > MAX_TAG_LEN)
+        {
             return Err(ValidationError::new(
                 ErrorCode::BadField,
                 format!("each tag must be 1 to {MAX_TAG_LEN} bytes"),
@@ -429,16 +445,29 @@ mod tests {
     #[test]
     fn every_client_frame_round_trips() {
         round_trip_client(ClientFrame::Auth { token: "t".into() });
-        round_trip_client(ClientFrame::Subscribe { topic: "a".into(), since: None, id: None });
         round_trip_client(ClientFrame::Subscribe {
             topic: "a".into(),
-            since: Some(Position { epoch: "e".into(), offset: 3 }),
+            since: None,
+            id: None,
+        });
+        round_trip_client(ClientFrame::Subscribe {
+            topic: "a".into(),
+            since: Some(Position {
+                epoch: "e".into(),
+                offset: 3,
+            }),
             id: Some(9),
         });
-        round_trip_client(ClientFrame::Unsubscribe { topic: "a".into(), id: Some(1) });
+        round_trip_client(ClientFrame::Unsubscribe {
+            topic: "a".into(),
+            id: Some(1),
+        });
         round_trip_client(ClientFrame::Publish {
             topic: "chat".into(),
-            message: NewNotification { body: "hi".into(), ..Default::default() },
+            message: NewNotification {
+                body: "hi".into(),
+                ..Default::default()
+            },
             id: Some(2),
         });
         round_trip_client(ClientFrame::Ping { id: None });
@@ -446,10 +475,24 @@ mod tests {
 
     #[test]
     fn every_server_frame_round_trips() {
-        let pos = Position { epoch: "e".into(), offset: 5 };
-        round_trip_server(ServerFrame::Welcome { conn_id: 1, max_frame_bytes: 65536, heartbeat_ms: 25000 });
-        round_trip_server(ServerFrame::Subscribed { topic: "a".into(), position: pos.clone(), id: Some(1) });
-        round_trip_server(ServerFrame::Unsubscribed { topic: "a".into(), id: None });
+        let pos = Position {
+            epoch: "e".into(),
+            offset: 5,
+        };
+        round_trip_server(ServerFrame::Welcome {
+            conn_id: 1,
+            max_frame_bytes: 65536,
+            heartbeat_ms: 25000,
+        });
+        round_trip_server(ServerFrame::Subscribed {
+            topic: "a".into(),
+            position: pos.clone(),
+            id: Some(1),
+        });
+        round_trip_server(ServerFrame::Unsubscribed {
+            topic: "a".into(),
+            id: None,
+        });
         round_trip_server(ServerFrame::Notification(sample()));
         round_trip_server(ServerFrame::Gap {
             topic: "a".into(),
@@ -457,14 +500,25 @@ mod tests {
             requested: 1,
             first_available: 10,
         });
-        round_trip_server(ServerFrame::Reset { topic: "a".into(), epoch: "f".into(), first_available: 1 });
-        round_trip_server(ServerFrame::Ack { id: 3, position: pos });
+        round_trip_server(ServerFrame::Reset {
+            topic: "a".into(),
+            epoch: "f".into(),
+            first_available: 1,
+        });
+        round_trip_server(ServerFrame::Ack {
+            id: 3,
+            position: pos,
+        });
         round_trip_server(ServerFrame::Presence {
             topic: "a".into(),
             action: PresenceAction::Join,
             user: "ann".into(),
         });
-        round_trip_server(ServerFrame::Error { code: ErrorCode::BadTopic, message: "no".into(), id: None });
+        round_trip_server(ServerFrame::Error {
+            code: ErrorCode::BadTopic,
+            message: "no".into(),
+            id: None,
+        });
         round_trip_server(ServerFrame::Pong { id: Some(4) });
     }
 
@@ -480,12 +534,23 @@ mod tests {
     #[test]
     fn subscribe_without_optional_fields_parses() {
         let f: ClientFrame = serde_json::from_str(r#"{"type":"subscribe","topic":"ops"}"#).unwrap();
-        assert_eq!(f, ClientFrame::Subscribe { topic: "ops".into(), since: None, id: None });
+        assert_eq!(
+            f,
+            ClientFrame::Subscribe {
+                topic: "ops".into(),
+                since: None,
+                id: None
+            }
+        );
     }
 
     #[test]
     fn error_codes_serialize_as_their_names() {
-        for code in [ErrorCode::BadFrame, ErrorCode::TooManySubscriptions, ErrorCode::ForbiddenOrigin] {
+        for code in [
+            ErrorCode::BadFrame,
+            ErrorCode::TooManySubscriptions,
+            ErrorCode::ForbiddenOrigin,
+        ] {
             assert_eq!(serde_json::to_value(code).unwrap(), code.as_str());
         }
     }
@@ -504,15 +569,32 @@ mod tests {
 
     #[test]
     fn notification_validation() {
-        let ok = NewNotification { body: "x".into(), ..Default::default() };
+        let ok = NewNotification {
+            body: "x".into(),
+            ..Default::default()
+        };
         assert!(ok.validate(10).is_ok());
-        let empty = NewNotification { body: "  ".into(), ..Default::default() };
+        let empty = NewNotification {
+            body: "  ".into(),
+            ..Default::default()
+        };
         assert_eq!(empty.validate(10).unwrap_err().code, ErrorCode::BadField);
-        let big = NewNotification { body: "x".repeat(11), ..Default::default() };
+        let big = NewNotification {
+            body: "x".repeat(11),
+            ..Default::default()
+        };
         assert_eq!(big.validate(10).unwrap_err().code, ErrorCode::TooLarge);
-        let prio = NewNotification { body: "x".into(), priority: Some(6), ..Default::default() };
+        let prio = NewNotification {
+            body: "x".into(),
+            priority: Some(6),
+            ..Default::default()
+        };
         assert_eq!(prio.validate(10).unwrap_err().code, ErrorCode::BadField);
-        let link = NewNotification { body: "x".into(), link: Some("javascript:1".into()), ..Default::default() };
+        let link = NewNotification {
+            body: "x".into(),
+            link: Some("javascript:1".into()),
+            ..Default::default()
+        };
         assert_eq!(link.validate(10).unwrap_err().code, ErrorCode::BadField);
     }
 }

@@ -83,7 +83,13 @@ impl Center {
         let id = self.next_toast.get_value();
         self.next_toast.set_value(id + 1);
         self.toasts.update(|t| {
-            t.push(Toast { id, kind, title, body, priority });
+            t.push(Toast {
+                id,
+                kind,
+                title,
+                body,
+                priority,
+            });
             let excess = t.len().saturating_sub(MAX_TOASTS);
             t.drain(..excess);
         });
@@ -109,13 +115,19 @@ pub fn is_new(pos: Option<&Position>, n: &Notification) -> bool {
 }
 
 fn newest_first(a: &Notification, b: &Notification) -> std::cmp::Ordering {
-    b.time.cmp(&a.time).then_with(|| b.offset.cmp(&a.offset)).then_with(|| a.topic.cmp(&b.topic))
+    b.time
+        .cmp(&a.time)
+        .then_with(|| b.offset.cmp(&a.offset))
+        .then_with(|| a.topic.cmp(&b.topic))
 }
 
 /// Adds `n` to `items` (newest first) unless an entry with its topic, epoch and offset is
 /// there; keeps at most [`MAX_ITEMS`]. Returns whether it was added.
 pub fn insert(items: &mut Vec<Notification>, n: Notification) -> bool {
-    if items.iter().any(|x| x.topic == n.topic && x.offset == n.offset && x.epoch == n.epoch) {
+    if items
+        .iter()
+        .any(|x| x.topic == n.topic && x.offset == n.offset && x.epoch == n.epoch)
+    {
         return false;
     }
     let at = items.partition_point(|x| newest_first(x, &n).is_lt());
@@ -182,10 +194,16 @@ mod tests {
 
     #[test]
     fn positions_reject_replays_of_the_same_epoch_only() {
-        let pos = Position { epoch: "e".into(), offset: 5 };
+        let pos = Position {
+            epoch: "e".into(),
+            offset: 5,
+        };
         assert!(!is_new(Some(&pos), &n("a", 5, 0)));
         assert!(is_new(Some(&pos), &n("a", 6, 0)));
-        let other = Position { epoch: "f".into(), offset: 9 };
+        let other = Position {
+            epoch: "f".into(),
+            offset: 9,
+        };
         assert!(is_new(Some(&other), &n("a", 1, 0)));
         assert!(is_new(None, &n("a", 1, 0)));
     }
@@ -200,7 +218,10 @@ mod tests {
 
     #[test]
     fn topics_are_parsed_defensively() {
-        assert_eq!(parse_topics("ops, general,ops,bad topic"), ["ops", "general"]);
+        assert_eq!(
+            parse_topics("ops, general,ops,bad topic"),
+            ["ops", "general"]
+        );
         assert_eq!(parse_topics(""), ["general"]);
     }
 }

@@ -8,7 +8,7 @@ test("the page renders on the server and hydrates", async ({ page, request }) =>
   // Server-rendered: the HTML already has the layout before any script runs.
   const html = await (await request.get("/")).text();
   expect(html).toContain("Notifications");
-  expect(html).toContain("#general");
+  expect(html).toContain("Stop following general");
 
   const center = new CenterPage(page);
   await center.open();

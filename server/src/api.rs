@@ -41,26 +41,36 @@ pub async fn publish(
     let max = state.config.max_body_bytes;
     // A JSON envelope around a maximal body is allowed some room for the other fields.
     let limit = max + 8 * 1024;
-    let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| ApiError::TooLarge(limit))?;
+    let bytes = axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| ApiError::TooLarge(limit))?;
     let is_json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/json"));
     let new = if is_json {
-        serde_json::from_slice::<NewNotification>(&bytes)
-            .map_err(|e| ApiError::Invalid(ErrorCode::BadFrame, format!("invalid JSON body: {e}")))?
+        serde_json::from_slice::<NewNotification>(&bytes).map_err(|e| {
+            ApiError::Invalid(ErrorCode::BadFrame, format!("invalid JSON body: {e}"))
+        })?
     } else {
-        let body = String::from_utf8(bytes.to_vec())
-            .map_err(|_| ApiError::Invalid(ErrorCode::BadField, "body must be UTF-8 text".into()))?;
+        let body = String::from_utf8(bytes.to_vec()).map_err(|_| {
+            ApiError::Invalid(ErrorCode::BadField, "body must be UTF-8 text".into())
+        })?;
         from_headers(&headers, body)?
     };
     new.validate(max)?;
     let key = idempotency_key(&headers)?;
     let appended = state.store.append(&topic, new, key).await?;
-    tracing::debug!(topic, offset = appended.stored.notification.offset, duplicate = appended.duplicate, "published");
+    tracing::debug!(
+        topic,
+        offset = appended.stored.notification.offset,
+        duplicate = appended.duplicate,
+        "published"
+    );
     let mut resp = (StatusCode::CREATED, Json(&appended.stored.notification)).into_response();
     if appended.duplicate {
-        resp.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
+        resp.headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
     }
     Ok(resp)
 }
@@ -69,7 +79,10 @@ fn header_str<'a>(headers: &'a HeaderMap, names: &[&str]) -> Result<Option<&'a s
     for name in names {
         if let Some(v) = headers.get(*name) {
             let s = v.to_str().map_err(|_| {
-                ApiError::Invalid(ErrorCode::BadField, format!("header {name} must be visible ASCII"))
+                ApiError::Invalid(
+                    ErrorCode::BadField,
+                    format!("header {name} must be visible ASCII"),
+                )
             })?;
             return Ok(Some(s.trim()));
         }
@@ -82,18 +95,35 @@ fn from_headers(headers: &HeaderMap, body: String) -> Result<NewNotification, Ap
     let priority = match header_str(headers, &["priority", "x-priority"])? {
         None => None,
         Some(p) => Some(p.parse::<u8>().map_err(|_| {
-            ApiError::Invalid(ErrorCode::BadField, "priority must be a number from 1 to 5".into())
+            ApiError::Invalid(
+                ErrorCode::BadField,
+                "priority must be a number from 1 to 5".into(),
+            )
         })?),
     };
     let tags = header_str(headers, &["tags", "x-tags"])?
-        .map(|t| t.split(',').map(str::trim).filter(|t| !t.is_empty()).map(str::to_owned).collect())
+        .map(|t| {
+            t.split(',')
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+                .map(str::to_owned)
+                .collect()
+        })
         .unwrap_or_default();
     let link = header_str(headers, &["link", "x-link"])?.map(str::to_owned);
-    Ok(NewNotification { title, body, priority, tags, link })
+    Ok(NewNotification {
+        title,
+        body,
+        priority,
+        tags,
+        link,
+    })
 }
 
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
-    let Some(key) = header_str(headers, &["idempotency-key"])? else { return Ok(None) };
+    let Some(key) = header_str(headers, &["idempotency-key"])? else {
+        return Ok(None);
+    };
     if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY {
         return Err(ApiError::Invalid(
             ErrorCode::BadField,
@@ -113,8 +143,12 @@ pub struct HistoryParams {
 
 fn parse_param<T: std::str::FromStr>(name: &str, v: Option<&str>) -> Result<Option<T>, ApiError> {
     v.map(|s| {
-        s.parse::<T>()
-            .map_err(|_| ApiError::Invalid(ErrorCode::BadQuery, format!("{name} must be a non-negative integer")))
+        s.parse::<T>().map_err(|_| {
+            ApiError::Invalid(
+                ErrorCode::BadQuery,
+                format!("{name} must be a non-negative integer"),
+            )
+        })
     })
     .transpose()
 }
@@ -133,14 +167,27 @@ pub async fn history(
     let before = parse_param::<u64>("before", p.before.as_deref())?.unwrap_or(u64::MAX);
     let limit = parse_param::<usize>("limit", p.limit.as_deref())?.unwrap_or(DEFAULT_PAGE);
     if !(1..=MAX_PAGE).contains(&limit) {
-        return Err(ApiError::Invalid(ErrorCode::BadQuery, format!("limit must be 1 to {MAX_PAGE}")));
+        return Err(ApiError::Invalid(
+            ErrorCode::BadQuery,
+            format!("limit must be 1 to {MAX_PAGE}"),
+        ));
     }
     let newest_first = match p.order.as_deref() {
         None | Some("desc") => true,
         Some("asc") => false,
-        Some(_) => return Err(ApiError::Invalid(ErrorCode::BadQuery, "order must be asc or desc".into())),
+        Some(_) => {
+            return Err(ApiError::Invalid(
+                ErrorCode::BadQuery,
+                "order must be asc or desc".into(),
+            ))
+        }
     };
-    let q = crate::store::ReadQuery { after: since, before, limit, newest_first };
+    let q = crate::store::ReadQuery {
+        after: since,
+        before,
+        limit,
+        newest_first,
+    };
     Ok(Json(history_page(&state, &topic, q).await?))
 }
 
@@ -152,7 +199,11 @@ pub async fn history_page(
 ) -> Result<HistoryPage, ApiError> {
     let (pos, items) = state.store.read(topic, q).await?;
     let notifications: Vec<Notification> = items.iter().map(|s| s.notification.clone()).collect();
-    let next = if notifications.len() == q.limit { notifications.last().map(|n| n.offset) } else { None };
+    let next = if notifications.len() == q.limit {
+        notifications.last().map(|n| n.offset)
+    } else {
+        None
+    };
     Ok(HistoryPage {
         topic: topic.to_owned(),
         epoch: pos.epoch,
@@ -180,7 +231,9 @@ pub async fn websocket(
 ) -> Result<Response, ApiError> {
     check_origin(&headers, &state.config.allowed_origins)?;
     let Some((reg, rx)) = state.hub.register() else {
-        return Err(ApiError::Unavailable("connection limit reached; retry later".into()));
+        return Err(ApiError::Unavailable(
+            "connection limit reached; retry later".into(),
+        ));
     };
     let cfg = &state.config;
     let ws = ws
@@ -197,12 +250,21 @@ pub async fn websocket(
 /// be able to open a socket with the user's cookies. Allowed: no Origin (not a browser), the
 /// server's own host, and the configured allowlist.
 fn check_origin(headers: &HeaderMap, allowed: &[String]) -> Result<(), ApiError> {
-    let Some(origin) = headers.get(header::ORIGIN) else { return Ok(()) };
-    let origin = origin.to_str().map_err(|_| ApiError::ForbiddenOrigin("<invalid>".into()))?;
-    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return Ok(());
+    };
+    let origin = origin
+        .to_str()
+        .map_err(|_| ApiError::ForbiddenOrigin("<invalid>".into()))?;
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
     let origin_host = origin.split_once("://").map_or("", |(_, rest)| rest);
     if (!host.is_empty() && origin_host.eq_ignore_ascii_case(host))
-        || allowed.iter().any(|a| a.trim_end_matches('/').eq_ignore_ascii_case(origin))
+        || allowed
+            .iter()
+            .any(|a| a.trim_end_matches('/').eq_ignore_ascii_case(origin))
     {
         Ok(())
     } else {
@@ -226,9 +288,27 @@ mod tests {
     fn origin_rules() {
         let allowed = vec!["https://app.example.com".to_owned()];
         assert!(check_origin(&headers(&[]), &allowed).is_ok());
-        assert!(check_origin(&headers(&[("origin", "http://127.0.0.1:3000"), ("host", "127.0.0.1:3000")]), &allowed).is_ok());
-        assert!(check_origin(&headers(&[("origin", "https://app.example.com"), ("host", "x")]), &allowed).is_ok());
-        assert!(check_origin(&headers(&[("origin", "https://evil.example"), ("host", "127.0.0.1:3000")]), &allowed).is_err());
+        assert!(check_origin(
+            &headers(&[
+                ("origin", "http://127.0.0.1:3000"),
+                ("host", "127.0.0.1:3000")
+            ]),
+            &allowed
+        )
+        .is_ok());
+        assert!(check_origin(
+            &headers(&[("origin", "https://app.example.com"), ("host", "x")]),
+            &allowed
+        )
+        .is_ok());
+        assert!(check_origin(
+            &headers(&[
+                ("origin", "https://evil.example"),
+                ("host", "127.0.0.1:3000")
+            ]),
+            &allowed
+        )
+        .is_err());
     }
 
     #[test]

@@ -27,7 +27,11 @@ pub enum SyncMode {
 }
 
 #[derive(Clone, Debug, Parser)]
-#[command(name = "herald", version, about = "Herald: a real-time notification hub")]
+#[command(
+    name = "herald",
+    version,
+    about = "Herald: a real-time notification hub"
+)]
 pub struct Config {
     /// Address to listen on. Falls back to LEPTOS_SITE_ADDR (set by cargo-leptos).
     #[arg(long, env = "HERALD_ADDR")]
@@ -139,6 +143,9 @@ impl Config {
     }
     /// A throwaway configuration for tests: memory store, everything else default.
     pub fn for_tests() -> Self {
-        Self { store: StoreKind::Memory, ..Self::default() }
+        Self {
+            store: StoreKind::Memory,
+            ..Self::default()
+        }
     }
 }

@@ -32,7 +32,11 @@ const SHARDS: usize = 32;
 pub enum Outbound {
     /// A notification for the subscription with this slot; the session drops it if that
     /// subscription has already delivered `offset` (replay and live overlap on resume).
-    Notification { slot: u32, offset: u64, frame: Utf8Bytes },
+    Notification {
+        slot: u32,
+        offset: u64,
+        frame: Utf8Bytes,
+    },
     /// The heartbeat: send a WebSocket ping.
     Ping,
 }
@@ -53,7 +57,11 @@ pub struct Conn {
 impl Conn {
     /// Asks the session to close with `code`; the first request wins.
     pub fn close(&self, code: u16) {
-        if self.close_code.compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+        if self
+            .close_code
+            .compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
             self.closed.notify_one();
         }
     }
@@ -76,9 +84,14 @@ struct Subscriber {
     slot: u32,
 }
 
+/// One shard of the topic map: topic -> its local subscribers.
+type TopicShard = Mutex<HashMap<Arc<str>, Vec<Subscriber>>>;
+/// One shard of the connection registry, for the heartbeat sweep and shutdown.
+type ConnShard = Mutex<HashMap<u64, Arc<Conn>>>;
+
 pub struct Hub {
-    topics: Box<[Mutex<HashMap<Arc<str>, Vec<Subscriber>>>]>,
-    conns: Box<[Mutex<HashMap<u64, Arc<Conn>>>]>,
+    topics: Box<[TopicShard]>,
+    conns: Box<[ConnShard]>,
     hasher: RandomState,
     next_id: AtomicU64,
     count: AtomicUsize,
@@ -137,7 +150,7 @@ impl Hub {
         self.started.elapsed().as_millis() as u64
     }
 
-    fn shard(&self, topic: &str) -> &Mutex<HashMap<Arc<str>, Vec<Subscriber>>> {
+    fn shard(&self, topic: &str) -> &TopicShard {
         &self.topics[self.hasher.hash_one(topic) as usize % SHARDS]
     }
 
@@ -156,7 +169,13 @@ impl Hub {
             last_seen: AtomicU64::new(self.now_ms()),
         });
         lock(&self.conns[conn.id as usize % SHARDS]).insert(conn.id, conn.clone());
-        Some((Registration { hub: self.clone(), conn }, rx))
+        Some((
+            Registration {
+                hub: self.clone(),
+                conn,
+            },
+            rx,
+        ))
     }
 
     /// Records that the client was heard from (any inbound frame, pongs included).
@@ -183,7 +202,10 @@ impl Hub {
             Some(s) => s,
             None => shard.entry(Arc::from(topic)).or_default(),
         };
-        subs.push(Subscriber { conn: conn.clone(), slot });
+        subs.push(Subscriber {
+            conn: conn.clone(),
+            slot,
+        });
     }
 
     pub fn unsubscribe(&self, topic: &str, conn_id: u64, slot: u32) {
@@ -206,10 +228,16 @@ impl Hub {
         let topic = stored.notification.topic.as_str();
         let offset = stored.notification.offset;
         let mut shard = lock(self.shard(topic));
-        let Some(subs) = shard.get_mut(topic) else { return };
+        let Some(subs) = shard.get_mut(topic) else {
+            return;
+        };
         let mut sent = 0u64;
         subs.retain(|s| {
-            let item = Outbound::Notification { slot: s.slot, offset, frame: stored.frame.clone() };
+            let item = Outbound::Notification {
+                slot: s.slot,
+                offset,
+                frame: stored.frame.clone(),
+            };
             match s.conn.tx.try_send(item) {
                 Ok(()) => {
                     sent += 1;

@@ -82,7 +82,11 @@ fn leptos_options(config: &Config, addr: SocketAddr) -> LeptosOptions {
         .site_root(site_root.to_string_lossy().into_owned())
         .site_pkg_dir(env("LEPTOS_SITE_PKG_DIR", "pkg"))
         .site_addr(addr)
-        .reload_port(env("LEPTOS_RELOAD_PORT", "3001").parse::<u32>().unwrap_or(3001))
+        .reload_port(
+            env("LEPTOS_RELOAD_PORT", "3001")
+                .parse::<u32>()
+                .unwrap_or(3001),
+        )
         .build()
 }
 
@@ -90,7 +94,11 @@ fn leptos_options(config: &Config, addr: SocketAddr) -> LeptosOptions {
 pub fn listen_addr(config: &Config) -> SocketAddr {
     config
         .addr
-        .or_else(|| std::env::var("LEPTOS_SITE_ADDR").ok().and_then(|a| a.parse().ok()))
+        .or_else(|| {
+            std::env::var("LEPTOS_SITE_ADDR")
+                .ok()
+                .and_then(|a| a.parse().ok())
+        })
         .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 3000)))
 }
 
@@ -106,7 +114,11 @@ fn build(mut config: Config, addr: SocketAddr) -> anyhow::Result<(Router, Arc<Hu
     if let Some(limit) = open_file_limit() {
         let cap = limit.saturating_sub(FD_RESERVE).max(1);
         if config.max_connections > cap {
-            tracing::warn!(requested = config.max_connections, cap, "max_connections lowered below the open-file limit");
+            tracing::warn!(
+                requested = config.max_connections,
+                cap,
+                "max_connections lowered below the open-file limit"
+            );
             config.max_connections = cap;
         }
     }
@@ -120,17 +132,31 @@ fn build(mut config: Config, addr: SocketAddr) -> anyhow::Result<(Router, Arc<Hu
     let store: Arc<dyn Store> = match config.store {
         StoreKind::Memory => Arc::new(MemoryStore::new(feed_tx, retention)),
         StoreKind::Sqlite => Arc::new(
-            SqliteStore::open(&config.db, config.sqlite_sync, config.max_batch, retention, feed_tx)
-                .with_context(|| format!("opening database {}", config.db.display()))?,
+            SqliteStore::open(
+                &config.db,
+                config.sqlite_sync,
+                config.max_batch,
+                retention,
+                feed_tx,
+            )
+            .with_context(|| format!("opening database {}", config.db.display()))?,
         ),
     };
     let hub = Hub::new(config.max_connections, config.queue_frames);
     tokio::spawn(hub::dispatch(hub.clone(), feed_rx));
     spawn_heartbeat(hub.clone(), config.heartbeat());
-    spawn_pruner(store.clone(), Duration::from_secs(config.prune_interval_secs.max(1)));
+    spawn_pruner(
+        store.clone(),
+        Duration::from_secs(config.prune_interval_secs.max(1)),
+    );
 
     let leptos_options = leptos_options(&config, addr);
-    let state = AppState(Arc::new(Shared { config, hub: hub.clone(), store, leptos_options }));
+    let state = AppState(Arc::new(Shared {
+        config,
+        hub: hub.clone(),
+        store,
+        leptos_options,
+    }));
     let routes = generate_route_list(App);
     let loader = history_loader(state.clone());
     let opts = state.leptos_options.clone();
@@ -157,7 +183,12 @@ fn history_loader(state: AppState) -> HistoryLoader {
     Arc::new(move |topic: String| {
         let state = state.clone();
         Box::pin(async move {
-            let q = ReadQuery { after: 0, before: u64::MAX, limit: app::HISTORY_PAGE, newest_first: true };
+            let q = ReadQuery {
+                after: 0,
+                before: u64::MAX,
+                limit: app::HISTORY_PAGE,
+                newest_first: true,
+            };
             api::history_page(&state, &topic, q).await.ok()
         })
     })
@@ -208,11 +239,17 @@ pub async fn run(
         tracing::info!("shutting down: closing connections with 1001");
         closer.close_all(app::protocol::close_code::GOING_AWAY);
     };
-    axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(signal)
-        .await?;
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(signal)
+    .await?;
     if !hub.drained(grace).await {
-        tracing::warn!(left = hub.connections(), "connections still open after the grace period");
+        tracing::warn!(
+            left = hub.connections(),
+            "connections still open after the grace period"
+        );
     }
     Ok(())
 }
@@ -242,14 +279,20 @@ impl RunningServer {
 
 /// Starts a server on `127.0.0.1:0` (or `config.addr`) in this process.
 pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
-    let bind = config.addr.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
+    let bind = config
+        .addr
+        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
     let listener = TcpListener::bind(bind).await?;
     let addr = listener.local_addr()?;
     let (tx, rx) = oneshot::channel::<()>();
     let task = tokio::spawn(run(config, listener, async move {
         let _ = rx.await;
     }));
-    Ok(RunningServer { addr, stop: Some(tx), task })
+    Ok(RunningServer {
+        addr,
+        stop: Some(tx),
+        task,
+    })
 }
 
 /// Resolves on SIGINT or SIGTERM (cargo-leptos stops the server with SIGINT).

@@ -16,9 +16,7 @@
 use crate::hub::{Conn, Outbound, Registration};
 use crate::store::ReadQuery;
 use crate::AppState;
-use app::protocol::{
-    close_code, validate_topic, ClientFrame, ErrorCode, Position, ServerFrame,
-};
+use app::protocol::{close_code, validate_topic, ClientFrame, ErrorCode, Position, ServerFrame};
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures::SinkExt;
 use std::sync::Arc;
@@ -51,7 +49,12 @@ struct RateLimit {
 impl RateLimit {
     fn new(rate: u32) -> Self {
         let rate = f64::from(rate.max(1));
-        Self { tokens: rate * 2.0, rate, last: Instant::now(), refused: 0 }
+        Self {
+            tokens: rate * 2.0,
+            rate,
+            last: Instant::now(),
+            refused: 0,
+        }
     }
 
     fn allow(&mut self) -> bool {
@@ -89,7 +92,14 @@ pub struct Session {
 impl Session {
     pub fn new(state: AppState, reg: Registration) -> Self {
         let limit = RateLimit::new(state.config.frames_per_sec);
-        Self { state, reg, subs: Vec::new(), next_slot: 0, frames_seen: 0, limit }
+        Self {
+            state,
+            reg,
+            subs: Vec::new(),
+            next_slot: 0,
+            frames_seen: 0,
+            limit,
+        }
     }
 
     fn conn(&self) -> &Arc<Conn> {
@@ -113,7 +123,10 @@ impl Session {
             stop = Stop::Close(code, reason(code));
         }
         if let Stop::Close(code, why) = stop {
-            let frame = CloseFrame { code, reason: Utf8Bytes::from_static(why) };
+            let frame = CloseFrame {
+                code,
+                reason: Utf8Bytes::from_static(why),
+            };
             let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.send(Message::Close(Some(frame)))).await;
         }
         for sub in self.subs.drain(..) {
@@ -155,13 +168,23 @@ impl Session {
     }
 
     /// Feeds every queued frame the client still needs, then flushes once.
-    async fn write_batch(&mut self, ws: &mut WebSocket, batch: &mut Vec<Outbound>) -> Result<(), Stop> {
+    async fn write_batch(
+        &mut self,
+        ws: &mut WebSocket,
+        batch: &mut Vec<Outbound>,
+    ) -> Result<(), Stop> {
         let mut fed = false;
         for item in batch.drain(..) {
             let msg = match item {
                 Outbound::Ping => Message::Ping(Default::default()),
-                Outbound::Notification { slot, offset, frame } => {
-                    let Some(sub) = self.subs.iter_mut().find(|s| s.slot == slot) else { continue };
+                Outbound::Notification {
+                    slot,
+                    offset,
+                    frame,
+                } => {
+                    let Some(sub) = self.subs.iter_mut().find(|s| s.slot == slot) else {
+                        continue;
+                    };
                     if offset <= sub.delivered {
                         continue;
                     }
@@ -182,7 +205,14 @@ impl Session {
         let text = match msg {
             Message::Text(t) => t,
             Message::Binary(_) => {
-                return self.error(ws, ErrorCode::BadFrame, "binary frames are not supported; send JSON text", None).await
+                return self
+                    .error(
+                        ws,
+                        ErrorCode::BadFrame,
+                        "binary frames are not supported; send JSON text",
+                        None,
+                    )
+                    .await
             }
             Message::Close(_) => return Err(Stop::Gone),
             Message::Ping(_) | Message::Pong(_) => return Ok(()),
@@ -192,7 +222,10 @@ impl Session {
             if self.limit.refused > self.state.config.frames_per_sec.max(1) * 4 {
                 return Err(Stop::Close(close_code::RATE_LIMITED, "too many frames"));
             }
-            let msg = format!("more than {} frames per second", self.state.config.frames_per_sec);
+            let msg = format!(
+                "more than {} frames per second",
+                self.state.config.frames_per_sec
+            );
             return self.error(ws, ErrorCode::RateLimited, &msg, None).await;
         }
         let max = self.state.config.max_frame_bytes;
@@ -214,29 +247,63 @@ impl Session {
                 Ok(())
             }
             ClientFrame::Auth { .. } => {
-                self.error(ws, ErrorCode::BadFrame, "auth must be the first frame", None).await
+                self.error(
+                    ws,
+                    ErrorCode::BadFrame,
+                    "auth must be the first frame",
+                    None,
+                )
+                .await
             }
-            ClientFrame::Subscribe { topic, since, id } => self.subscribe(ws, topic, since, id).await,
+            ClientFrame::Subscribe { topic, since, id } => {
+                self.subscribe(ws, topic, since, id).await
+            }
             ClientFrame::Unsubscribe { topic, id } => {
                 let Some(i) = self.subs.iter().position(|s| *s.topic == *topic) else {
-                    return self.error(ws, ErrorCode::NotSubscribed, "not subscribed to that topic", id).await;
+                    return self
+                        .error(
+                            ws,
+                            ErrorCode::NotSubscribed,
+                            "not subscribed to that topic",
+                            id,
+                        )
+                        .await;
                 };
                 let sub = self.subs.swap_remove(i);
-                self.state.hub.unsubscribe(&sub.topic, self.conn().id, sub.slot);
+                self.state
+                    .hub
+                    .unsubscribe(&sub.topic, self.conn().id, sub.slot);
                 send(ws, &ServerFrame::Unsubscribed { topic, id }).await
             }
             ClientFrame::Publish { topic, message, id } => {
-                if let Err(e) = validate_topic(&topic).and_then(|()| message.validate(self.state.config.max_body_bytes)) {
+                if let Err(e) = validate_topic(&topic)
+                    .and_then(|()| message.validate(self.state.config.max_body_bytes))
+                {
                     return self.error(ws, e.code, &e.message, id).await;
                 }
                 match self.state.store.append(&topic, message, None).await {
                     Ok(a) => match id {
-                        Some(id) => send(ws, &ServerFrame::Ack { id, position: a.stored.notification.position() }).await,
+                        Some(id) => {
+                            send(
+                                ws,
+                                &ServerFrame::Ack {
+                                    id,
+                                    position: a.stored.notification.position(),
+                                },
+                            )
+                            .await
+                        }
                         None => Ok(()),
                     },
                     Err(e) => {
                         tracing::error!(error = %e, topic, "publish from socket failed");
-                        self.error(ws, ErrorCode::Internal, "the notification could not be stored", id).await
+                        self.error(
+                            ws,
+                            ErrorCode::Internal,
+                            "the notification could not be stored",
+                            id,
+                        )
+                        .await
                     }
                 }
             }
@@ -257,32 +324,61 @@ impl Session {
         if let Some(sub) = self.subs.iter().find(|s| *s.topic == *topic) {
             // Already live: report where it stands instead of replaying twice.
             let position = match self.state.store.position(&topic).await {
-                Ok(p) => Position { epoch: p.epoch, offset: sub.delivered },
-                Err(_) => return self.error(ws, ErrorCode::Internal, "store unavailable", id).await,
+                Ok(p) => Position {
+                    epoch: p.epoch,
+                    offset: sub.delivered,
+                },
+                Err(_) => {
+                    return self
+                        .error(ws, ErrorCode::Internal, "store unavailable", id)
+                        .await
+                }
             };
-            return send(ws, &ServerFrame::Subscribed { topic, position, id }).await;
+            return send(
+                ws,
+                &ServerFrame::Subscribed {
+                    topic,
+                    position,
+                    id,
+                },
+            )
+            .await;
         }
         if self.subs.len() >= self.state.config.max_subscriptions {
-            let msg = format!("at most {} subscriptions per connection", self.state.config.max_subscriptions);
-            return self.error(ws, ErrorCode::TooManySubscriptions, &msg, id).await;
+            let msg = format!(
+                "at most {} subscriptions per connection",
+                self.state.config.max_subscriptions
+            );
+            return self
+                .error(ws, ErrorCode::TooManySubscriptions, &msg, id)
+                .await;
         }
         let slot = self.next_slot;
         self.next_slot += 1;
         // Register first, read second: see the module docs.
         self.state.hub.subscribe(&topic, self.conn(), slot);
         let topic: Arc<str> = Arc::from(topic);
-        self.subs.push(Subscription { slot, topic: topic.clone(), delivered: 0 });
+        self.subs.push(Subscription {
+            slot,
+            topic: topic.clone(),
+            delivered: 0,
+        });
         let pos = match self.state.store.position(&topic).await {
             Ok(p) => p,
             Err(e) => {
                 tracing::error!(error = %e, %topic, "position lookup failed");
                 self.drop_sub(slot);
-                return self.error(ws, ErrorCode::Internal, "store unavailable", id).await;
+                return self
+                    .error(ws, ErrorCode::Internal, "store unavailable", id)
+                    .await;
             }
         };
         let subscribed = ServerFrame::Subscribed {
             topic: topic.to_string(),
-            position: Position { epoch: pos.epoch.clone(), offset: pos.last },
+            position: Position {
+                epoch: pos.epoch.clone(),
+                offset: pos.last,
+            },
             id,
         };
         let Some(since) = since else {
@@ -307,14 +403,32 @@ impl Session {
 
     /// Writes every retained notification after `after`, announcing a `gap` where retention
     /// already dropped what the client asked for.
-    async fn replay(&mut self, ws: &mut WebSocket, slot: u32, topic: &Arc<str>, mut after: u64) -> Result<(), Stop> {
+    async fn replay(
+        &mut self,
+        ws: &mut WebSocket,
+        slot: u32,
+        topic: &Arc<str>,
+        mut after: u64,
+    ) -> Result<(), Stop> {
         loop {
-            let (pos, page) = match self.state.store.read(topic, ReadQuery::after(after, REPLAY_PAGE)).await {
+            let (pos, page) = match self
+                .state
+                .store
+                .read(topic, ReadQuery::after(after, REPLAY_PAGE))
+                .await
+            {
                 Ok(r) => r,
                 Err(e) => {
                     tracing::error!(error = %e, %topic, "replay read failed");
                     self.drop_sub(slot);
-                    return self.error(ws, ErrorCode::Internal, "history unavailable; subscribe again", None).await;
+                    return self
+                        .error(
+                            ws,
+                            ErrorCode::Internal,
+                            "history unavailable; subscribe again",
+                            None,
+                        )
+                        .await;
                 }
             };
             let first_available = page.first().map_or(pos.first, |s| s.notification.offset);
@@ -331,7 +445,9 @@ impl Session {
             let full = page.len() == REPLAY_PAGE;
             for stored in page {
                 after = stored.notification.offset;
-                ws.feed(Message::Text(stored.frame.clone())).await.map_err(|_| Stop::Gone)?;
+                ws.feed(Message::Text(stored.frame.clone()))
+                    .await
+                    .map_err(|_| Stop::Gone)?;
             }
             ws.flush().await.map_err(|_| Stop::Gone)?;
             self.set_delivered(slot, after);
@@ -354,14 +470,30 @@ impl Session {
         }
     }
 
-    async fn error(&mut self, ws: &mut WebSocket, code: ErrorCode, message: &str, id: Option<u64>) -> Result<(), Stop> {
+    async fn error(
+        &mut self,
+        ws: &mut WebSocket,
+        code: ErrorCode,
+        message: &str,
+        id: Option<u64>,
+    ) -> Result<(), Stop> {
         tracing::debug!(conn_id = self.conn().id, %code, "error frame");
-        send(ws, &ServerFrame::Error { code, message: message.to_owned(), id }).await
+        send(
+            ws,
+            &ServerFrame::Error {
+                code,
+                message: message.to_owned(),
+                id,
+            },
+        )
+        .await
     }
 }
 
 fn encode(frame: &ServerFrame) -> Message {
-    Message::Text(Utf8Bytes::from(serde_json::to_string(frame).unwrap_or_default()))
+    Message::Text(Utf8Bytes::from(
+        serde_json::to_string(frame).unwrap_or_default(),
+    ))
 }
 
 async fn send(ws: &mut WebSocket, frame: &ServerFrame) -> Result<(), Stop> {
@@ -376,7 +508,10 @@ async fn send_no_flush(ws: &mut WebSocket, frame: &ServerFrame) -> Result<(), St
 /// closes with 1009; anything else means the peer is gone.
 fn inbound_error(e: axum::Error) -> Stop {
     let text = e.to_string();
-    if text.contains("Space limit exceeded") || text.contains("too long") || text.contains("Capacity") {
+    if text.contains("Space limit exceeded")
+        || text.contains("too long")
+        || text.contains("Capacity")
+    {
         Stop::Close(close_code::TOO_BIG, "message exceeds the hard size limit")
     } else {
         Stop::Gone
@@ -401,7 +536,10 @@ fn classify_parse_error(text: &str, err: &serde_json::Error) -> (ErrorCode, Stri
             Some(t) if !KNOWN.contains(&t) => {
                 (ErrorCode::UnknownType, format!("unknown frame type {t:?}"))
             }
-            None => (ErrorCode::BadFrame, "frame needs a string \"type\"".to_owned()),
+            None => (
+                ErrorCode::BadFrame,
+                "frame needs a string \"type\"".to_owned(),
+            ),
             Some(_) => (ErrorCode::BadFrame, format!("invalid frame: {err}")),
         },
         Err(_) => (ErrorCode::BadFrame, format!("not valid JSON: {err}")),

@@ -18,7 +18,10 @@ async fn subscriber_receives_a_notification_published_over_http() {
     let pos = c.subscribe("ops", None).await;
     assert_eq!(pos.offset, 0);
     let stored = publish(srv.addr, "ops", "Deploy finished").await;
-    assert_eq!((stored.topic.as_str(), stored.offset, stored.body.as_str()), ("ops", 1, "Deploy finished"));
+    assert_eq!(
+        (stored.topic.as_str(), stored.offset, stored.body.as_str()),
+        ("ops", 1, "Deploy finished")
+    );
     let got = c.notification().await;
     assert_eq!(got, stored);
     srv.stop().await.unwrap();
@@ -58,7 +61,10 @@ async fn topics_are_isolated() {
     // b's first frame is beta's: alpha's never reached it.
     let n = b.notification().await;
     assert_eq!((n.topic.as_str(), n.body.as_str()), ("beta", "for b"));
-    assert!(a.silent_for(Duration::from_millis(200)).await, "a must not see beta");
+    assert!(
+        a.silent_for(Duration::from_millis(200)).await,
+        "a must not see beta"
+    );
 }
 
 #[tokio::test]
@@ -92,7 +98,10 @@ async fn publish_order_is_preserved_for_every_subscriber() {
 
 #[tokio::test]
 async fn a_stalled_subscriber_does_not_delay_others_and_is_closed_as_slow() {
-    let config = Config { queue_frames: 16, ..memory_config() };
+    let config = Config {
+        queue_frames: 16,
+        ..memory_config()
+    };
     let srv = server(config).await;
     let mut stalled = Client::connect(&srv).await;
     stalled.subscribe("firehose", None).await;
@@ -111,7 +120,10 @@ async fn a_stalled_subscriber_does_not_delay_others_and_is_closed_as_slow() {
     for expected in 1..=total {
         assert_eq!(fast.notification().await.offset, expected);
     }
-    tokio::time::timeout(WAIT, publisher).await.expect("publishing never blocked").unwrap();
+    tokio::time::timeout(WAIT, publisher)
+        .await
+        .expect("publishing never blocked")
+        .unwrap();
 
     // The stalled one gets what fit in its buffers, in order, then the slow-consumer close.
     let mut last = 0;
@@ -128,14 +140,21 @@ async fn a_stalled_subscriber_does_not_delay_others_and_is_closed_as_slow() {
     };
     assert!(last < total, "the stalled client was cut off");
     // The close frame gets through when the socket has room; a reset is also acceptable.
-    assert!(matches!(code, Some(close_code::SLOW_CONSUMER) | None), "{code:?}");
+    assert!(
+        matches!(code, Some(close_code::SLOW_CONSUMER) | None),
+        "{code:?}"
+    );
     let stats = http(srv.addr, "GET", "/api/stats", &[], b"").await.json();
     assert_eq!(stats["slow_closed"], 1);
 }
 
 #[tokio::test]
 async fn bad_frames_get_typed_errors_and_the_connection_stays_up() {
-    let config = Config { max_frame_bytes: 1024, hard_frame_bytes: 64 * 1024, ..memory_config() };
+    let config = Config {
+        max_frame_bytes: 1024,
+        hard_frame_bytes: 64 * 1024,
+        ..memory_config()
+    };
     let srv = server(config).await;
     let mut c = Client::connect(&srv).await;
 
@@ -144,9 +163,18 @@ async fn bad_frames_get_typed_errors_and_the_connection_stays_up() {
         ("[1,2]", ErrorCode::BadFrame),
         (r#"{"type":"dance"}"#, ErrorCode::UnknownType),
         (r#"{"type":"subscribe"}"#, ErrorCode::BadFrame),
-        (r#"{"type":"subscribe","topic":"no spaces"}"#, ErrorCode::BadTopic),
-        (r#"{"type":"unsubscribe","topic":"never"}"#, ErrorCode::NotSubscribed),
-        (r#"{"type":"publish","topic":"t","body":""}"#, ErrorCode::BadField),
+        (
+            r#"{"type":"subscribe","topic":"no spaces"}"#,
+            ErrorCode::BadTopic,
+        ),
+        (
+            r#"{"type":"unsubscribe","topic":"never"}"#,
+            ErrorCode::NotSubscribed,
+        ),
+        (
+            r#"{"type":"publish","topic":"t","body":""}"#,
+            ErrorCode::BadField,
+        ),
         (r#"{"type":"auth","token":"late"}"#, ErrorCode::BadFrame),
     ];
     for (text, code) in cases {
@@ -158,9 +186,21 @@ async fn bad_frames_get_typed_errors_and_the_connection_stays_up() {
     }
     let big = format!(r#"{{"type":"ping","pad":"{}"}}"#, "x".repeat(2000));
     c.send_text(&big).await;
-    assert!(matches!(c.next().await, ServerFrame::Error { code: ErrorCode::TooLarge, .. }));
+    assert!(matches!(
+        c.next().await,
+        ServerFrame::Error {
+            code: ErrorCode::TooLarge,
+            ..
+        }
+    ));
     c.ws.send(Message::binary(vec![1, 2, 3])).await.unwrap();
-    assert!(matches!(c.next().await, ServerFrame::Error { code: ErrorCode::BadFrame, .. }));
+    assert!(matches!(
+        c.next().await,
+        ServerFrame::Error {
+            code: ErrorCode::BadFrame,
+            ..
+        }
+    ));
 
     // Still up and still working.
     c.send(&ClientFrame::Ping { id: Some(42) }).await;
@@ -172,7 +212,11 @@ async fn bad_frames_get_typed_errors_and_the_connection_stays_up() {
 
 #[tokio::test]
 async fn a_frame_over_the_hard_limit_closes_with_1009() {
-    let config = Config { max_frame_bytes: 1024, hard_frame_bytes: 4096, ..memory_config() };
+    let config = Config {
+        max_frame_bytes: 1024,
+        hard_frame_bytes: 4096,
+        ..memory_config()
+    };
     let srv = server(config).await;
     let mut c = Client::connect(&srv).await;
     c.send_text(&"x".repeat(10_000)).await;
@@ -197,62 +241,146 @@ async fn socket_publish_is_acknowledged_and_delivered() {
 
 #[tokio::test]
 async fn bad_publish_requests_get_documented_errors() {
-    let config = Config { max_body_bytes: 100, ..memory_config() };
+    let config = Config {
+        max_body_bytes: 100,
+        ..memory_config()
+    };
     let srv = server(config).await;
     let a = srv.addr;
     let cases: Vec<(HttpResponse, u16, &str)> = vec![
-        (http(a, "POST", "/api/topics/bad%20name", &[], b"x").await, 400, "bad_topic"),
-        (http(a, "POST", &format!("/api/topics/{}", "t".repeat(65)), &[], b"x").await, 400, "bad_topic"),
-        (http(a, "POST", "/api/topics/ok", &[], b"").await, 400, "bad_field"),
-        (http(a, "POST", "/api/topics/ok", &[], &[b'x'; 101]).await, 413, "too_large"),
-        (http(a, "POST", "/api/topics/ok", &[], &[b'x'; 20_000]).await, 413, "too_large"),
-        (http(a, "POST", "/api/topics/ok", &[], &[0xff, 0xfe]).await, 400, "bad_field"),
-        (publish_json(a, "ok", "{not json", &[]).await, 400, "bad_frame"),
-        (publish_json(a, "ok", r#"{"body":"x","priority":9}"#, &[]).await, 400, "bad_field"),
-        (publish_json(a, "ok", r#"{"body":"x","link":"javascript:alert(1)"}"#, &[]).await, 400, "bad_field"),
-        (http(a, "POST", "/api/topics/ok", &[("Priority", "loud")], b"x").await, 400, "bad_field"),
-        (http(a, "GET", "/api/topics/ok/notifications?limit=0", &[], b"").await, 400, "bad_query"),
-        (http(a, "GET", "/api/topics/ok/notifications?since=-1", &[], b"").await, 400, "bad_query"),
-        (http(a, "GET", "/api/topics/ok/notifications?order=up", &[], b"").await, 400, "bad_query"),
+        (
+            http(a, "POST", "/api/topics/bad%20name", &[], b"x").await,
+            400,
+            "bad_topic",
+        ),
+        (
+            http(
+                a,
+                "POST",
+                &format!("/api/topics/{}", "t".repeat(65)),
+                &[],
+                b"x",
+            )
+            .await,
+            400,
+            "bad_topic",
+        ),
+        (
+            http(a, "POST", "/api/topics/ok", &[], b"").await,
+            400,
+            "bad_field",
+        ),
+        (
+            http(a, "POST", "/api/topics/ok", &[], &[b'x'; 101]).await,
+            413,
+            "too_large",
+        ),
+        (
+            http(a, "POST", "/api/topics/ok", &[], &[b'x'; 20_000]).await,
+            413,
+            "too_large",
+        ),
+        (
+            http(a, "POST", "/api/topics/ok", &[], &[0xff, 0xfe]).await,
+            400,
+            "bad_field",
+        ),
+        (
+            publish_json(a, "ok", "{not json", &[]).await,
+            400,
+            "bad_frame",
+        ),
+        (
+            publish_json(a, "ok", r#"{"body":"x","priority":9}"#, &[]).await,
+            400,
+            "bad_field",
+        ),
+        (
+            publish_json(a, "ok", r#"{"body":"x","link":"javascript:alert(1)"}"#, &[]).await,
+            400,
+            "bad_field",
+        ),
+        (
+            http(a, "POST", "/api/topics/ok", &[("Priority", "loud")], b"x").await,
+            400,
+            "bad_field",
+        ),
+        (
+            http(a, "GET", "/api/topics/ok/notifications?limit=0", &[], b"").await,
+            400,
+            "bad_query",
+        ),
+        (
+            http(a, "GET", "/api/topics/ok/notifications?since=-1", &[], b"").await,
+            400,
+            "bad_query",
+        ),
+        (
+            http(a, "GET", "/api/topics/ok/notifications?order=up", &[], b"").await,
+            400,
+            "bad_query",
+        ),
     ];
     for (i, (r, status, code)) in cases.iter().enumerate() {
         assert_eq!(r.status, *status, "case {i}: {}", r.body);
         assert_eq!(r.error_code(), *code, "case {i}: {}", r.body);
-        assert!(r.json()["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
+        assert!(r.json()["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()));
     }
     // ntfy-style headers become fields.
-    let r = http(a, "POST", "/api/topics/ok", &[("Title", "T"), ("Priority", "2"), ("Tags", "a,b")], b"hi").await;
+    let r = http(
+        a,
+        "POST",
+        "/api/topics/ok",
+        &[("Title", "T"), ("Priority", "2"), ("Tags", "a,b")],
+        b"hi",
+    )
+    .await;
     assert_eq!(r.status, 201);
     let n = r.notification();
-    assert_eq!((n.title.as_deref(), n.priority, n.tags.len()), (Some("T"), 2, 2));
+    assert_eq!(
+        (n.title.as_deref(), n.priority, n.tags.len()),
+        (Some("T"), 2, 2)
+    );
 }
 
 #[tokio::test]
 async fn foreign_origins_are_refused_before_the_upgrade() {
     let srv = server(memory_config()).await;
     let mut req = srv.ws_url().into_client_request().unwrap();
-    req.headers_mut().insert("Origin", "https://evil.example".parse().unwrap());
+    req.headers_mut()
+        .insert("Origin", "https://evil.example".parse().unwrap());
     let err = tokio_tungstenite::connect_async(req).await.unwrap_err();
     match err {
         tokio_tungstenite::tungstenite::Error::Http(resp) => {
             assert_eq!(resp.status(), 403);
-            let body: serde_json::Value = serde_json::from_slice(resp.body().as_deref().unwrap()).unwrap();
+            let body: serde_json::Value =
+                serde_json::from_slice(resp.body().as_deref().unwrap()).unwrap();
             assert_eq!(body["error"]["code"], "forbidden_origin");
         }
         other => panic!("expected an HTTP refusal, got {other}"),
     }
     // Same origin is fine.
     let mut req = srv.ws_url().into_client_request().unwrap();
-    req.headers_mut().insert("Origin", format!("http://{}", srv.addr).parse().unwrap());
+    req.headers_mut()
+        .insert("Origin", format!("http://{}", srv.addr).parse().unwrap());
     assert!(tokio_tungstenite::connect_async(req).await.is_ok());
 }
 
 #[tokio::test]
 async fn connections_beyond_the_cap_get_503() {
-    let srv = server(Config { max_connections: 2, ..memory_config() }).await;
+    let srv = server(Config {
+        max_connections: 2,
+        ..memory_config()
+    })
+    .await;
     let _a = Client::connect(&srv).await;
     let _b = Client::connect(&srv).await;
-    match tokio_tungstenite::connect_async(srv.ws_url()).await.unwrap_err() {
+    match tokio_tungstenite::connect_async(srv.ws_url())
+        .await
+        .unwrap_err()
+    {
         tokio_tungstenite::tungstenite::Error::Http(resp) => assert_eq!(resp.status(), 503),
         other => panic!("expected 503, got {other}"),
     }
@@ -271,13 +399,20 @@ async fn connections_beyond_the_cap_get_503() {
 
 #[tokio::test]
 async fn silent_clients_are_closed_by_the_heartbeat() {
-    let srv = server(Config { heartbeat_ms: 100, ..memory_config() }).await;
+    let srv = server(Config {
+        heartbeat_ms: 100,
+        ..memory_config()
+    })
+    .await;
     let mut silent = Client::connect(&srv).await;
     let mut alive = Client::connect(&srv).await;
     // `alive` reads (so tungstenite answers pings); `silent` reads nothing for a while.
     assert!(alive.silent_for(Duration::from_millis(600)).await);
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(silent.closed_with().await, Some(close_code::HEARTBEAT_TIMEOUT));
+    assert_eq!(
+        silent.closed_with().await,
+        Some(close_code::HEARTBEAT_TIMEOUT)
+    );
     alive.send(&ClientFrame::Ping { id: None }).await;
     assert_eq!(alive.next().await, ServerFrame::Pong { id: None });
 }
@@ -294,16 +429,31 @@ async fn shutdown_closes_sockets_with_going_away() {
 
 #[tokio::test]
 async fn subscriptions_per_connection_are_capped() {
-    let srv = server(Config { max_subscriptions: 2, ..memory_config() }).await;
+    let srv = server(Config {
+        max_subscriptions: 2,
+        ..memory_config()
+    })
+    .await;
     let mut c = Client::connect(&srv).await;
     c.subscribe("a", None).await;
     c.subscribe("b", None).await;
-    c.send(&ClientFrame::Subscribe { topic: "c".into(), since: None, id: Some(3) }).await;
+    c.send(&ClientFrame::Subscribe {
+        topic: "c".into(),
+        since: None,
+        id: Some(3),
+    })
+    .await;
     match c.next().await {
-        ServerFrame::Error { code, id, .. } => assert_eq!((code, id), (ErrorCode::TooManySubscriptions, Some(3))),
+        ServerFrame::Error { code, id, .. } => {
+            assert_eq!((code, id), (ErrorCode::TooManySubscriptions, Some(3)))
+        }
         other => panic!("{other:?}"),
     }
-    c.send(&ClientFrame::Unsubscribe { topic: "a".into(), id: None }).await;
+    c.send(&ClientFrame::Unsubscribe {
+        topic: "a".into(),
+        id: None,
+    })
+    .await;
     assert!(matches!(c.next().await, ServerFrame::Unsubscribed { .. }));
     publish(srv.addr, "a", "not for c").await;
     publish(srv.addr, "b", "for c").await;

@@ -33,7 +33,10 @@ async fn resume_gets_exactly_what_was_missed(config: Config) {
     publish(srv.addr, "ops", "live").await;
     let live = c.notification().await;
     assert_eq!((live.offset, live.body.as_str()), (53, "live"));
-    assert!(c.silent_for(std::time::Duration::from_millis(200)).await, "no duplicates after");
+    assert!(
+        c.silent_for(std::time::Duration::from_millis(200)).await,
+        "no duplicates after"
+    );
     srv.stop().await.unwrap();
 }
 
@@ -70,13 +73,19 @@ async fn resume_races_concurrent_publishers(config: Config) {
     let mut expected = 2;
     while expected <= total {
         let n = c.notification().await;
-        assert_eq!(n.offset, expected, "strictly increasing by one, no holes, no repeats");
+        assert_eq!(
+            n.offset, expected,
+            "strictly increasing by one, no holes, no repeats"
+        );
         expected += 1;
     }
     for t in tasks {
         t.await.unwrap();
     }
-    assert!(c.silent_for(std::time::Duration::from_millis(200)).await, "nothing after the last");
+    assert!(
+        c.silent_for(std::time::Duration::from_millis(200)).await,
+        "nothing after the last"
+    );
 }
 
 #[tokio::test]
@@ -92,15 +101,30 @@ async fn resume_while_publishing_has_no_holes_or_duplicates_sqlite() {
 
 #[tokio::test]
 async fn a_position_older_than_retention_gets_an_explicit_gap() {
-    let srv = server(Config { retain_count: 10, ..memory_config() }).await;
+    let srv = server(Config {
+        retain_count: 10,
+        ..memory_config()
+    })
+    .await;
     let first = publish(srv.addr, "g", "1").await;
     for i in 2..=30 {
         publish(srv.addr, "g", &i.to_string()).await;
     }
     let mut c = Client::connect(&srv).await;
-    c.subscribe("g", Some(Position { epoch: first.epoch.clone(), offset: 5 })).await;
+    c.subscribe(
+        "g",
+        Some(Position {
+            epoch: first.epoch.clone(),
+            offset: 5,
+        }),
+    )
+    .await;
     match c.next().await {
-        ServerFrame::Gap { requested, first_available, .. } => assert_eq!((requested, first_available), (5, 21)),
+        ServerFrame::Gap {
+            requested,
+            first_available,
+            ..
+        } => assert_eq!((requested, first_available), (5, 21)),
         other => panic!("expected gap, got {other:?}"),
     }
     for off in 21..=30 {
@@ -111,7 +135,11 @@ async fn a_position_older_than_retention_gets_an_explicit_gap() {
 #[tokio::test]
 async fn sqlite_retention_prunes_and_reports_gaps() {
     let dir = tempfile::tempdir().unwrap();
-    let config = Config { retain_count: 5, prune_interval_secs: 1, ..sqlite_config(&dir) };
+    let config = Config {
+        retain_count: 5,
+        prune_interval_secs: 1,
+        ..sqlite_config(&dir)
+    };
     let srv = server(config).await;
     let first = publish(srv.addr, "g", "1").await;
     for i in 2..=20 {
@@ -120,7 +148,15 @@ async fn sqlite_retention_prunes_and_reports_gaps() {
     // The pruner runs in the background; wait for it to act.
     let mut pruned = false;
     for _ in 0..60 {
-        let page = http(srv.addr, "GET", "/api/topics/g/notifications?order=asc&limit=100", &[], b"").await.json();
+        let page = http(
+            srv.addr,
+            "GET",
+            "/api/topics/g/notifications?order=asc&limit=100",
+            &[],
+            b"",
+        )
+        .await
+        .json();
         if page["first_offset"] == 16 {
             assert_eq!(page["notifications"].as_array().unwrap().len(), 5);
             pruned = true;
@@ -131,7 +167,14 @@ async fn sqlite_retention_prunes_and_reports_gaps() {
     assert!(pruned, "retention pruned down to the last 5");
     let mut c = Client::connect(&srv).await;
     c.subscribe("g", Some(first.position())).await;
-    assert!(matches!(c.next().await, ServerFrame::Gap { requested: 1, first_available: 16, .. }));
+    assert!(matches!(
+        c.next().await,
+        ServerFrame::Gap {
+            requested: 1,
+            first_available: 16,
+            ..
+        }
+    ));
     assert_eq!(c.notification().await.offset, 16);
 }
 
@@ -141,9 +184,18 @@ async fn a_different_epoch_gets_an_explicit_reset() {
     publish(srv.addr, "r", "a").await;
     publish(srv.addr, "r", "b").await;
     let mut c = Client::connect(&srv).await;
-    c.subscribe("r", Some(Position { epoch: "old-history".into(), offset: 1 })).await;
+    c.subscribe(
+        "r",
+        Some(Position {
+            epoch: "old-history".into(),
+            offset: 1,
+        }),
+    )
+    .await;
     match c.next().await {
-        ServerFrame::Reset { first_available, .. } => assert_eq!(first_available, 1),
+        ServerFrame::Reset {
+            first_available, ..
+        } => assert_eq!(first_available, 1),
         other => panic!("expected reset, got {other:?}"),
     }
     assert_eq!(c.notification().await.offset, 1);
@@ -160,9 +212,17 @@ async fn idempotent(config: Config) {
     assert_eq!(b.header("idempotent-replayed"), Some("true"));
     let c = publish_json(srv.addr, "pay", body, &[("Idempotency-Key", "order-18")]).await;
     assert_eq!(c.notification().offset, 2);
-    let page = http(srv.addr, "GET", "/api/topics/pay/notifications", &[], b"").await.json();
+    let page = http(srv.addr, "GET", "/api/topics/pay/notifications", &[], b"")
+        .await
+        .json();
     assert_eq!(page["notifications"].as_array().unwrap().len(), 2);
-    let bad = publish_json(srv.addr, "pay", body, &[("Idempotency-Key", &"k".repeat(200))]).await;
+    let bad = publish_json(
+        srv.addr,
+        "pay",
+        body,
+        &[("Idempotency-Key", &"k".repeat(200))],
+    )
+    .await;
     assert_eq!((bad.status, bad.error_code().as_str()), (400, "bad_field"));
 }
 
@@ -186,15 +246,36 @@ async fn history_pages_both_ways() {
     }
     let get = |q: &'static str| {
         let addr = srv.addr;
-        async move { http(addr, "GET", &format!("/api/topics/h/notifications{q}"), &[], b"").await.json() }
+        async move {
+            http(
+                addr,
+                "GET",
+                &format!("/api/topics/h/notifications{q}"),
+                &[],
+                b"",
+            )
+            .await
+            .json()
+        }
     };
     let offsets = |v: &serde_json::Value| -> Vec<u64> {
-        v["notifications"].as_array().unwrap().iter().map(|n| n["offset"].as_u64().unwrap()).collect()
+        v["notifications"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["offset"].as_u64().unwrap())
+            .collect()
     };
     let newest = get("?limit=3").await;
     assert_eq!(offsets(&newest), [7, 6, 5]);
     assert_eq!(newest["next"], 5);
-    assert_eq!((newest["first_offset"].as_u64(), newest["last_offset"].as_u64()), (Some(1), Some(7)));
+    assert_eq!(
+        (
+            newest["first_offset"].as_u64(),
+            newest["last_offset"].as_u64()
+        ),
+        (Some(1), Some(7))
+    );
     assert_eq!(offsets(&get("?limit=3&before=5").await), [4, 3, 2]);
     let oldest = get("?order=asc&since=2&limit=3").await;
     assert_eq!(offsets(&oldest), [3, 4, 5]);
@@ -204,8 +285,22 @@ async fn history_pages_both_ways() {
     assert!(tail.get("next").is_none());
     let empty = get("?since=100").await;
     assert_eq!(offsets(&empty), Vec::<u64>::new());
-    let unknown = http(srv.addr, "GET", "/api/topics/nobody/notifications", &[], b"").await.json();
-    assert_eq!((unknown["last_offset"].as_u64(), unknown["first_offset"].as_u64()), (Some(0), Some(1)));
+    let unknown = http(
+        srv.addr,
+        "GET",
+        "/api/topics/nobody/notifications",
+        &[],
+        b"",
+    )
+    .await
+    .json();
+    assert_eq!(
+        (
+            unknown["last_offset"].as_u64(),
+            unknown["first_offset"].as_u64()
+        ),
+        (Some(0), Some(1))
+    );
 }
 
 /// Starts the real binary on an ephemeral port; returns it and its address.
@@ -244,13 +339,15 @@ async fn acknowledged_publishes_survive_sigkill_and_are_replayed() {
     let mut acked = Vec::new();
     // Concurrent publishers, so acknowledgements come from group commits of several.
     let tasks: Vec<_> = (0..8)
-        .map(|t| tokio::spawn(async move {
-            let mut mine = Vec::new();
-            for i in 0..40 {
-                mine.push(publish(addr, "durable", &format!("{t}-{i}")).await);
-            }
-            mine
-        }))
+        .map(|t| {
+            tokio::spawn(async move {
+                let mut mine = Vec::new();
+                for i in 0..40 {
+                    mine.push(publish(addr, "durable", &format!("{t}-{i}")).await);
+                }
+                mine
+            })
+        })
         .collect();
     for t in tasks {
         acked.extend(t.await.unwrap());
@@ -265,12 +362,17 @@ async fn acknowledged_publishes_survive_sigkill_and_are_replayed() {
     let mut c = Client { ws };
     assert!(matches!(c.next().await, ServerFrame::Welcome { .. }));
     let epoch = acked[0].epoch.clone();
-    let pos = c.subscribe("durable", Some(Position { epoch, offset: 0 })).await;
+    let pos = c
+        .subscribe("durable", Some(Position { epoch, offset: 0 }))
+        .await;
     assert_eq!(pos.offset, acked.len() as u64);
     let mut got = Vec::new();
     for _ in 0..acked.len() {
         got.push(c.notification().await);
     }
     acked.sort_by_key(|n| n.offset);
-    assert_eq!(got, acked, "every acknowledged notification, in offset order, identical");
+    assert_eq!(
+        got, acked,
+        "every acknowledged notification, in offset order, identical"
+    );
 }

@@ -18,16 +18,26 @@ pub struct InitialView {
     pub notifications: Vec<Notification>,
 }
 
-#[cfg(feature = "ssr")]
-type Loader = (Option<crate::HistoryLoader>, Vec<String>);
-#[cfg(not(feature = "ssr"))]
-type Loader = ();
+/// What the server needs to render the initial view; empty in the browser, which hydrates
+/// from the serialized resource instead of loading anything.
+#[derive(Clone)]
+struct Loader {
+    #[cfg(feature = "ssr")]
+    load: Option<crate::HistoryLoader>,
+    #[cfg(feature = "ssr")]
+    topics: Vec<String>,
+}
 
 #[cfg(feature = "ssr")]
 fn loader() -> Loader {
     let topics = use_context::<http::request::Parts>()
         .and_then(|parts| {
-            let cookies = parts.headers.get(http::header::COOKIE)?.to_str().ok()?.to_owned();
+            let cookies = parts
+                .headers
+                .get(http::header::COOKIE)?
+                .to_str()
+                .ok()?
+                .to_owned();
             cookies.split(';').find_map(|c| {
                 let (k, v) = c.trim().split_once('=')?;
                 (k == crate::TOPICS_COOKIE).then(|| v.to_owned())
@@ -35,32 +45,43 @@ fn loader() -> Loader {
         })
         .map(|raw| crate::state::parse_topics(&raw))
         .unwrap_or_else(|| vec![crate::DEFAULT_TOPIC.to_owned()]);
-    (use_context::<crate::HistoryLoader>(), topics)
+    Loader {
+        load: use_context::<crate::HistoryLoader>(),
+        topics,
+    }
 }
 
 #[cfg(not(feature = "ssr"))]
-fn loader() -> Loader {}
+fn loader() -> Loader {
+    Loader {}
+}
 
 #[cfg(feature = "ssr")]
-async fn load_initial((loader, topics): Loader) -> InitialView {
-    let mut notifications = Vec::new();
-    if let Some(load) = loader {
-        for t in &topics {
-            if let Some(page) = load(t.clone()).await {
-                notifications.extend(page.notifications);
+async fn load_initial(loader: Loader) -> InitialView {
+    let mut items = Vec::new();
+    if let Some(load) = &loader.load {
+        for t in &loader.topics {
+            for n in load(t.clone())
+                .await
+                .map(|p| p.notifications)
+                .unwrap_or_default()
+            {
+                crate::state::insert(&mut items, n);
             }
         }
     }
-    let mut items = Vec::new();
-    for n in notifications {
-        crate::state::insert(&mut items, n);
+    InitialView {
+        topics: loader.topics,
+        notifications: items,
     }
-    InitialView { topics, notifications: items }
 }
 
 #[cfg(not(feature = "ssr"))]
 async fn load_initial(_: Loader) -> InitialView {
-    InitialView { topics: vec![crate::DEFAULT_TOPIC.to_owned()], notifications: Vec::new() }
+    InitialView {
+        topics: vec![crate::DEFAULT_TOPIC.to_owned()],
+        notifications: Vec::new(),
+    }
 }
 
 #[component]

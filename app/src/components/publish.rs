@@ -18,7 +18,10 @@ enum Status {
 pub fn PublishForm() -> impl IntoView {
     let center = expect_context::<Center>();
     let topic = RwSignal::new(
-        center.topics.with_untracked(|t| t.first().cloned()).unwrap_or_else(|| crate::DEFAULT_TOPIC.to_owned()),
+        center
+            .topics
+            .with_untracked(|t| t.first().cloned())
+            .unwrap_or_else(|| crate::DEFAULT_TOPIC.to_owned()),
     );
     let title = RwSignal::new(String::new());
     let body = RwSignal::new(String::new());
@@ -42,7 +45,8 @@ pub fn PublishForm() -> impl IntoView {
                 .collect(),
             link: None,
         };
-        if let Err(e) = crate::protocol::validate_topic(&t).and_then(|()| new.validate(usize::MAX)) {
+        if let Err(e) = crate::protocol::validate_topic(&t).and_then(|()| new.validate(usize::MAX))
+        {
             status.set(Status::Failed(e.message));
             return;
         }
@@ -96,7 +100,10 @@ fn send(topic: String, new: NewNotification, status: RwSignal<Status>, body: RwS
             Ok(resp) if resp.ok() => match resp.json::<Notification>().await {
                 Ok(n) => {
                     body.set(String::new());
-                    status.set(Status::Sent(format!("Published #{} to {}", n.offset, n.topic)));
+                    status.set(Status::Sent(format!(
+                        "Published #{} to {}",
+                        n.offset, n.topic
+                    )));
                 }
                 Err(e) => status.set(Status::Failed(e.to_string())),
             },

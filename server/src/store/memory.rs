@@ -38,13 +38,20 @@ struct TopicLog {
 
 impl TopicLog {
     fn first(&self) -> u64 {
-        self.log.front().map_or(self.last + 1, |s| s.notification.offset)
+        self.log
+            .front()
+            .map_or(self.last + 1, |s| s.notification.offset)
     }
 }
 
 impl MemoryStore {
     pub fn new(feed: Feed, retention: Retention) -> Self {
-        Self { inner: Mutex::default(), feed, retention, epoch: random_id(8) }
+        Self {
+            inner: Mutex::default(),
+            feed,
+            retention,
+            epoch: random_id(8),
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -55,8 +62,16 @@ impl MemoryStore {
 
     fn position_of(&self, log: Option<&TopicLog>) -> TopicPosition {
         match log {
-            Some(l) => TopicPosition { epoch: self.epoch.clone(), first: l.first(), last: l.last },
-            None => TopicPosition { epoch: self.epoch.clone(), first: 1, last: 0 },
+            Some(l) => TopicPosition {
+                epoch: self.epoch.clone(),
+                first: l.first(),
+                last: l.last,
+            },
+            None => TopicPosition {
+                epoch: self.epoch.clone(),
+                first: 1,
+                last: 0,
+            },
         }
     }
 }
@@ -75,7 +90,10 @@ impl Store for MemoryStore {
         if let Some(k) = &key {
             if let Some((at, stored)) = inner.idempotency.get(k) {
                 if at.elapsed() < self.retention.idempotency_window {
-                    return Ok(Appended { stored: stored.clone(), duplicate: true });
+                    return Ok(Appended {
+                        stored: stored.clone(),
+                        duplicate: true,
+                    });
                 }
             }
         }
@@ -87,10 +105,15 @@ impl Store for MemoryStore {
             log.log.pop_front();
         }
         if let Some(k) = key {
-            inner.idempotency.insert(k, (Instant::now(), stored.clone()));
+            inner
+                .idempotency
+                .insert(k, (Instant::now(), stored.clone()));
         }
         permit.send(stored.clone());
-        Ok(Appended { stored, duplicate: false })
+        Ok(Appended {
+            stored,
+            duplicate: false,
+        })
     }
 
     async fn read(
@@ -101,7 +124,9 @@ impl Store for MemoryStore {
         let inner = self.lock();
         let log = inner.topics.get(topic);
         let pos = self.position_of(log);
-        let Some(log) = log else { return Ok((pos, Vec::new())) };
+        let Some(log) = log else {
+            return Ok((pos, Vec::new()));
+        };
         // Offsets in the ring are contiguous, so an offset maps to an index directly.
         let first = pos.first;
         let lo = q.after.saturating_add(1).max(first);
@@ -111,7 +136,12 @@ impl Store for MemoryStore {
         }
         let (lo_i, hi_i) = ((lo - first) as usize, (hi - first) as usize);
         let items: Vec<_> = if q.newest_first {
-            log.log.range(lo_i..hi_i).rev().take(q.limit).cloned().collect()
+            log.log
+                .range(lo_i..hi_i)
+                .rev()
+                .take(q.limit)
+                .cloned()
+                .collect()
         } else {
             log.log.range(lo_i..hi_i).take(q.limit).cloned().collect()
         };
@@ -129,7 +159,11 @@ impl Store for MemoryStore {
         let mut inner = self.lock();
         let mut dropped = 0;
         for log in inner.topics.values_mut() {
-            while log.log.front().is_some_and(|s| s.notification.time < cutoff) {
+            while log
+                .log
+                .front()
+                .is_some_and(|s| s.notification.time < cutoff)
+            {
                 log.log.pop_front();
                 dropped += 1;
             }
@@ -138,4 +172,3 @@ impl Store for MemoryStore {
         Ok(dropped)
     }
 }
-

@@ -53,7 +53,10 @@ pub struct Stored {
 impl Stored {
     pub fn new(notification: Notification) -> Arc<Self> {
         let frame = frame_of(&notification);
-        Arc::new(Self { notification, frame })
+        Arc::new(Self {
+            notification,
+            frame,
+        })
     }
 }
 
@@ -100,7 +103,12 @@ pub struct ReadQuery {
 
 impl ReadQuery {
     pub fn after(after: u64, limit: usize) -> Self {
-        Self { after, before: u64::MAX, limit, newest_first: false }
+        Self {
+            after,
+            before: u64::MAX,
+            limit,
+            newest_first: false,
+        }
     }
 }
 
@@ -138,13 +146,18 @@ pub trait Store: Send + Sync + 'static {
 }
 
 pub fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 /// A random id of `len` URL-safe characters.
 pub fn random_id(len: usize) -> String {
     const ALPHABET: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ";
-    (0..len).map(|_| ALPHABET[fastrand::usize(..ALPHABET.len())] as char).collect()
+    (0..len)
+        .map(|_| ALPHABET[fastrand::usize(..ALPHABET.len())] as char)
+        .collect()
 }
 
 /// Builds the stored notification from a validated request.

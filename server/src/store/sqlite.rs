@@ -53,12 +53,17 @@ const MIGRATIONS: &[&str] = &[r#"
 /// Appends waiting for the writer; publishers wait (backpressure) beyond this.
 const WRITE_QUEUE: usize = 8192;
 
+type AppendReply = oneshot::Sender<Result<Appended, StoreError>>;
+
+/// One queued append: topic, notification, idempotency key, where to answer.
+type AppendRequest = (String, NewNotification, Option<String>, AppendReply);
+
 enum Command {
     Append {
         topic: String,
         new: NewNotification,
         key: Option<String>,
-        reply: oneshot::Sender<Result<Appended, StoreError>>,
+        reply: AppendReply,
     },
     Prune {
         reply: oneshot::Sender<Result<u64, StoreError>>,
@@ -93,7 +98,9 @@ impl SqliteStore {
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         migrate(&mut conn)?;
         let epoch: String = match conn
-            .query_row("SELECT value FROM meta WHERE key = 'epoch'", [], |r| r.get(0))
+            .query_row("SELECT value FROM meta WHERE key = 'epoch'", [], |r| {
+                r.get(0)
+            })
             .optional()?
         {
             Some(e) => e,
@@ -114,8 +121,13 @@ impl SqliteStore {
             retention,
             max_batch: max_batch.max(1),
         };
-        std::thread::Builder::new().name("herald-sqlite-writer".into()).spawn(move || writer.run(rx))?;
-        Ok(Self { writer: tx, reader: Arc::new(Mutex::new(reader)) })
+        std::thread::Builder::new()
+            .name("herald-sqlite-writer".into())
+            .spawn(move || writer.run(rx))?;
+        Ok(Self {
+            writer: tx,
+            reader: Arc::new(Mutex::new(reader)),
+        })
     }
 
     async fn with_reader<T: Send + 'static>(
@@ -145,14 +157,18 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
 
 fn position(conn: &Connection, topic: &str) -> Result<TopicPosition, StoreError> {
     let row: Option<(String, u64)> = conn
-        .query_row("SELECT epoch, last_offset FROM topics WHERE name = ?1", [topic], |r| {
-            Ok((r.get(0)?, r.get(1)?))
-        })
+        .query_row(
+            "SELECT epoch, last_offset FROM topics WHERE name = ?1",
+            [topic],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
         .optional()?;
     let (epoch, last) = match row {
         Some(r) => r,
         None => {
-            let e = conn.query_row("SELECT value FROM meta WHERE key = 'epoch'", [], |r| r.get(0))?;
+            let e = conn.query_row("SELECT value FROM meta WHERE key = 'epoch'", [], |r| {
+                r.get(0)
+            })?;
             (e, 0)
         }
     };
@@ -161,7 +177,11 @@ fn position(conn: &Connection, topic: &str) -> Result<TopicPosition, StoreError>
         [topic],
         |r| r.get(0),
     )?;
-    Ok(TopicPosition { epoch, first: first.unwrap_or(last + 1), last })
+    Ok(TopicPosition {
+        epoch,
+        first: first.unwrap_or(last + 1),
+        last,
+    })
 }
 
 fn row_to_notification(r: &rusqlite::Row<'_>) -> rusqlite::Result<Notification> {
@@ -194,9 +214,9 @@ struct Writer {
 
 /// What one append in a batch turned into, before the commit decides its fate.
 enum Pending {
-    New(Arc<Stored>, oneshot::Sender<Result<Appended, StoreError>>),
-    Duplicate(Arc<Stored>, oneshot::Sender<Result<Appended, StoreError>>),
-    Failed(StoreError, oneshot::Sender<Result<Appended, StoreError>>),
+    New(Arc<Stored>, AppendReply),
+    Duplicate(Arc<Stored>, AppendReply),
+    Failed(StoreError, AppendReply),
 }
 
 impl Writer {
@@ -213,7 +233,12 @@ impl Writer {
             let mut prunes = Vec::new();
             for c in batch.drain(..) {
                 match c {
-                    Command::Append { topic, new, key, reply } => appends.push((topic, new, key, reply)),
+                    Command::Append {
+                        topic,
+                        new,
+                        key,
+                        reply,
+                    } => appends.push((topic, new, key, reply)),
                     Command::Prune { reply } => prunes.push(reply),
                 }
             }
@@ -227,10 +252,7 @@ impl Writer {
         tracing::debug!("sqlite writer stopped");
     }
 
-    fn append_batch(
-        &mut self,
-        appends: Vec<(String, NewNotification, Option<String>, oneshot::Sender<Result<Appended, StoreError>>)>,
-    ) {
+    fn append_batch(&mut self, appends: Vec<AppendRequest>) {
         // Topic -> its (epoch, last offset) before this batch, to restore if the commit fails.
         let mut touched: HashMap<String, (String, u64)> = HashMap::new();
         let mut results = Vec::with_capacity(appends.len());
@@ -263,7 +285,9 @@ impl Writer {
                         m.unwrap_or_else(|| (self.epoch.clone(), 0))
                     }
                 };
-                touched.entry(topic.clone()).or_insert_with(|| (epoch.clone(), last));
+                touched
+                    .entry(topic.clone())
+                    .or_insert_with(|| (epoch.clone(), last));
                 let offset = last + 1;
                 let n = materialize(&topic, &epoch, offset, now, new);
                 let tags = serde_json::to_string(&n.tags).unwrap_or_else(|_| "[]".into());
@@ -308,10 +332,16 @@ impl Writer {
                         Pending::New(stored, reply) => {
                             // The hub may be gone during shutdown; the notification is stored.
                             let _ = self.feed.blocking_send(stored.clone());
-                            let _ = reply.send(Ok(Appended { stored, duplicate: false }));
+                            let _ = reply.send(Ok(Appended {
+                                stored,
+                                duplicate: false,
+                            }));
                         }
                         Pending::Duplicate(stored, reply) => {
-                            let _ = reply.send(Ok(Appended { stored, duplicate: true }));
+                            let _ = reply.send(Ok(Appended {
+                                stored,
+                                duplicate: true,
+                            }));
                         }
                         Pending::Failed(e, reply) => {
                             let _ = reply.send(Err(e));
@@ -384,8 +414,16 @@ impl Store for SqliteStore {
         idempotency_key: Option<String>,
     ) -> Result<Appended, StoreError> {
         let (reply, rx) = oneshot::channel();
-        let cmd = Command::Append { topic: topic.to_owned(), new, key: idempotency_key, reply };
-        self.writer.send(cmd).await.map_err(|_| StoreError::Closed)?;
+        let cmd = Command::Append {
+            topic: topic.to_owned(),
+            new,
+            key: idempotency_key,
+            reply,
+        };
+        self.writer
+            .send(cmd)
+            .await
+            .map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
@@ -427,7 +465,10 @@ impl Store for SqliteStore {
 
     async fn prune(&self) -> Result<u64, StoreError> {
         let (reply, rx) = oneshot::channel();
-        self.writer.send(Command::Prune { reply }).await.map_err(|_| StoreError::Closed)?;
+        self.writer
+            .send(Command::Prune { reply })
+            .await
+            .map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
 }

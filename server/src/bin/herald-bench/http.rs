@@ -15,7 +15,11 @@ impl HttpConn {
     pub async fn connect(addr: SocketAddr) -> std::io::Result<Self> {
         let stream = TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
-        Ok(Self { addr, stream, buf: Vec::with_capacity(4096) })
+        Ok(Self {
+            addr,
+            stream,
+            buf: Vec::with_capacity(4096),
+        })
     }
 
     /// POSTs `body` to `path` and returns the status code (the response body is discarded).
@@ -45,7 +49,8 @@ impl HttpConn {
                     .lines()
                     .find_map(|l| {
                         let (k, v) = l.split_once(':')?;
-                        k.eq_ignore_ascii_case("content-length").then(|| v.trim().parse().ok())?
+                        k.eq_ignore_ascii_case("content-length")
+                            .then(|| v.trim().parse().ok())?
                     })
                     .unwrap_or(0);
                 let total = end + 4 + len;

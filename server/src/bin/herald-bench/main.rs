@@ -129,7 +129,10 @@ mod proc_stats {
 }
 
 fn now_micros() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize)]
@@ -171,7 +174,8 @@ async fn open_ws(
     let stream = socket.connect(addr).await?;
     stream.set_nodelay(true)?;
     let url = format!("ws://{addr}/ws");
-    let (mut ws, _) = tokio_tungstenite::client_async_with_config(url, stream, Some(ws_config())).await?;
+    let (mut ws, _) =
+        tokio_tungstenite::client_async_with_config(url, stream, Some(ws_config())).await?;
     match tokio::time::timeout(Duration::from_secs(30), ws.next()).await {
         Ok(Some(Ok(Message::Text(t)))) if t.as_str().contains("\"welcome\"") => Ok(ws),
         other => bail!("no welcome: {other:?}"),
@@ -217,16 +221,31 @@ async fn connections(cli: &Cli, args: &ConnArgs) -> anyhow::Result<ConnReport> {
     let mut tasks = Vec::with_capacity(args.count);
     let progress = spawn_progress("connections", {
         let (held, failures) = (held.clone(), failures.clone());
-        move || format!("held {} failed {}", held.load(Ordering::Relaxed), failures.lock().unwrap().len())
+        move || {
+            format!(
+                "held {} failed {}",
+                held.load(Ordering::Relaxed),
+                failures.lock().unwrap().len()
+            )
+        }
     });
     for i in 0..args.count {
         tokio::time::sleep_until((started + interval * i as u32).into()).await;
-        let (addr, stop, held, failures, times) = (cli.addr, stop.clone(), held.clone(), failures.clone(), times.clone());
+        let (addr, stop, held, failures, times) = (
+            cli.addr,
+            stop.clone(),
+            held.clone(),
+            failures.clone(),
+            times.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             let t0 = Instant::now();
             match open_ws(addr, source_for(base + i)).await {
                 Ok(mut ws) => {
-                    let _ = times.lock().unwrap().record(t0.elapsed().as_micros() as u64);
+                    let _ = times
+                        .lock()
+                        .unwrap()
+                        .record(t0.elapsed().as_micros() as u64);
                     held.fetch_add(1, Ordering::Relaxed);
                     // Hold: read (tungstenite answers the server's pings) until told to stop.
                     while !stop.load(Ordering::Relaxed) {
@@ -304,8 +323,18 @@ async fn connections_multi(cli: &Cli, args: &ConnArgs) -> anyhow::Result<ConnRep
         let n = args.per_process.min(args.count - p * args.per_process);
         let mut child = Command::new(&exe)
             .args(["--addr", &cli.addr.to_string(), "--json", "connections"])
-            .args(["--count", &n.to_string(), "--rate", &(args.rate / procs as f64).to_string()])
-            .args(["--hold", &(args.hold + 5).to_string(), "--per-process", &args.per_process.to_string()])
+            .args([
+                "--count",
+                &n.to_string(),
+                "--rate",
+                &(args.rate / procs as f64).to_string(),
+            ])
+            .args([
+                "--hold",
+                &(args.hold + 5).to_string(),
+                "--per-process",
+                &args.per_process.to_string(),
+            ])
             .args(["--child", &p.to_string()])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -324,7 +353,9 @@ async fn connections_multi(cli: &Cli, args: &ConnArgs) -> anyhow::Result<ConnRep
     let mut lines: Vec<Vec<String>> = vec![Vec::new(); procs];
     for (i, rx) in ready_rx.iter().enumerate() {
         loop {
-            let line = rx.recv_timeout(Duration::from_secs(900)).context("child never became ready")?;
+            let line = rx
+                .recv_timeout(Duration::from_secs(900))
+                .context("child never became ready")?;
             let ready = line.starts_with("READY");
             lines[i].push(line);
             if ready {
@@ -335,11 +366,20 @@ async fn connections_multi(cli: &Cli, args: &ConnArgs) -> anyhow::Result<ConnRep
     eprintln!("[connections] all {procs} generators ready; measuring");
     tokio::time::sleep(Duration::from_secs(3)).await;
     let rss_after = cli.server_pid.and_then(proc_stats::rss_kib);
-    let mut merged = ConnReport { requested: args.count, server_rss_before_kib: rss_before, server_rss_after_kib: rss_after, ..Default::default() };
+    let mut merged = ConnReport {
+        requested: args.count,
+        server_rss_before_kib: rss_before,
+        server_rss_after_kib: rss_after,
+        ..Default::default()
+    };
     for (i, (mut child, rx)) in children.into_iter().zip(ready_rx).enumerate() {
         child.wait()?;
         lines[i].extend(rx.try_iter());
-        let json = lines[i].iter().rev().find(|l| l.starts_with('{')).context("child printed no report")?;
+        let json = lines[i]
+            .iter()
+            .rev()
+            .find(|l| l.starts_with('{'))
+            .context("child printed no report")?;
         let r: ConnReport = serde_json::from_str(json)?;
         merged.held += r.held;
         merged.handshake_failures += r.handshake_failures;
@@ -390,7 +430,10 @@ struct SubResult {
 fn scan_u64(hay: &[u8], key: &[u8]) -> Option<u64> {
     let at = hay.windows(key.len()).position(|w| w == key)? + key.len();
     let digits = hay[at..].iter().take_while(|b| b.is_ascii_digit()).count();
-    std::str::from_utf8(&hay[at..at + digits]).ok()?.parse().ok()
+    std::str::from_utf8(&hay[at..at + digits])
+        .ok()?
+        .parse()
+        .ok()
 }
 
 async fn fanout(cli: &Cli, a: &FanoutArgs) -> anyhow::Result<FanoutReport> {
@@ -404,7 +447,13 @@ async fn fanout(cli: &Cli, a: &FanoutArgs) -> anyhow::Result<FanoutReport> {
     let mut failures = 0usize;
     let progress = spawn_progress("fanout", {
         let (delivered, subscribed) = (delivered.clone(), subscribed.clone());
-        move || format!("subscribed {} delivered {}", subscribed.load(Ordering::Relaxed), delivered.load(Ordering::Relaxed))
+        move || {
+            format!(
+                "subscribed {} delivered {}",
+                subscribed.load(Ordering::Relaxed),
+                delivered.load(Ordering::Relaxed)
+            )
+        }
     });
     let mut connecting = Vec::new();
     for i in 0..a.subscribers {
@@ -436,29 +485,47 @@ async fn fanout(cli: &Cli, a: &FanoutArgs) -> anyhow::Result<FanoutReport> {
             }
         }
     }
-    eprintln!("[fanout] {} subscribers ready in {:.1}s", sockets.len(), setup.elapsed().as_secs_f64());
+    eprintln!(
+        "[fanout] {} subscribers ready in {:.1}s",
+        sockets.len(),
+        setup.elapsed().as_secs_f64()
+    );
     let n_subs = sockets.len();
     for mut ws in sockets {
-        let (delivered, last_delivery, done_tx) = (delivered.clone(), last_delivery.clone(), done_tx.clone());
+        let (delivered, last_delivery, done_tx) =
+            (delivered.clone(), last_delivery.clone(), done_tx.clone());
         tokio::spawn(async move {
-            let mut r = SubResult { latencies: Vec::with_capacity(expected as usize), ..Default::default() };
+            let mut r = SubResult {
+                latencies: Vec::with_capacity(expected as usize),
+                ..Default::default()
+            };
             while r.delivered < expected {
-                let Some(Ok(msg)) = ws.next().await else { break };
+                let Some(Ok(msg)) = ws.next().await else {
+                    break;
+                };
                 let Message::Text(t) = msg else { continue };
                 let bytes = t.as_bytes();
-                let (Some(offset), Some(sent)) = (scan_u64(bytes, b"\"offset\":"), scan_u64(bytes, b"\"body\":\"")) else {
+                let (Some(offset), Some(sent)) = (
+                    scan_u64(bytes, b"\"offset\":"),
+                    scan_u64(bytes, b"\"body\":\""),
+                ) else {
                     continue;
                 };
                 let now = now_micros();
                 if r.first == 0 {
                     r.first = offset;
                 } else if offset <= r.last {
-                    if offset == r.last { r.duplicated += 1 } else { r.out_of_order += 1 }
+                    if offset == r.last {
+                        r.duplicated += 1
+                    } else {
+                        r.out_of_order += 1
+                    }
                     continue;
                 }
                 r.last = offset;
                 r.delivered += 1;
-                r.latencies.push(now.saturating_sub(sent).min(u32::MAX as u64) as u32);
+                r.latencies
+                    .push(now.saturating_sub(sent).min(u32::MAX as u64) as u32);
                 delivered.fetch_add(1, Ordering::Relaxed);
                 last_delivery.fetch_max(now, Ordering::Relaxed);
             }
@@ -485,7 +552,10 @@ async fn fanout(cli: &Cli, a: &FanoutArgs) -> anyhow::Result<FanoutReport> {
                     return anyhow::Ok(());
                 }
                 if a.rate > 0.0 {
-                    tokio::time::sleep_until((start + Duration::from_secs_f64(k as f64 / a.rate)).into()).await;
+                    tokio::time::sleep_until(
+                        (start + Duration::from_secs_f64(k as f64 / a.rate)).into(),
+                    )
+                    .await;
                 }
                 let mut body = format!("{:020}", now_micros()).into_bytes();
                 body.resize(a.body_bytes.max(24), b'.');
@@ -530,7 +600,10 @@ async fn fanout(cli: &Cli, a: &FanoutArgs) -> anyhow::Result<FanoutReport> {
         }
     }
     // Subscribers that never finished count everything they did not get as lost.
-    report.lost = report.expected_deliveries.saturating_sub(report.delivered).max(report.lost);
+    report.lost = report
+        .expected_deliveries
+        .saturating_sub(report.delivered)
+        .max(report.lost);
     let end = last_delivery.load(Ordering::Relaxed).max(start_us + 1);
     report.seconds = (end - start_us) as f64 / 1e6;
     report.deliveries_per_sec = report.delivered as f64 / report.seconds;
@@ -572,7 +645,13 @@ async fn publish(cli: &Cli, a: &PublishArgs) -> anyhow::Result<PublishReport> {
     let start = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..a.concurrency.max(1) {
-        let (addr, next, ok, errors, a) = (cli.addr, next.clone(), ok.clone(), errors.clone(), a.clone());
+        let (addr, next, ok, errors, a) = (
+            cli.addr,
+            next.clone(),
+            ok.clone(),
+            errors.clone(),
+            a.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             let mut conn = http::HttpConn::connect(addr).await?;
             let path = format!("/api/topics/{}", a.topic);
@@ -582,7 +661,11 @@ async fn publish(cli: &Cli, a: &PublishArgs) -> anyhow::Result<PublishReport> {
                 let t0 = Instant::now();
                 let status = conn.post(&path, &body).await?;
                 lat.push(t0.elapsed().as_micros() as u64);
-                if status == 201 { ok.fetch_add(1, Ordering::Relaxed) } else { errors.fetch_add(1, Ordering::Relaxed) };
+                if status == 201 {
+                    ok.fetch_add(1, Ordering::Relaxed)
+                } else {
+                    errors.fetch_add(1, Ordering::Relaxed)
+                };
             }
             anyhow::Ok(lat)
         }));
@@ -611,19 +694,30 @@ async fn publish(cli: &Cli, a: &PublishArgs) -> anyhow::Result<PublishReport> {
 
 // ---------------------------------------------------------------------------------------------
 
-fn spawn_progress(name: &'static str, line: impl Fn() -> String + Send + 'static) -> tokio::task::JoinHandle<()> {
+fn spawn_progress(
+    name: &'static str,
+    line: impl Fn() -> String + Send + 'static,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let start = Instant::now();
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.tick().await;
         loop {
             tick.tick().await;
-            eprintln!("[{name}] {:>5.1}s {}", start.elapsed().as_secs_f64(), line());
+            eprintln!(
+                "[{name}] {:>5.1}s {}",
+                start.elapsed().as_secs_f64(),
+                line()
+            );
         }
     })
 }
 
-fn print<T: Serialize + std::fmt::Debug>(json: bool, title: &str, report: &T) -> anyhow::Result<()> {
+fn print<T: Serialize + std::fmt::Debug>(
+    json: bool,
+    title: &str,
+    report: &T,
+) -> anyhow::Result<()> {
     if json {
         println!("{}", serde_json::to_string(report)?);
     } else {
@@ -641,7 +735,9 @@ fn print<T: Serialize + std::fmt::Debug>(json: bool, title: &str, report: &T) ->
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     // One runtime thread: the load generator should use one core (pin it with taskset).
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async {
         match &cli.cmd {
             Cmd::Connections(a) => {

@@ -65,27 +65,34 @@ async fn resume_races_concurrent_publishers(config: Config) {
             })
         })
         .collect();
-    // Resume while the publishers are running, from the very first notification.
-    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    let mut c = Client::connect(&srv).await;
-    c.subscribe("race", Some(first.position())).await;
+    // Resume while the publishers are running, from the very first notification, at several
+    // moments so that some replays overlap live publishes.
     let total = 1 + 4 * per_task;
-    let mut expected = 2;
-    while expected <= total {
-        let n = c.notification().await;
-        assert_eq!(
-            n.offset, expected,
-            "strictly increasing by one, no holes, no repeats"
-        );
-        expected += 1;
+    let mut readers = Vec::new();
+    for k in 0..6u64 {
+        tokio::time::sleep(std::time::Duration::from_millis(2 + 3 * k)).await;
+        let mut c = Client::connect(&srv).await;
+        c.subscribe("race", Some(first.position())).await;
+        readers.push(tokio::spawn(async move {
+            for expected in 2..=total {
+                let n = c.notification().await;
+                assert_eq!(
+                    n.offset, expected,
+                    "reader {k}: strictly increasing by one, no holes, no repeats"
+                );
+            }
+            assert!(
+                c.silent_for(std::time::Duration::from_millis(200)).await,
+                "nothing after the last"
+            );
+        }));
     }
     for t in tasks {
         t.await.unwrap();
     }
-    assert!(
-        c.silent_for(std::time::Duration::from_millis(200)).await,
-        "nothing after the last"
-    );
+    for r in readers {
+        r.await.unwrap();
+    }
 }
 
 #[tokio::test]

@@ -92,7 +92,7 @@ pub struct Config {
 
     /// Per-connection WebSocket read buffer. tungstenite's default (128 KiB) is preallocated and
     /// zero-filled per read: far too much for idle connections. Larger frames still work.
-    #[arg(long, env = "HERALD_READ_BUFFER_BYTES", default_value_t = 1024)]
+    #[arg(long, env = "HERALD_READ_BUFFER_BYTES", default_value_t = 512)]
     pub read_buffer_bytes: usize,
 
     /// Outbound bytes buffered before tungstenite writes to the socket. Frames fed in one batch

@@ -17,7 +17,6 @@
 
 use crate::store::Stored;
 use app::protocol::close_code;
-use axum::extract::ws::Utf8Bytes;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicU16, AtomicU64, AtomicUsize, Ordering};
@@ -31,12 +30,9 @@ const SHARDS: usize = 32;
 #[derive(Debug)]
 pub enum Outbound {
     /// A notification for the subscription with this slot; the session drops it if that
-    /// subscription has already delivered `offset` (replay and live overlap on resume).
-    Notification {
-        slot: u32,
-        offset: u64,
-        frame: Utf8Bytes,
-    },
+    /// subscription has already delivered its offset (replay and live overlap on resume).
+    /// An `Arc` keeps the item at 16 bytes: every queue preallocates a block of them.
+    Notification { slot: u32, stored: Arc<Stored> },
     /// The heartbeat: send a WebSocket ping.
     Ping,
 }
@@ -224,7 +220,7 @@ impl Hub {
     }
 
     /// Queues the notification for every subscriber of its topic. Never waits.
-    pub fn broadcast(&self, stored: &Stored) {
+    pub fn broadcast(&self, stored: &Arc<Stored>) {
         let topic = stored.notification.topic.as_str();
         let offset = stored.notification.offset;
         let mut shard = lock(self.shard(topic));
@@ -235,8 +231,7 @@ impl Hub {
         subs.retain(|s| {
             let item = Outbound::Notification {
                 slot: s.slot,
-                offset,
-                frame: stored.frame.clone(),
+                stored: stored.clone(),
             };
             match s.conn.tx.try_send(item) {
                 Ok(()) => {
@@ -339,7 +334,9 @@ mod tests {
             hub.broadcast(&stored("t", off));
             // the fast one drains as it goes
             match fast_rx.recv().await.unwrap() {
-                Outbound::Notification { slot, offset, .. } => assert_eq!((slot, offset), (7, off)),
+                Outbound::Notification { slot, stored } => {
+                    assert_eq!((slot, stored.notification.offset), (7, off))
+                }
                 Outbound::Ping => panic!("unexpected ping"),
             }
         }

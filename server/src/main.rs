@@ -4,6 +4,11 @@ use clap::Parser;
 use herald::config::Config;
 use tracing_subscriber::EnvFilter;
 
+/// mimalloc keeps per-connection memory low under connection churn, where glibc's allocator
+/// fragments (measured in BENCHMARKS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()

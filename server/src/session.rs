@@ -137,7 +137,8 @@ impl Session {
 
     async fn serve(&mut self, ws: &mut WebSocket, rx: &mut mpsc::Receiver<Outbound>) -> Stop {
         let conn = self.conn().clone();
-        let mut batch = Vec::with_capacity(WRITE_BATCH);
+        // Grown by recv_many on first use: idle connections never pay for it.
+        let mut batch = Vec::new();
         loop {
             tokio::select! {
                 biased;
@@ -149,7 +150,9 @@ impl Session {
                         Some(Err(e)) => return inbound_error(e),
                     };
                     self.state.hub.touch(&conn);
-                    if let Err(stop) = self.on_message(ws, msg).await {
+                    // Boxed: handling a frame (subscribe, replay, publish) needs a large future,
+                    // and every idle connection would otherwise carry its space in its task.
+                    if let Err(stop) = Box::pin(self.on_message(ws, msg)).await {
                         return stop;
                     }
                 }
@@ -177,11 +180,8 @@ impl Session {
         for item in batch.drain(..) {
             let msg = match item {
                 Outbound::Ping => Message::Ping(Default::default()),
-                Outbound::Notification {
-                    slot,
-                    offset,
-                    frame,
-                } => {
+                Outbound::Notification { slot, stored } => {
+                    let offset = stored.notification.offset;
                     let Some(sub) = self.subs.iter_mut().find(|s| s.slot == slot) else {
                         continue;
                     };
@@ -189,7 +189,7 @@ impl Session {
                         continue;
                     }
                     sub.delivered = offset;
-                    Message::Text(frame)
+                    Message::Text(stored.frame.clone())
                 }
             };
             ws.feed(msg).await.map_err(|_| Stop::Gone)?;

@@ -291,11 +291,15 @@ impl Writer {
                 let offset = last + 1;
                 let n = materialize(&topic, &epoch, offset, now, new);
                 let tags = serde_json::to_string(&n.tags).unwrap_or_else(|_| "[]".into());
-                let inserted = tx.execute(
-                    "INSERT INTO notifications (topic, offset, id, time, title, body, priority, tags, link)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-                    params![n.topic, n.offset, n.id, n.time, n.title, n.body, n.priority, tags, n.link],
-                );
+                // Cached statements: preparing costs more than the insert itself.
+                let inserted = tx
+                    .prepare_cached(
+                        "INSERT INTO notifications (topic, offset, id, time, title, body, priority, tags, link)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                    )
+                    .and_then(|mut st| {
+                        st.execute(params![n.topic, n.offset, n.id, n.time, n.title, n.body, n.priority, tags, n.link])
+                    });
                 if let Err(e) = inserted {
                     results.push(Pending::Failed(StoreError::Backend(e.to_string()), reply));
                     continue;
@@ -305,21 +309,21 @@ impl Writer {
                 if let Some(k) = key {
                     let json = serde_json::to_string(&stored.notification)
                         .map_err(|e| StoreError::Backend(e.to_string()))?;
-                    tx.execute(
+                    tx.prepare_cached(
                         "INSERT OR REPLACE INTO idempotency (topic, key, time, notification) VALUES (?1, ?2, ?3, ?4)",
-                        params![topic, k, now, json],
-                    )?;
+                    )?
+                    .execute(params![topic, k, now, json])?;
                     batch_keys.insert((topic.clone(), k), stored.clone());
                 }
                 results.push(Pending::New(stored, reply));
             }
             for name in touched.keys() {
                 let (epoch, last) = &self.topics[name];
-                tx.execute(
+                tx.prepare_cached(
                     "INSERT INTO topics (name, epoch, last_offset) VALUES (?1, ?2, ?3)
                      ON CONFLICT (name) DO UPDATE SET last_offset = excluded.last_offset",
-                    params![name, epoch, last],
-                )?;
+                )?
+                .execute(params![name, epoch, last])?;
             }
             tx.commit()?;
             Ok(())
@@ -389,11 +393,10 @@ fn lookup_key(
     cutoff: i64,
 ) -> Result<Option<Arc<Stored>>, StoreError> {
     let json: Option<String> = tx
-        .query_row(
+        .prepare_cached(
             "SELECT notification FROM idempotency WHERE topic = ?1 AND key = ?2 AND time >= ?3",
-            params![topic, key, cutoff],
-            |r| r.get(0),
-        )
+        )?
+        .query_row(params![topic, key, cutoff], |r| r.get(0))
         .optional()?;
     match json {
         Some(j) => {

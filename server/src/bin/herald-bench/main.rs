@@ -182,10 +182,10 @@ async fn open_ws(
     }
 }
 
-/// Source address for connection `i`: loopback has ~28k ephemeral ports per source address,
-/// so spread connections over 127.0.0.x.
+/// Source address for connection `i`: loopback has ~28k ephemeral ports per source address
+/// (and closed ones linger in TIME_WAIT between runs), so spread connections over 127.0.0.1-16.
 fn source_for(i: usize) -> Ipv4Addr {
-    Ipv4Addr::new(127, 0, 0, 1 + (i / 20_000) as u8)
+    Ipv4Addr::new(127, 0, 0, 1 + (i % 16) as u8)
 }
 
 // ---------------------------------------------------------------------------------------------

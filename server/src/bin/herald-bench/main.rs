@@ -12,10 +12,11 @@
 //! keep-alive HTTP/1.1. Pin it to another core than the server (`taskset -c 1`).
 
 mod http;
+mod raw_ws;
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
-use futures::{SinkExt, StreamExt};
+use futures::{SinkExt as _, StreamExt};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use std::io::{BufRead, BufReader};
@@ -116,8 +117,17 @@ mod proc_stats {
         line.split_whitespace().nth(1)?.parse().ok()
     }
 
+    /// User + system CPU seconds of this load generator.
+    pub fn own_cpu_secs() -> Option<f64> {
+        cpu_secs_of("self")
+    }
+
     /// User + system CPU seconds. /proc reports clock ticks of USER_HZ, which is 100 on Linux.
     pub fn cpu_secs(pid: u32) -> Option<f64> {
+        cpu_secs_of(&pid.to_string())
+    }
+
+    fn cpu_secs_of(pid: &str) -> Option<f64> {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
         // Fields after the command name (which may contain spaces) start after the last ')'.
         let rest = &stat[stat.rfind(')')? + 2..];
@@ -412,6 +422,8 @@ struct FanoutReport {
     latency: Percentiles,
     server_cpu_secs: Option<f64>,
     server_cpu_secs_per_million: Option<f64>,
+    /// The load generator's own CPU per million deliveries: it must stay well below the server's.
+    client_cpu_secs_per_million: Option<f64>,
     server_rss_kib: Option<u64>,
 }
 
@@ -426,14 +438,19 @@ struct SubResult {
     latencies: Vec<u32>,
 }
 
-/// Finds `key` in `hay` and parses the unsigned integer right after it.
-fn scan_u64(hay: &[u8], key: &[u8]) -> Option<u64> {
-    let at = hay.windows(key.len()).position(|w| w == key)? + key.len();
-    let digits = hay[at..].iter().take_while(|b| b.is_ascii_digit()).count();
-    std::str::from_utf8(&hay[at..at + digits])
-        .ok()?
-        .parse()
-        .ok()
+/// Finds the key in `hay` and parses the unsigned integer right after it.
+fn number_after(hay: &[u8], key: &memchr::memmem::Finder<'_>) -> Option<u64> {
+    let at = key.find(hay)? + key.needle().len();
+    let mut n: u64 = 0;
+    let mut digits = 0;
+    for &b in &hay[at..] {
+        if !b.is_ascii_digit() {
+            break;
+        }
+        n = n.checked_mul(10)?.checked_add(u64::from(b - b'0'))?;
+        digits += 1;
+    }
+    (digits > 0).then_some(n)
 }
 
 async fn fanout(cli: &Cli, a: &FanoutArgs) -> anyhow::Result<FanoutReport> {
@@ -459,12 +476,15 @@ async fn fanout(cli: &Cli, a: &FanoutArgs) -> anyhow::Result<FanoutReport> {
     for i in 0..a.subscribers {
         let (addr, subscribe) = (cli.addr, subscribe.clone());
         connecting.push(tokio::spawn(async move {
-            let mut ws = open_ws(addr, source_for(i)).await?;
-            ws.send(Message::text(subscribe)).await?;
-            match ws.next().await {
-                Some(Ok(Message::Text(t))) if t.as_str().contains("\"subscribed\"") => Ok(ws),
-                other => bail!("no subscribed: {other:?}"),
+            let mut ws = raw_ws::RawWs::connect(addr, source_for(i)).await?;
+            ws.send_text(&subscribe).await?;
+            // welcome, then subscribed
+            while let Some(f) = ws.next().await? {
+                if memchr::memmem::find(ws.bytes(&f), b"\"subscribed\"").is_some() {
+                    return Ok(ws);
+                }
             }
+            bail!("closed before subscribed")
         }));
         if i % 500 == 499 {
             tokio::task::yield_now().await;
@@ -491,23 +511,29 @@ async fn fanout(cli: &Cli, a: &FanoutArgs) -> anyhow::Result<FanoutReport> {
         setup.elapsed().as_secs_f64()
     );
     let n_subs = sockets.len();
+    // Searchers built once: each delivery costs two SIMD substring searches.
+    let offset_key = memchr::memmem::Finder::new(b"\"offset\":").into_owned();
+    let body_key = memchr::memmem::Finder::new(b"\"body\":\"").into_owned();
     for mut ws in sockets {
         let (delivered, last_delivery, done_tx) =
             (delivered.clone(), last_delivery.clone(), done_tx.clone());
+        let (offset_key, body_key) = (offset_key.clone(), body_key.clone());
         tokio::spawn(async move {
             let mut r = SubResult {
                 latencies: Vec::with_capacity(expected as usize),
                 ..Default::default()
             };
             while r.delivered < expected {
-                let Some(Ok(msg)) = ws.next().await else {
+                let Ok(Some(frame)) = ws.next().await else {
                     break;
                 };
-                let Message::Text(t) = msg else { continue };
-                let bytes = t.as_bytes();
+                if frame.opcode != 0x1 {
+                    continue;
+                }
+                let bytes = ws.bytes(&frame);
                 let (Some(offset), Some(sent)) = (
-                    scan_u64(bytes, b"\"offset\":"),
-                    scan_u64(bytes, b"\"body\":\""),
+                    number_after(bytes, &offset_key),
+                    number_after(bytes, &body_key),
                 ) else {
                     continue;
                 };
@@ -536,6 +562,7 @@ async fn fanout(cli: &Cli, a: &FanoutArgs) -> anyhow::Result<FanoutReport> {
 
     // Publish on a fixed schedule: message k leaves at start + k / rate.
     let cpu_before = cli.server_pid.and_then(proc_stats::cpu_secs);
+    let own_before = proc_stats::own_cpu_secs();
     let start_us = now_micros();
     let start = Instant::now();
     let next = Arc::new(AtomicU64::new(0));
@@ -578,6 +605,7 @@ async fn fanout(cli: &Cli, a: &FanoutArgs) -> anyhow::Result<FanoutReport> {
         }
     }
     let cpu_after = cli.server_pid.and_then(proc_stats::cpu_secs);
+    let own_after = proc_stats::own_cpu_secs();
     progress.abort();
     let mut h = histogram();
     let mut report = FanoutReport {
@@ -612,6 +640,11 @@ async fn fanout(cli: &Cli, a: &FanoutArgs) -> anyhow::Result<FanoutReport> {
         report.server_cpu_secs = Some(a - b);
         if report.delivered > 0 {
             report.server_cpu_secs_per_million = Some((a - b) / (report.delivered as f64 / 1e6));
+        }
+    }
+    if let (Some(b), Some(a)) = (own_before, own_after) {
+        if report.delivered > 0 {
+            report.client_cpu_secs_per_million = Some((a - b) / (report.delivered as f64 / 1e6));
         }
     }
     report.server_rss_kib = cli.server_pid.and_then(proc_stats::rss_kib);

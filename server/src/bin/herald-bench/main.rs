@@ -16,7 +16,7 @@ mod raw_ws;
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
-use futures::{SinkExt as _, StreamExt};
+use futures::StreamExt;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use std::io::{BufRead, BufReader};

@@ -262,9 +262,6 @@ pub struct RunningServer {
 }
 
 impl RunningServer {
-    pub fn http_url(&self, path: &str) -> String {
-        format!("http://{}{}", self.addr, path)
-    }
     pub fn ws_url(&self) -> String {
         format!("ws://{}/ws", self.addr)
     }

@@ -51,21 +51,16 @@ pub struct Stored {
 }
 
 impl Stored {
+    /// Serializes the notification's frame: the one place live delivery encodes it.
     pub fn new(notification: Notification) -> Arc<Self> {
-        let frame = frame_of(&notification);
+        // Serializing plain structs of strings and integers cannot fail.
+        let text = serde_json::to_string(&ServerFrame::Notification(notification.clone()))
+            .unwrap_or_else(|_| String::from("{}"));
         Arc::new(Self {
             notification,
-            frame,
+            frame: Utf8Bytes::from(text),
         })
     }
-}
-
-/// Serializes the notification frame (the single place it is done for live delivery).
-pub fn frame_of(n: &Notification) -> Utf8Bytes {
-    // Serializing plain structs of strings and integers cannot fail.
-    let text = serde_json::to_string(&ServerFrame::Notification(n.clone()))
-        .unwrap_or_else(|_| String::from("{}"));
-    Utf8Bytes::from(text)
 }
 
 /// The ordered stream of committed notifications, consumed by the hub's dispatcher.

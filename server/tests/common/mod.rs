@@ -10,7 +10,6 @@ use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
@@ -265,8 +264,4 @@ impl Client {
             }
         }
     }
-}
-
-pub fn close_code_of(c: CloseCode) -> u16 {
-    u16::from(c)
 }

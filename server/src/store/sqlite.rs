@@ -375,11 +375,20 @@ impl Writer {
         let idem_cutoff = now - self.retention.idempotency_window.as_millis() as i64;
         let tx = self.conn.transaction()?;
         let mut dropped = tx.execute("DELETE FROM notifications WHERE time < ?1", [cutoff])? as u64;
-        dropped += tx.execute(
-            "DELETE FROM notifications WHERE offset <= (
-                 SELECT t.last_offset - ?1 FROM topics t WHERE t.name = notifications.topic)",
-            [self.retention.max_count],
-        )? as u64;
+        // Per topic, a primary-key range delete: cheap, and a no-op for topics within bounds
+        // (a correlated subquery would scan the whole table on the writer thread).
+        let limits: Vec<(String, u64)> = {
+            let mut st =
+                tx.prepare("SELECT name, last_offset FROM topics WHERE last_offset > ?1")?;
+            let rows = st.query_map([self.retention.max_count], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.collect::<Result<_, _>>()?
+        };
+        for (topic, last) in limits {
+            dropped += tx
+                .prepare_cached("DELETE FROM notifications WHERE topic = ?1 AND offset <= ?2")?
+                .execute(params![topic, last - self.retention.max_count])?
+                as u64;
+        }
         tx.execute("DELETE FROM idempotency WHERE time < ?1", [idem_cutoff])?;
         tx.commit()?;
         Ok(dropped)

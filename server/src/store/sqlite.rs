@@ -74,6 +74,8 @@ pub struct SqliteStore {
     writer: mpsc::Sender<Command>,
     /// One read connection; reads are short and run on the blocking pool.
     reader: Arc<Mutex<Connection>>,
+    /// The store-wide epoch, read once at open: the epoch of topics never published to.
+    epoch: Arc<str>,
 }
 
 impl SqliteStore {
@@ -115,7 +117,7 @@ impl SqliteStore {
         let (tx, rx) = mpsc::channel(WRITE_QUEUE);
         let writer = Writer {
             conn,
-            epoch,
+            epoch: epoch.clone(),
             topics: HashMap::new(),
             feed,
             retention,
@@ -127,6 +129,7 @@ impl SqliteStore {
         Ok(Self {
             writer: tx,
             reader: Arc::new(Mutex::new(reader)),
+            epoch: Arc::from(epoch),
         })
     }
 
@@ -155,7 +158,12 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
-fn position(conn: &Connection, topic: &str) -> Result<TopicPosition, StoreError> {
+/// `store_epoch` is the epoch of a topic that has never been published to.
+fn position(
+    conn: &Connection,
+    topic: &str,
+    store_epoch: &str,
+) -> Result<TopicPosition, StoreError> {
     let row: Option<(String, u64)> = conn
         .query_row(
             "SELECT epoch, last_offset FROM topics WHERE name = ?1",
@@ -163,15 +171,7 @@ fn position(conn: &Connection, topic: &str) -> Result<TopicPosition, StoreError>
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .optional()?;
-    let (epoch, last) = match row {
-        Some(r) => r,
-        None => {
-            let e = conn.query_row("SELECT value FROM meta WHERE key = 'epoch'", [], |r| {
-                r.get(0)
-            })?;
-            (e, 0)
-        }
-    };
+    let (epoch, last) = row.unwrap_or_else(|| (store_epoch.to_owned(), 0));
     let first: Option<u64> = conn.query_row(
         "SELECT MIN(offset) FROM notifications WHERE topic = ?1",
         [topic],
@@ -444,11 +444,11 @@ impl Store for SqliteStore {
         topic: &str,
         q: ReadQuery,
     ) -> Result<(TopicPosition, Vec<Arc<Stored>>), StoreError> {
-        let topic = topic.to_owned();
+        let (topic, epoch) = (topic.to_owned(), self.epoch.clone());
         self.with_reader(move |conn| {
             // One read transaction, so the position and the rows agree.
             let tx = conn.transaction()?;
-            let pos = position(&tx, &topic)?;
+            let pos = position(&tx, &topic, &epoch)?;
             let order = if q.newest_first { "DESC" } else { "ASC" };
             let sql = format!(
                 "SELECT topic, offset, id, time, title, body, priority, tags, link FROM notifications
@@ -471,8 +471,9 @@ impl Store for SqliteStore {
     }
 
     async fn position(&self, topic: &str) -> Result<TopicPosition, StoreError> {
-        let topic = topic.to_owned();
-        self.with_reader(move |conn| position(conn, &topic)).await
+        let (topic, epoch) = (topic.to_owned(), self.epoch.clone());
+        self.with_reader(move |conn| position(conn, &topic, &epoch))
+            .await
     }
 
     async fn prune(&self) -> Result<u64, StoreError> {

@@ -33,6 +33,8 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 struct Subscription {
     slot: u32,
     topic: Arc<str>,
+    /// The epoch `delivered` belongs to (a position is an epoch and an offset together).
+    epoch: String,
     /// Last offset written to the client; queued notifications at or below it are dropped.
     delivered: u64,
 }
@@ -323,16 +325,9 @@ impl Session {
         }
         if let Some(sub) = self.subs.iter().find(|s| *s.topic == *topic) {
             // Already live: report where it stands instead of replaying twice.
-            let position = match self.state.store.position(&topic).await {
-                Ok(p) => Position {
-                    epoch: p.epoch,
-                    offset: sub.delivered,
-                },
-                Err(_) => {
-                    return self
-                        .error(ws, ErrorCode::Internal, "store unavailable", id)
-                        .await
-                }
+            let position = Position {
+                epoch: sub.epoch.clone(),
+                offset: sub.delivered,
             };
             return send(
                 ws,
@@ -361,6 +356,7 @@ impl Session {
         self.subs.push(Subscription {
             slot,
             topic: topic.clone(),
+            epoch: String::new(),
             delivered: 0,
         });
         let pos = match self.state.store.position(&topic).await {
@@ -373,6 +369,9 @@ impl Session {
                     .await;
             }
         };
+        if let Some(sub) = self.subs.iter_mut().find(|s| s.slot == slot) {
+            sub.epoch.clone_from(&pos.epoch);
+        }
         let subscribed = ServerFrame::Subscribed {
             topic: topic.to_string(),
             position: Position {

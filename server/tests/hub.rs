@@ -3,7 +3,7 @@
 
 mod common;
 
-use app::protocol::{close_code, ClientFrame, ErrorCode, ServerFrame};
+use app::protocol::{close_code, ClientFrame, ErrorCode, Position, ServerFrame};
 use common::*;
 use futures::SinkExt;
 use herald::config::Config;
@@ -458,4 +458,41 @@ async fn subscriptions_per_connection_are_capped() {
     publish(srv.addr, "a", "not for c").await;
     publish(srv.addr, "b", "for c").await;
     assert_eq!(c.notification().await.body, "for c");
+}
+
+#[tokio::test]
+async fn subscribing_twice_reports_the_position_without_replaying() {
+    let srv = server(memory_config()).await;
+    let first = publish(srv.addr, "twice", "one").await;
+    let mut c = Client::connect(&srv).await;
+    c.subscribe(
+        "twice",
+        Some(Position {
+            epoch: first.epoch.clone(),
+            offset: 0,
+        }),
+    )
+    .await;
+    assert_eq!(c.notification().await.offset, 1);
+    publish(srv.addr, "twice", "two").await;
+    assert_eq!(c.notification().await.offset, 2);
+    // Again, even from an older position: the live subscription stands, nothing is replayed.
+    let pos = c
+        .subscribe(
+            "twice",
+            Some(Position {
+                epoch: first.epoch.clone(),
+                offset: 0,
+            }),
+        )
+        .await;
+    assert_eq!(
+        pos,
+        Position {
+            epoch: first.epoch,
+            offset: 2
+        }
+    );
+    publish(srv.addr, "twice", "three").await;
+    assert_eq!(c.notification().await.offset, 3);
 }

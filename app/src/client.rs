@@ -325,14 +325,8 @@ pub fn refetch(center: Center, topic: String) {
             return;
         };
         if let Some(newest) = page.notifications.first() {
-            let pos = newest.position();
-            let ahead = center
-                .positions
-                .get_untracked()
-                .get(&topic)
-                .is_some_and(|p| p.epoch == pos.epoch && p.offset > pos.offset);
-            if !ahead {
-                set_position(center, &topic, pos);
+            if is_new(center.positions.get_untracked().get(&topic), newest) {
+                set_position(center, &topic, newest.position());
             }
         }
         center

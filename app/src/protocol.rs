@@ -262,17 +262,23 @@ impl fmt::Display for ErrorCode {
     }
 }
 
-/// WebSocket close codes Herald uses. 1000-1015 are RFC 6455's; 4000-4999 are Herald's own.
+/// WebSocket close codes Herald uses, and the reason text sent with each: the one table.
+/// 1000-1015 are RFC 6455's; 4000-4999 are Herald's own.
 pub mod close_code {
     /// Normal close (client asked, or unsubscribe-all).
     pub const NORMAL: u16 = 1000;
     /// The server is shutting down; reconnect (to another node) and resume.
     pub const GOING_AWAY: u16 = 1001;
+    /// The client broke the WebSocket protocol (an unmasked frame, a reserved opcode or bits,
+    /// a bad continuation); RFC 6455 section 7.4.1.
+    pub const PROTOCOL_ERROR: u16 = 1002;
+    /// A text frame that is not valid UTF-8; RFC 6455 section 8.1.
+    pub const INVALID_PAYLOAD: u16 = 1007;
     /// The Origin or token was refused.
     pub const POLICY: u16 = 1008;
     /// A frame exceeded the hard size limit; the stream cannot be resynchronised.
     pub const TOO_BIG: u16 = 1009;
-    /// Internal error.
+    /// Internal error (the store failed for good); reconnect, to another node if there is one.
     pub const INTERNAL: u16 = 1011;
     /// The client did not keep up: its outbound queue overflowed. Reconnect and resume from
     /// the last offset seen; nothing is lost for a client that resumes.
@@ -281,6 +287,38 @@ pub mod close_code {
     pub const HEARTBEAT_TIMEOUT: u16 = 4001;
     /// The client sent too many frames too fast.
     pub const RATE_LIMITED: u16 = 4002;
+
+    /// The reason text sent in the close frame for `code` (at most 123 bytes, as RFC 6455
+    /// allows).
+    pub fn reason(code: u16) -> &'static str {
+        match code {
+            NORMAL => "bye",
+            GOING_AWAY => "server shutting down; reconnect and resume",
+            PROTOCOL_ERROR => "websocket protocol violation",
+            INVALID_PAYLOAD => "text frame is not valid UTF-8",
+            POLICY => "refused by policy",
+            TOO_BIG => "message exceeds the hard size limit",
+            INTERNAL => "server error; reconnect and resume",
+            SLOW_CONSUMER => "slow consumer: reconnect and resume from your last offset",
+            HEARTBEAT_TIMEOUT => "no heartbeat answer",
+            RATE_LIMITED => "too many frames",
+            _ => "",
+        }
+    }
+
+    /// Every code above, for tests and documentation.
+    pub const ALL: &[u16] = &[
+        NORMAL,
+        GOING_AWAY,
+        PROTOCOL_ERROR,
+        INVALID_PAYLOAD,
+        POLICY,
+        TOO_BIG,
+        INTERNAL,
+        SLOW_CONSUMER,
+        HEARTBEAT_TIMEOUT,
+        RATE_LIMITED,
+    ];
 }
 
 /// Why a name or field was refused; the message is user-facing.
@@ -552,6 +590,14 @@ mod tests {
             ErrorCode::ForbiddenOrigin,
         ] {
             assert_eq!(serde_json::to_value(code).unwrap(), code.as_str());
+        }
+    }
+
+    #[test]
+    fn every_close_code_has_a_short_reason() {
+        for &code in close_code::ALL {
+            let r = close_code::reason(code);
+            assert!(!r.is_empty() && r.len() <= 123, "{code}: {r:?}");
         }
     }
 

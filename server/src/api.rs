@@ -214,12 +214,33 @@ pub async fn history_page(
     })
 }
 
-pub async fn health() -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "status": "ok" }))
+/// `GET /api/health`: 200 `{"status":"ok"}` while the server can work; 503
+/// `{"status":"failing","error":...}` once the store has failed for good (the process is then
+/// on its way out, so that a supervisor restarts it).
+pub async fn health(State(state): State<AppState>) -> Response {
+    match state.store.fatal() {
+        None => Json(serde_json::json!({ "status": "ok" })).into_response(),
+        Some(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({ "status": "failing", "error": why })),
+        )
+            .into_response(),
+    }
 }
 
-pub async fn stats(State(state): State<AppState>) -> Json<crate::hub::HubStats> {
-    Json(state.hub.stats())
+/// What `GET /api/stats` reports.
+#[derive(Debug, serde::Serialize)]
+pub struct Stats {
+    #[serde(flatten)]
+    pub hub: crate::hub::HubStats,
+    pub store: crate::store::StoreStats,
+}
+
+pub async fn stats(State(state): State<AppState>) -> Json<Stats> {
+    Json(Stats {
+        hub: state.hub.stats(),
+        store: state.store.stats(),
+    })
 }
 
 /// `GET /ws`: checks the Origin and the connection cap *before* upgrading, so a refused
@@ -241,9 +262,10 @@ pub async fn websocket(
         .write_buffer_size(cfg.write_buffer_bytes)
         .max_message_size(cfg.hard_frame_bytes)
         .max_frame_size(cfg.hard_frame_bytes);
+    let tracker = state.tracker.clone();
     Ok(ws
         .on_failed_upgrade(|e| tracing::debug!(error = %e, "websocket upgrade failed"))
-        .on_upgrade(move |socket| Session::new(state, reg).run(socket, rx)))
+        .on_upgrade(move |socket| tracker.track_future(Session::new(state, reg, socket).run(rx))))
 }
 
 /// Browsers always send `Origin` on a WebSocket handshake; a page from another site must not

@@ -69,10 +69,57 @@ pub struct Config {
     #[arg(long, env = "HERALD_IDEMPOTENCY_SECS", default_value_t = 24 * 3600)]
     pub idempotency_secs: u64,
 
+    /// SQLite reader connections: at most this many history reads run at once (each on a
+    /// blocking thread), so a burst of resuming clients cannot spawn a thread each.
+    #[arg(long, env = "HERALD_SQLITE_READERS", default_value_t = 4)]
+    pub sqlite_readers: usize,
+
+    /// Topics whose position (epoch, last offset) the SQLite store keeps in memory, so that a
+    /// plain subscribe needs no disk read. Least recently used topics are forgotten first.
+    #[arg(long, env = "HERALD_CACHED_TOPICS", default_value_t = 65_536)]
+    pub cached_topics: usize,
+
+    /// Rows deleted per retention transaction: publishes wait at most one chunk behind a prune.
+    #[arg(long, env = "HERALD_PRUNE_CHUNK", default_value_t = 1000)]
+    pub prune_chunk: usize,
+
+    /// Memory store only: most topics it holds. A publish that would create one more gets
+    /// 503: a topic cannot be forgotten without reusing its offsets.
+    #[arg(long, env = "HERALD_MEMORY_MAX_TOPICS", default_value_t = 10_000)]
+    pub memory_max_topics: usize,
+
+    /// Memory store only: most remembered Idempotency-Keys (the oldest is forgotten first).
+    #[arg(
+        long,
+        env = "HERALD_MEMORY_MAX_IDEMPOTENCY_KEYS",
+        default_value_t = 100_000
+    )]
+    pub memory_max_idempotency_keys: usize,
+
     /// Most concurrent WebSocket connections; beyond it the upgrade is refused with 503.
     /// Clamped below the process's open-file limit so accept() never hits EMFILE.
     #[arg(long, env = "HERALD_MAX_CONNECTIONS", default_value_t = 19_000)]
     pub max_connections: usize,
+
+    /// TCP connections allowed beyond the WebSocket cap, for plain HTTP requests and upgrades
+    /// in progress. A connection beyond both gets a 503 and is closed at once.
+    #[arg(long, env = "HERALD_MAX_HTTP_CONNECTIONS", default_value_t = 1024)]
+    pub max_http_connections: usize,
+
+    /// Milliseconds a client has to send a complete HTTP request head (the WebSocket upgrade
+    /// request included), and the longest a keep-alive connection may sit idle.
+    #[arg(long, env = "HERALD_REQUEST_HEAD_TIMEOUT_MS", default_value_t = 10_000)]
+    pub request_head_timeout_ms: u64,
+
+    /// Milliseconds an HTTP request may take from its head to its response (a slow body
+    /// included); beyond it the answer is 408.
+    #[arg(long, env = "HERALD_REQUEST_TIMEOUT_MS", default_value_t = 30_000)]
+    pub request_timeout_ms: u64,
+
+    /// Milliseconds a write to a client may make no progress (the client does not read)
+    /// before the connection is dropped, HTTP and WebSocket alike.
+    #[arg(long, env = "HERALD_WRITE_TIMEOUT_MS", default_value_t = 10_000)]
+    pub write_timeout_ms: u64,
 
     /// Frames queued for one connection before it is closed as a slow consumer (4000).
     #[arg(long, env = "HERALD_QUEUE_FRAMES", default_value_t = 512)]
@@ -134,6 +181,15 @@ impl Default for Config {
 impl Config {
     pub fn heartbeat(&self) -> Duration {
         Duration::from_millis(self.heartbeat_ms.max(10))
+    }
+    pub fn request_head_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_head_timeout_ms.max(1))
+    }
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms.max(1))
+    }
+    pub fn write_timeout(&self) -> Duration {
+        Duration::from_millis(self.write_timeout_ms.max(1))
     }
     pub fn retain_age(&self) -> Duration {
         Duration::from_secs(self.retain_secs)

@@ -37,6 +37,7 @@ impl ApiError {
             ApiError::NotFound(_) => ErrorCode::NotFound,
             ApiError::Unavailable(_) => ErrorCode::Unavailable,
             ApiError::ForbiddenOrigin(_) => ErrorCode::ForbiddenOrigin,
+            ApiError::Store(StoreError::Closed | StoreError::Full(_)) => ErrorCode::Unavailable,
             ApiError::Store(_) => ErrorCode::Internal,
         }
     }
@@ -48,9 +49,9 @@ impl ApiError {
             }
             ApiError::Invalid(..) => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::Unavailable(_) | ApiError::Store(StoreError::Closed) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ApiError::Unavailable(_)
+            | ApiError::Store(StoreError::Closed)
+            | ApiError::Store(StoreError::Full(_)) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::ForbiddenOrigin(_) => StatusCode::FORBIDDEN,
             ApiError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -60,7 +61,9 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
-        if status.is_server_error() {
+        // 500s are bugs or broken storage and are logged each time; 503s are states (a full
+        // store, a dead writer that was logged once when it died) and would flood the log.
+        if status == StatusCode::INTERNAL_SERVER_ERROR {
             tracing::error!(error = %self, "request failed");
         }
         let body = ErrorBody {

@@ -21,8 +21,9 @@ use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicU16, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::{mpsc, Notify};
+use tokio::time::Instant;
 
 const SHARDS: usize = 32;
 
@@ -51,20 +52,25 @@ pub struct Conn {
 }
 
 impl Conn {
-    /// Asks the session to close with `code`; the first request wins.
-    pub fn close(&self, code: u16) {
-        if self
+    /// Asks the session to close with `code`; the first request wins. Returns whether this
+    /// call was the first (so a cause is counted once however often it is detected).
+    pub fn close(&self, code: u16) -> bool {
+        let first = self
             .close_code
             .compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
-        {
+            .is_ok();
+        if first {
             self.closed.notify_one();
         }
+        first
     }
 
-    /// Resolves once `close` was called; the code is in [`Conn::close_code`].
+    /// Resolves once `close` was called; the code is in [`Conn::close_code`]. One permit
+    /// wakes one waiter, so a session also checks `close_code` before it waits again.
     pub async fn closed(&self) {
-        self.closed.notified().await
+        if self.close_code().is_none() {
+            self.closed.notified().await
+        }
     }
 
     pub fn close_code(&self) -> Option<u16> {
@@ -93,10 +99,11 @@ pub struct Hub {
     count: AtomicUsize,
     max_connections: usize,
     queue_frames: usize,
+    /// tokio's clock, so heartbeat tests can `pause()` it.
     started: Instant,
-    /// Frames handed to connection queues, for stats.
+    /// Notification frames written to sockets (not merely queued), for stats.
     delivered: AtomicU64,
-    /// Connections closed as slow consumers, for stats.
+    /// Connections closed as slow consumers, each counted once, for stats.
     slow_closed: AtomicU64,
 }
 
@@ -121,8 +128,11 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// A snapshot of the hub's counters.
 #[derive(Debug, Clone, Copy, serde::Serialize)]
 pub struct HubStats {
+    /// Open WebSocket connections.
     pub connections: usize,
+    /// Notification frames written to sockets (a frame dropped from a queue is not counted).
     pub delivered: u64,
+    /// Connections closed because their queue overflowed; each connection counts once.
     pub slow_closed: u64,
 }
 
@@ -183,6 +193,13 @@ impl Hub {
         self.count.load(Ordering::Acquire)
     }
 
+    /// Sessions report the notification frames they wrote (after the flush succeeded).
+    pub fn record_written(&self, frames: u64) {
+        if frames > 0 {
+            self.delivered.fetch_add(frames, Ordering::Relaxed);
+        }
+    }
+
     pub fn stats(&self) -> HubStats {
         HubStats {
             connections: self.connections(),
@@ -227,21 +244,25 @@ impl Hub {
         let Some(subs) = shard.get_mut(topic) else {
             return;
         };
-        let mut sent = 0u64;
         subs.retain(|s| {
             let item = Outbound::Notification {
                 slot: s.slot,
                 stored: stored.clone(),
             };
             match s.conn.tx.try_send(item) {
-                Ok(()) => {
-                    sent += 1;
-                    true
-                }
+                Ok(()) => true,
                 Err(mpsc::error::TrySendError::Full(_)) => {
-                    tracing::warn!(conn_id = s.conn.id, topic, offset, "slow consumer: closing");
-                    self.slow_closed.fetch_add(1, Ordering::Relaxed);
-                    s.conn.close(close_code::SLOW_CONSUMER);
+                    // A connection following several busy topics overflows on each of them;
+                    // only the first detection closes it and counts.
+                    if s.conn.close(close_code::SLOW_CONSUMER) {
+                        tracing::warn!(
+                            conn_id = s.conn.id,
+                            topic,
+                            offset,
+                            "slow consumer: closing"
+                        );
+                        self.slow_closed.fetch_add(1, Ordering::Relaxed);
+                    }
                     false
                 }
                 Err(mpsc::error::TrySendError::Closed(_)) => false,
@@ -250,7 +271,6 @@ impl Hub {
         if subs.is_empty() {
             shard.remove(topic);
         }
-        self.delivered.fetch_add(sent, Ordering::Relaxed);
     }
 
     /// One heartbeat pass over every connection: close those silent for longer than `timeout`
@@ -278,18 +298,6 @@ impl Hub {
                 conn.close(code);
             }
         }
-    }
-
-    /// Waits until every connection has unregistered, or `grace` has passed.
-    pub async fn drained(&self, grace: Duration) -> bool {
-        let deadline = Instant::now() + grace;
-        while self.connections() > 0 {
-            if Instant::now() >= deadline {
-                return false;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        true
     }
 }
 
@@ -354,15 +362,54 @@ mod tests {
         assert!(hub.register().is_some());
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn sweep_pings_live_connections_and_closes_silent_ones() {
         let hub = Hub::new(4, 4);
-        let (reg, mut rx) = hub.register().unwrap();
-        hub.sweep(Duration::from_secs(10));
-        assert!(matches!(rx.recv().await, Some(Outbound::Ping)));
-        assert_eq!(reg.conn.close_code(), None);
-        tokio::time::sleep(Duration::from_millis(30)).await;
-        hub.sweep(Duration::from_millis(10));
+        let (silent, mut silent_rx) = hub.register().unwrap();
+        let (alive, _alive_rx) = hub.register().unwrap();
+        let timeout = Duration::from_secs(10);
+        hub.sweep(timeout);
+        assert!(matches!(silent_rx.recv().await, Some(Outbound::Ping)));
+        // Exactly at the timeout a connection is still given the benefit of the doubt...
+        tokio::time::advance(timeout).await;
+        hub.touch(&alive.conn);
+        hub.sweep(timeout);
+        assert_eq!(silent.conn.close_code(), None);
+        // ...one millisecond later it is closed, and one that was heard from is not.
+        tokio::time::advance(Duration::from_millis(1)).await;
+        hub.sweep(timeout);
+        assert_eq!(
+            silent.conn.close_code(),
+            Some(close_code::HEARTBEAT_TIMEOUT)
+        );
+        assert_eq!(alive.conn.close_code(), None);
+    }
+
+    #[tokio::test]
+    async fn a_slow_consumer_on_several_topics_is_counted_once() {
+        let hub = Hub::new(10, 1);
+        let (slow, _rx) = hub.register().unwrap();
+        for (slot, topic) in ["a", "b", "c"].into_iter().enumerate() {
+            hub.subscribe(topic, &slow.conn, slot as u32);
+        }
+        for topic in ["a", "b", "c"] {
+            hub.broadcast(&stored(topic, 1));
+            hub.broadcast(&stored(topic, 2));
+        }
+        assert_eq!(slow.conn.close_code(), Some(close_code::SLOW_CONSUMER));
+        assert_eq!(hub.stats().slow_closed, 1);
+    }
+
+    #[tokio::test]
+    async fn the_first_close_request_wins() {
+        let hub = Hub::new(10, 1);
+        let (reg, _rx) = hub.register().unwrap();
+        assert!(reg.conn.close(close_code::HEARTBEAT_TIMEOUT));
+        assert!(!reg.conn.close(close_code::GOING_AWAY));
         assert_eq!(reg.conn.close_code(), Some(close_code::HEARTBEAT_TIMEOUT));
+        // A waiter that arrives after the request does not wait.
+        tokio::time::timeout(Duration::from_secs(5), reg.conn.closed())
+            .await
+            .expect("closed() resolves at once after close()");
     }
 }

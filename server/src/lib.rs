@@ -1,28 +1,36 @@
 //! Herald's server, as a library: `main.rs` parses the config and calls [`run`]; tests call
-//! [`start`] on `127.0.0.1:0`.
+//! [`start`] (or [`start_with`], with test [`hooks`]) on `127.0.0.1:0`.
 //!
 //! A publish flows one way: `api` (HTTP) or `session` (socket) -> `store` (assigns the offset,
 //! makes it durable, emits it on the feed in order) -> `hub::dispatch` -> `hub` (fan-out into
-//! bounded per-connection queues) -> each `session` (coalesced writes).
+//! bounded per-connection queues) -> each `session` (verified, coalesced writes).
 //!
 //! - [`config`]: every bound, with defaults and env fallbacks.
+//! - [`listener`]: the accept loop: connection cap, request-head and write deadlines.
 //! - [`store`]: the `Store` trait and its guarantees; SQLite (default) and memory.
 //! - [`hub`]: local subscriptions, fan-out, slow-consumer policy, heartbeat sweep.
-//! - [`session`]: one WebSocket connection, resume without gaps, coalesced writer.
+//! - [`session`]: one WebSocket connection: its writer, inbound dispatch, resume.
+//! - [`limits`]: per-connection frame rate limiting on tokio's clock.
 //! - [`api`]: HTTP routes and the upgrade (origin check, connection cap).
 //! - [`error`]: `ApiError` -> status + JSON body.
+//! - [`hooks`]: test seams (no-ops in production).
 
 pub mod api;
 pub mod config;
 pub mod error;
+pub mod hooks;
 pub mod hub;
+pub mod limits;
+pub mod listener;
 pub mod session;
 pub mod store;
 
 use crate::config::{Config, StoreKind};
+use crate::hooks::Hooks;
 use crate::hub::Hub;
-use crate::store::{MemoryStore, ReadQuery, Retention, SqliteStore, Store};
+use crate::store::{MemoryStore, ReadQuery, Retention, SqliteOptions, SqliteStore, Store};
 use anyhow::Context as _;
+use app::protocol::close_code;
 use app::{shell, App, HistoryLoader};
 use axum::extract::FromRef;
 use axum::routing::{get, post};
@@ -37,12 +45,15 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 /// Notifications committed but not yet fanned out; the store waits (backpressure) beyond it.
 const FEED_CAPACITY: usize = 4096;
-/// Open files kept free for the listener, the database, logs and HTTP requests.
+/// Open files kept free for the listener, the database, logs and the reader pool.
 const FD_RESERVE: usize = 256;
 
 /// What every handler shares.
@@ -51,6 +62,8 @@ pub struct Shared {
     pub hub: Arc<Hub>,
     pub store: Arc<dyn Store>,
     pub leptos_options: LeptosOptions,
+    /// Every connection task and session; shutdown waits on it.
+    pub tracker: TaskTracker,
 }
 
 #[derive(Clone)]
@@ -109,53 +122,106 @@ fn open_file_limit() -> Option<usize> {
     line.split_whitespace().nth(3)?.parse().ok()
 }
 
-/// Builds the store, the hub and the router, and starts the background tasks.
-fn build(mut config: Config, addr: SocketAddr) -> anyhow::Result<(Router, Arc<Hub>, AppState)> {
+/// Caps the connection limits below the open-file limit; returns the TCP connection cap.
+fn clamp_connections(config: &mut Config) -> usize {
+    let mut total = config
+        .max_connections
+        .saturating_add(config.max_http_connections);
     if let Some(limit) = open_file_limit() {
-        let cap = limit.saturating_sub(FD_RESERVE).max(1);
-        if config.max_connections > cap {
+        let cap = limit.saturating_sub(FD_RESERVE).max(2);
+        if total > cap {
             tracing::warn!(
-                requested = config.max_connections,
+                requested = total,
                 cap,
-                "max_connections lowered below the open-file limit"
+                "connection limits lowered below the open-file limit"
             );
-            config.max_connections = cap;
+            total = cap;
         }
     }
-    config.hard_frame_bytes = config.hard_frame_bytes.max(config.max_frame_bytes);
+    // WebSockets may use all but the HTTP headroom; at least one connection either way.
+    let headroom = config.max_http_connections.min(total / 2).max(1);
+    config.max_connections = config.max_connections.min(total - headroom).max(1);
+    total
+}
+
+/// Opens the configured store, feeding `feed`.
+fn open_store(
+    config: &Config,
+    feed: mpsc::Sender<Arc<store::Stored>>,
+    hooks: &Hooks,
+) -> anyhow::Result<Arc<dyn Store>> {
     let retention = Retention {
         max_count: config.retain_count.max(1),
         max_age: config.retain_age(),
         idempotency_window: config.idempotency_window(),
     };
-    let (feed_tx, feed_rx) = mpsc::channel(FEED_CAPACITY);
     let store: Arc<dyn Store> = match config.store {
-        StoreKind::Memory => Arc::new(MemoryStore::new(feed_tx, retention)),
-        StoreKind::Sqlite => Arc::new(
-            SqliteStore::open(
-                &config.db,
-                config.sqlite_sync,
-                config.max_batch,
-                retention,
-                feed_tx,
+        StoreKind::Memory => Arc::new(MemoryStore::with_limits(
+            feed,
+            retention,
+            store::MemoryLimits {
+                max_topics: config.memory_max_topics.max(1),
+                max_idempotency_keys: config.memory_max_idempotency_keys.max(1),
+            },
+        )),
+        StoreKind::Sqlite => {
+            let options = SqliteOptions {
+                sync: config.sqlite_sync,
+                max_batch: config.max_batch.max(1),
+                readers: config.sqlite_readers.max(1),
+                cached_topics: config.cached_topics.max(1),
+                prune_chunk: config.prune_chunk.max(1),
+            };
+            Arc::new(
+                SqliteStore::open(&config.db, options, retention, feed, hooks.clone())
+                    .with_context(|| format!("opening database {}", config.db.display()))?,
             )
-            .with_context(|| format!("opening database {}", config.db.display()))?,
-        ),
+        }
     };
+    Ok(match &hooks.wrap_store {
+        Some(wrap) => wrap(store),
+        None => store,
+    })
+}
+
+/// The server's parts, built and not yet serving.
+struct Built {
+    router: Router,
+    state: AppState,
+    /// The TCP connection cap.
+    permits: usize,
+}
+
+/// Builds the store, the hub and the router, and starts the background tasks (which stop on
+/// `cancel`).
+fn build(
+    mut config: Config,
+    addr: SocketAddr,
+    hooks: &Hooks,
+    cancel: &CancellationToken,
+) -> anyhow::Result<Built> {
+    let permits = clamp_connections(&mut config);
+    config.hard_frame_bytes = config.hard_frame_bytes.max(config.max_frame_bytes);
+    let (feed_tx, feed_rx) = mpsc::channel(FEED_CAPACITY);
+    let store = open_store(&config, feed_tx, hooks)?;
     let hub = Hub::new(config.max_connections, config.queue_frames);
+    let tracker = TaskTracker::new();
     tokio::spawn(hub::dispatch(hub.clone(), feed_rx));
-    spawn_heartbeat(hub.clone(), config.heartbeat());
+    spawn_heartbeat(hub.clone(), config.heartbeat(), cancel.clone());
     spawn_pruner(
         store.clone(),
         Duration::from_secs(config.prune_interval_secs.max(1)),
+        cancel.clone(),
     );
 
     let leptos_options = leptos_options(&config, addr);
+    let request_timeout = config.request_timeout();
     let state = AppState(Arc::new(Shared {
         config,
-        hub: hub.clone(),
+        hub,
         store,
         leptos_options,
+        tracker,
     }));
     let routes = generate_route_list(App);
     let loader = history_loader(state.clone());
@@ -173,9 +239,17 @@ fn build(mut config: Config, addr: SocketAddr) -> anyhow::Result<(Router, Arc<Hu
             move || shell(opts.clone()),
         )
         .fallback(leptos_axum::file_and_error_handler::<AppState, _>(shell))
+        .layer(TimeoutLayer::with_status_code(
+            http::StatusCode::REQUEST_TIMEOUT,
+            request_timeout,
+        ))
         .layer(TraceLayer::new_for_http())
         .with_state(state.clone());
-    Ok((router, hub, state))
+    Ok(Built {
+        router,
+        state,
+        permits,
+    })
 }
 
 /// Lets the server-rendered page read recent history straight from the store.
@@ -194,25 +268,30 @@ fn history_loader(state: AppState) -> HistoryLoader {
     })
 }
 
-fn spawn_heartbeat(hub: Arc<Hub>, every: Duration) {
+fn spawn_heartbeat(hub: Arc<Hub>, every: Duration, cancel: CancellationToken) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;
         loop {
-            tick.tick().await;
-            hub.sweep(every * 2);
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tick.tick() => hub.sweep(every * 2),
+            }
         }
     });
 }
 
-fn spawn_pruner(store: Arc<dyn Store>, every: Duration) {
+fn spawn_pruner(store: Arc<dyn Store>, every: Duration, cancel: CancellationToken) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tick.tick().await;
-            match store.prune().await {
+            let pruned = tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tick.tick() => store.prune().await,
+            };
+            match pruned {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(dropped = n, "retention pruned notifications"),
                 Err(store::StoreError::Closed) => return,
@@ -223,35 +302,71 @@ fn spawn_pruner(store: Arc<dyn Store>, every: Duration) {
 }
 
 /// Serves on `listener` until `shutdown` resolves, then closes every socket with 1001 and
-/// waits up to the configured grace for them to go.
+/// waits up to the configured grace for them to go. Returns an error, after the same
+/// shutdown, if the store fails for good (so the process exits non-zero and a supervisor
+/// restarts it).
 pub async fn run(
     config: Config,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    run_with(config, listener, shutdown, Hooks::default()).await
+}
+
+/// [`run`] with test hooks.
+pub async fn run_with(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    hooks: Hooks,
+) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     let grace = Duration::from_secs(config.shutdown_grace_secs);
-    let (router, hub, _state) = build(config, addr)?;
+    let cancel = CancellationToken::new();
+    let Built {
+        router,
+        state,
+        permits,
+    } = build(config, addr, &hooks, &cancel)?;
+    let accept = tokio::spawn(
+        listener::Listener {
+            listener,
+            router,
+            permits: Arc::new(Semaphore::new(permits)),
+            head_timeout: state.config.request_head_timeout(),
+            write_timeout: state.config.write_timeout(),
+            cancel: cancel.clone(),
+            tracker: state.tracker.clone(),
+        }
+        .run(),
+    );
     tracing::info!(%addr, "herald listening on http://{addr}");
-    let closer = hub.clone();
-    let signal = async move {
-        shutdown.await;
-        tracing::info!("shutting down: closing connections with 1001");
-        closer.close_all(app::protocol::close_code::GOING_AWAY);
+    let outcome = tokio::select! {
+        _ = shutdown => {
+            tracing::info!("shutting down: closing connections with 1001");
+            Ok(())
+        }
+        why = state.store.failed() => Err(anyhow::anyhow!("store failed: {why}")),
     };
-    axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(signal)
-    .await?;
-    if !hub.drained(grace).await {
+    cancel.cancel();
+    let code = if outcome.is_ok() {
+        close_code::GOING_AWAY
+    } else {
+        close_code::INTERNAL
+    };
+    state.hub.close_all(code);
+    let _ = accept.await;
+    state.tracker.close();
+    if tokio::time::timeout(grace, state.tracker.wait())
+        .await
+        .is_err()
+    {
         tracing::warn!(
-            left = hub.connections(),
+            left = state.hub.connections(),
             "connections still open after the grace period"
         );
     }
-    Ok(())
+    outcome
 }
 
 /// A server running in this process (for tests and the benchmark tool).
@@ -272,19 +387,33 @@ impl RunningServer {
         }
         (&mut self.task).await?
     }
+    /// Waits for the server to end on its own (a fatal store error) and returns its result.
+    pub async fn finished(mut self) -> anyhow::Result<()> {
+        (&mut self.task).await?
+    }
 }
 
 /// Starts a server on `127.0.0.1:0` (or `config.addr`) in this process.
 pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
+    start_with(config, Hooks::default()).await
+}
+
+/// [`start`] with test hooks.
+pub async fn start_with(config: Config, hooks: Hooks) -> anyhow::Result<RunningServer> {
     let bind = config
         .addr
         .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
     let listener = TcpListener::bind(bind).await?;
     let addr = listener.local_addr()?;
     let (tx, rx) = oneshot::channel::<()>();
-    let task = tokio::spawn(run(config, listener, async move {
-        let _ = rx.await;
-    }));
+    let task = tokio::spawn(run_with(
+        config,
+        listener,
+        async move {
+            let _ = rx.await;
+        },
+        hooks,
+    ));
     Ok(RunningServer {
         addr,
         stop: Some(tx),

@@ -3,30 +3,59 @@
 //! Offsets are assigned and the feed is written inside the same critical section, so feed order
 //! is offset order. The feed slot is reserved *before* taking the lock (the reservation may wait
 //! when the hub is behind), so the lock is never held across an await.
+//!
+//! Bounds: at most `max_count` notifications per topic (enforced on append), at most
+//! [`MemoryLimits::max_topics`] topics (a publish that would create one more is refused: a
+//! topic cannot be forgotten without reusing its offsets), and at most
+//! [`MemoryLimits::max_idempotency_keys`] remembered keys (the least recently used is
+//! forgotten first).
 
 use super::{
-    materialize, now_ms, random_id, Appended, Feed, ReadQuery, Retention, Store, StoreError,
+    materialize, now_ms, random_id, Appended, Feed, Head, ReadQuery, Retention, Store, StoreError,
     Stored, TopicPosition,
 };
 use app::protocol::NewNotification;
 use async_trait::async_trait;
+use lru::LruCache;
 use std::collections::{HashMap, VecDeque};
+use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
+use tokio::time::Instant;
+
+/// Notifications dropped per lock hold while pruning by age, so publishes wait at most a
+/// few hundred microseconds behind a prune.
+const PRUNE_CHUNK: usize = 2048;
+
+/// How much the memory store may hold besides the notifications themselves.
+#[derive(Debug, Clone, Copy)]
+pub struct MemoryLimits {
+    pub max_topics: usize,
+    pub max_idempotency_keys: usize,
+}
+
+impl Default for MemoryLimits {
+    fn default() -> Self {
+        Self {
+            max_topics: 10_000,
+            max_idempotency_keys: 100_000,
+        }
+    }
+}
 
 pub struct MemoryStore {
     /// A std mutex: every critical section is short and never awaits.
     inner: Mutex<Inner>,
     feed: Feed,
     retention: Retention,
+    limits: MemoryLimits,
     /// New on every start: the memory store forgets everything, so every restart is a reset.
     epoch: String,
 }
 
-#[derive(Default)]
 struct Inner {
     topics: HashMap<String, TopicLog>,
-    idempotency: HashMap<(String, String), (Instant, Arc<Stored>)>,
+    /// (topic, key) -> when it was first used and what it published.
+    idempotency: LruCache<(String, String), (Instant, Arc<Stored>)>,
 }
 
 #[derive(Default)]
@@ -46,10 +75,20 @@ impl TopicLog {
 
 impl MemoryStore {
     pub fn new(feed: Feed, retention: Retention) -> Self {
+        Self::with_limits(feed, retention, MemoryLimits::default())
+    }
+
+    pub fn with_limits(feed: Feed, retention: Retention, limits: MemoryLimits) -> Self {
+        let keys =
+            NonZeroUsize::new(limits.max_idempotency_keys.max(1)).unwrap_or(NonZeroUsize::MIN);
         Self {
-            inner: Mutex::default(),
+            inner: Mutex::new(Inner {
+                topics: HashMap::new(),
+                idempotency: LruCache::new(keys),
+            }),
             feed,
             retention,
+            limits,
             epoch: random_id(8),
         }
     }
@@ -88,7 +127,9 @@ impl Store for MemoryStore {
         let mut inner = self.lock();
         let key = idempotency_key.map(|k| (topic.to_owned(), k));
         if let Some(k) = &key {
-            if let Some((at, stored)) = inner.idempotency.get(k) {
+            // `peek`, not `get`: keys stay in insertion order, so the least recently used is
+            // also the oldest, and pruning can stop at the first key inside the window.
+            if let Some((at, stored)) = inner.idempotency.peek(k) {
                 if at.elapsed() < self.retention.idempotency_window {
                     return Ok(Appended {
                         stored: stored.clone(),
@@ -96,6 +137,12 @@ impl Store for MemoryStore {
                     });
                 }
             }
+        }
+        if !inner.topics.contains_key(topic) && inner.topics.len() >= self.limits.max_topics {
+            return Err(StoreError::Full(format!(
+                "the memory store holds its limit of {} topics",
+                self.limits.max_topics
+            )));
         }
         let log = inner.topics.entry(topic.to_owned()).or_default();
         log.last += 1;
@@ -105,9 +152,7 @@ impl Store for MemoryStore {
             log.log.pop_front();
         }
         if let Some(k) = key {
-            inner
-                .idempotency
-                .insert(k, (Instant::now(), stored.clone()));
+            inner.idempotency.put(k, (Instant::now(), stored.clone()));
         }
         permit.send(stored.clone());
         Ok(Appended {
@@ -148,27 +193,70 @@ impl Store for MemoryStore {
         Ok((pos, items))
     }
 
-    async fn position(&self, topic: &str) -> Result<TopicPosition, StoreError> {
+    async fn head(&self, topic: &str) -> Result<Head, StoreError> {
         let inner = self.lock();
-        Ok(self.position_of(inner.topics.get(topic)))
+        Ok(Head {
+            epoch: self.epoch.clone(),
+            last: inner.topics.get(topic).map_or(0, |l| l.last),
+        })
     }
 
     async fn prune(&self) -> Result<u64, StoreError> {
         let cutoff = now_ms() - self.retention.max_age.as_millis() as i64;
         let window = self.retention.idempotency_window;
-        let mut inner = self.lock();
+        let names: Vec<String> = self.lock().topics.keys().cloned().collect();
         let mut dropped = 0;
-        for log in inner.topics.values_mut() {
-            while log
-                .log
-                .front()
-                .is_some_and(|s| s.notification.time < cutoff)
+        let mut names = names.into_iter().peekable();
+        while names.peek().is_some() {
+            // One chunk per lock hold; publishes get the lock between chunks.
             {
-                log.log.pop_front();
-                dropped += 1;
+                let mut inner = self.lock();
+                let mut budget = PRUNE_CHUNK;
+                while budget > 0 {
+                    let Some(name) = names.peek() else { break };
+                    let Some(log) = inner.topics.get_mut(name) else {
+                        names.next();
+                        continue;
+                    };
+                    while budget > 0
+                        && log
+                            .log
+                            .front()
+                            .is_some_and(|s| s.notification.time < cutoff)
+                    {
+                        log.log.pop_front();
+                        dropped += 1;
+                        budget -= 1;
+                    }
+                    if budget > 0 {
+                        names.next();
+                    }
+                    budget = budget.saturating_sub(1);
+                }
             }
+            tokio::task::yield_now().await;
         }
-        inner.idempotency.retain(|_, (at, _)| at.elapsed() < window);
+        loop {
+            let expired = {
+                let mut inner = self.lock();
+                let mut expired = 0;
+                // Oldest first: stop at the first key still inside the window.
+                while expired < PRUNE_CHUNK {
+                    match inner.idempotency.peek_lru() {
+                        Some((_, (at, _))) if at.elapsed() >= window => {
+                            inner.idempotency.pop_lru();
+                            expired += 1;
+                        }
+                        _ => break,
+                    }
+                }
+                expired
+            };
+            if expired < PRUNE_CHUNK {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
         Ok(dropped)
     }
 }

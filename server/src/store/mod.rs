@@ -13,13 +13,28 @@
 //! - **Idempotency**: an append with an idempotency key already seen on that topic within the
 //!   window returns the original notification (`duplicate = true`) and appends nothing.
 //! - **Retention**: `prune` drops notifications beyond the per-topic count or older than the age;
-//!   it never lowers `last_offset`, so offsets are never reused.
+//!   it never lowers `last_offset`, so offsets are never reused. It works in bounded chunks, so
+//!   appends are never held up behind a large prune.
+//! - **Head without I/O**: `head` answers from memory (a bounded cache of per-topic positions),
+//!   so a plain subscribe costs no disk read. It never reports an offset that is not readable
+//!   yet, and never one lower than a notification already on the feed.
+//! - **Bounded memory**: nothing keyed by a client-chosen name (topic, idempotency key) grows
+//!   without limit in memory.
+//! - **Values out of range** (`after`, `before` up to `u64::MAX`) are answered like any other:
+//!   an empty or partial page, never an error.
+//! - **Failure is visible**: a store that can no longer work (its writer died) says so through
+//!   `fatal`, and never acknowledges what it did not store.
+//!
+//! Every store passes the same conformance tests (`conformance.rs`).
 
 mod memory;
 mod sqlite;
 
-pub use memory::MemoryStore;
-pub use sqlite::SqliteStore;
+#[cfg(test)]
+mod conformance;
+
+pub use memory::{MemoryLimits, MemoryStore};
+pub use sqlite::{SqliteOptions, SqliteStore};
 
 use app::protocol::{NewNotification, Notification, ServerFrame};
 use async_trait::async_trait;
@@ -38,6 +53,8 @@ pub enum StoreError {
     Corrupt(String),
     #[error("store failed: {0}")]
     Backend(String),
+    #[error("{0}")]
+    Full(String),
     #[error("the store is shutting down")]
     Closed,
 }
@@ -72,6 +89,25 @@ pub struct Appended {
     pub stored: Arc<Stored>,
     /// True when the idempotency key matched an earlier append, which is returned instead.
     pub duplicate: bool,
+}
+
+/// A topic's newest offset: where a live subscription starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Head {
+    pub epoch: String,
+    /// Newest offset assigned and readable; 0 before the first publish.
+    pub last: u64,
+}
+
+/// Counters a store keeps about itself (for `/api/stats` and tests).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct StoreStats {
+    /// Reads that went to disk (history pages, and heads not in the cache).
+    pub disk_reads: u64,
+    /// Most reads that ever ran at the same time (bounded by the reader pool).
+    pub concurrent_reads_max: u64,
+    /// Topics whose position is cached.
+    pub cached_topics: u64,
 }
 
 /// Where a topic's history stands.
@@ -133,11 +169,26 @@ pub trait Store: Send + Sync + 'static {
         query: ReadQuery,
     ) -> Result<(TopicPosition, Vec<Arc<Stored>>), StoreError>;
 
-    /// The topic's position (a never-published topic has `last = 0`, `first = 1`).
-    async fn position(&self, topic: &str) -> Result<TopicPosition, StoreError>;
+    /// The topic's epoch and newest offset, from memory (see "Head without I/O").
+    async fn head(&self, topic: &str) -> Result<Head, StoreError>;
 
-    /// Applies retention now; returns how many notifications were dropped.
+    /// Applies retention now, in bounded chunks; returns how many notifications were dropped.
     async fn prune(&self) -> Result<u64, StoreError>;
+
+    fn stats(&self) -> StoreStats {
+        StoreStats::default()
+    }
+
+    /// Why the store can no longer work, once it cannot. It never recovers: the process
+    /// should report unhealthy and exit so that a supervisor restarts it.
+    fn fatal(&self) -> Option<String> {
+        None
+    }
+
+    /// Resolves with the reason once [`Store::fatal`] has one.
+    async fn failed(&self) -> String {
+        std::future::pending().await
+    }
 }
 
 pub fn now_ms() -> i64 {

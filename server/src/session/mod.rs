@@ -1,0 +1,262 @@
+//! One WebSocket connection: its subscriptions, its resume logic and its writer.
+//!
+//! A session is a single task (no reader/writer split, no per-connection timer, so an idle
+//! connection costs a few KiB). It waits on three things: a close request from the hub, an
+//! inbound frame, and its outbound queue. When the queue wakes it, it takes everything queued,
+//! feeds it all to the socket and flushes once, so a burst leaves in one write instead of one
+//! syscall per frame.
+//!
+//! The rooms:
+//! - [`connection`]: the socket; every outbound byte goes through it (close-aware, deadlined).
+//! - [`dispatch`]: inbound frames: limits, parsing, and the answer to each client frame.
+//! - [`resume`]: subscribe, catch-up from the store, and live delivery that is verified.
+//!
+//! # Delivery: live is a fast path that is checked, not trusted
+//! Each subscription remembers the epoch and the last offset it delivered. A queued
+//! notification is written only if it is exactly `delivered + 1` in that epoch; one at or below
+//! `delivered` is a duplicate and dropped; one beyond it means a hole, and the subscription
+//! goes back to catching up from the store, which fills the hole (or says `gap`/`reset`).
+//!
+//! # Catching up without being cut as a slow consumer
+//! A subscription that resumes replays from the store page by page *before* it registers with
+//! the hub, so a long replay on a busy topic does not fill the bounded queue with live frames
+//! it would have to drop anyway. When a page comes back short (the replay reached the top),
+//! the subscription registers and reads once more; registration first, read second, so every
+//! offset is either in that read or queued after it. While catching up, queued frames for it
+//! are dropped: anything queued is already readable, and the next read covers it. Between two
+//! pages the session handles inbound frames and other subscriptions' queued frames, so
+//! heartbeats and live topics keep flowing during a replay.
+
+mod connection;
+mod dispatch;
+mod resume;
+
+pub use connection::{Socket, CLOSE_TIMEOUT};
+
+use crate::hub::{Outbound, Registration};
+use crate::limits::FrameLimiter;
+use crate::AppState;
+use app::protocol::ServerFrame;
+use axum::extract::ws::Message;
+use connection::Connection;
+use futures::FutureExt;
+use std::sync::Arc;
+use tokio::sync::mpsc;
+
+/// Most queued frames written per flush; bounds the time between inbound polls.
+const WRITE_BATCH: usize = 256;
+/// Inbound frames handled between two replay pages before the replay continues.
+const INBOUND_BETWEEN_PAGES: usize = 16;
+
+/// Why a session ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stop {
+    /// The socket failed, its write deadline passed, or the client went away: nothing more
+    /// can be sent.
+    Gone,
+    /// Close with this code (its reason comes from the protocol's close-code table).
+    Close(u16),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Queued notifications are written as they arrive, verified against `delivered`.
+    Live,
+    /// Replaying from the store. `registered`: the hub already queues live notifications for
+    /// it (they are dropped; the store reads cover them).
+    CatchingUp { registered: bool },
+}
+
+struct Subscription {
+    slot: u32,
+    topic: Arc<str>,
+    /// The epoch `delivered` belongs to (a position is an epoch and an offset together).
+    epoch: String,
+    /// Last offset written to the client.
+    delivered: u64,
+    phase: Phase,
+}
+
+impl Subscription {
+    fn registered(&self) -> bool {
+        matches!(
+            self.phase,
+            Phase::Live | Phase::CatchingUp { registered: true }
+        )
+    }
+}
+
+pub struct Session<S> {
+    state: AppState,
+    reg: Registration,
+    io: Connection<S>,
+    subs: Vec<Subscription>,
+    next_slot: u32,
+    /// Data frames received, for the "auth comes first" rule.
+    frames_seen: u64,
+    limit: FrameLimiter,
+    /// Grown by `recv_many` on first use: idle connections never pay for it.
+    batch: Vec<Outbound>,
+}
+
+impl<S: Socket> Session<S> {
+    pub fn new(state: AppState, reg: Registration, socket: S) -> Self {
+        let limit = FrameLimiter::new(state.config.frames_per_sec);
+        let io = Connection::new(socket, reg.conn.clone());
+        Self {
+            state,
+            reg,
+            io,
+            subs: Vec::new(),
+            next_slot: 0,
+            frames_seen: 0,
+            limit,
+            batch: Vec::new(),
+        }
+    }
+
+    /// Runs the connection to its end, closes it with the code that ended it (if it can still
+    /// be sent) and unregisters it.
+    pub async fn run(mut self, mut rx: mpsc::Receiver<Outbound>) {
+        let conn_id = self.reg.conn.id;
+        tracing::debug!(conn_id, "connected");
+        let welcome = ServerFrame::Welcome {
+            conn_id,
+            max_frame_bytes: self.state.config.max_frame_bytes,
+            heartbeat_ms: self.state.config.heartbeat_ms,
+        };
+        let mut stop = match self.io.send(&welcome).await {
+            Ok(()) => self.serve(&mut rx).await,
+            Err(stop) => stop,
+        };
+        // A close request explains the end better than the failed write it caused.
+        if let Some(code) = self.reg.conn.close_code() {
+            stop = Stop::Close(code);
+        }
+        if let Stop::Close(code) = stop {
+            tracing::debug!(conn_id, code, "closing");
+            self.io.close(code).await;
+        }
+        for sub in self.subs.drain(..) {
+            if sub.registered() {
+                self.state.hub.unsubscribe(&sub.topic, conn_id, sub.slot);
+            }
+        }
+        tracing::debug!(conn_id, "disconnected");
+    }
+
+    async fn serve(&mut self, rx: &mut mpsc::Receiver<Outbound>) -> Stop {
+        let conn = self.reg.conn.clone();
+        loop {
+            if let Some(code) = conn.close_code() {
+                return Stop::Close(code);
+            }
+            let step = if self.catching_up() {
+                // Boxed: a replay step is a large future that idle connections need not carry.
+                match self.between_pages(rx).await {
+                    Ok(()) => Box::pin(self.replay_step()).await,
+                    Err(stop) => Err(stop),
+                }
+            } else {
+                tokio::select! {
+                    biased;
+                    _ = conn.closed() => Ok(()),
+                    inbound = self.io.recv() => self.inbound(inbound).await,
+                    n = rx.recv_many(&mut self.batch, WRITE_BATCH) => {
+                        if n == 0 {
+                            Err(Stop::Gone)
+                        } else {
+                            self.write_batch().await
+                        }
+                    }
+                }
+            };
+            if let Err(stop) = step {
+                return stop;
+            }
+        }
+    }
+
+    /// During a replay: handles the inbound frames and queued frames that are already waiting,
+    /// without waiting for more.
+    async fn between_pages(&mut self, rx: &mut mpsc::Receiver<Outbound>) -> Result<(), Stop> {
+        for _ in 0..INBOUND_BETWEEN_PAGES {
+            match self.io.recv().now_or_never() {
+                Some(inbound) => self.inbound(inbound).await?,
+                None => break,
+            }
+        }
+        while self.batch.len() < WRITE_BATCH {
+            match rx.try_recv() {
+                Ok(item) => self.batch.push(item),
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => return Err(Stop::Gone),
+            }
+        }
+        self.write_batch().await
+    }
+
+    fn catching_up(&self) -> bool {
+        self.subs
+            .iter()
+            .any(|s| matches!(s.phase, Phase::CatchingUp { .. }))
+    }
+
+    /// Feeds every queued frame the client still needs, then flushes once.
+    async fn write_batch(&mut self) -> Result<(), Stop> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let mut batch = std::mem::take(&mut self.batch);
+        let result = self.write_items(&mut batch).await;
+        batch.clear();
+        self.batch = batch;
+        result
+    }
+
+    async fn write_items(&mut self, batch: &mut [Outbound]) -> Result<(), Stop> {
+        let mut fed = false;
+        let mut written = 0u64;
+        for item in batch.iter() {
+            let msg = match item {
+                Outbound::Ping => Message::Ping(Default::default()),
+                Outbound::Notification { slot, stored } => {
+                    let Some(sub) = self.subs.iter_mut().find(|s| s.slot == *slot) else {
+                        continue;
+                    };
+                    if !resume::accept_live(sub, &stored.notification) {
+                        continue;
+                    }
+                    written += 1;
+                    Message::Text(stored.frame.clone())
+                }
+            };
+            self.io.feed(msg).await?;
+            fed = true;
+        }
+        if fed {
+            self.io.flush().await?;
+        }
+        self.state.hub.record_written(written);
+        Ok(())
+    }
+
+    fn find_sub(&self, topic: &str) -> Option<usize> {
+        self.subs.iter().position(|s| *s.topic == *topic)
+    }
+
+    /// Ends a subscription, leaving the hub if it had registered.
+    fn drop_sub(&mut self, slot: u32) {
+        if let Some(i) = self.subs.iter().position(|s| s.slot == slot) {
+            let sub = self.subs.swap_remove(i);
+            if sub.registered() {
+                self.state
+                    .hub
+                    .unsubscribe(&sub.topic, self.reg.conn.id, sub.slot);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -301,6 +301,24 @@ impl Hub {
     }
 }
 
+/// The heartbeat: every `every`, one sweep over all connections (ping the live, close those
+/// silent for twice `every`), until `cancel`. On tokio's clock, so tests can pause it.
+pub async fn heartbeat(
+    hub: Arc<Hub>,
+    every: Duration,
+    cancel: tokio_util::sync::CancellationToken,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => hub.sweep(every * 2),
+        }
+    }
+}
+
 /// Moves committed notifications from the store's feed into the hub, in feed order.
 pub async fn dispatch(hub: Arc<Hub>, mut feed: mpsc::Receiver<Arc<Stored>>) {
     let mut batch = Vec::with_capacity(256);

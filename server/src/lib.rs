@@ -207,7 +207,11 @@ fn build(
     let hub = Hub::new(config.max_connections, config.queue_frames);
     let tracker = TaskTracker::new();
     tokio::spawn(hub::dispatch(hub.clone(), feed_rx));
-    spawn_heartbeat(hub.clone(), config.heartbeat(), cancel.clone());
+    tokio::spawn(hub::heartbeat(
+        hub.clone(),
+        config.heartbeat(),
+        cancel.clone(),
+    ));
     spawn_pruner(
         store.clone(),
         Duration::from_secs(config.prune_interval_secs.max(1)),
@@ -266,20 +270,6 @@ fn history_loader(state: AppState) -> HistoryLoader {
             api::history_page(&state, &topic, q).await.ok()
         })
     })
-}
-
-fn spawn_heartbeat(hub: Arc<Hub>, every: Duration, cancel: CancellationToken) {
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        tick.tick().await;
-        loop {
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                _ = tick.tick() => hub.sweep(every * 2),
-            }
-        }
-    });
 }
 
 fn spawn_pruner(store: Arc<dyn Store>, every: Duration, cancel: CancellationToken) {

@@ -4,7 +4,8 @@
 //! - a plain subscribe registers with the hub, *then* reads the topic's head (no disk read),
 //!   and is live after it;
 //! - a resume (`since`) replays page by page unregistered, registers when a page comes back
-//!   short, then must see one more short page before it is live;
+//!   short, then must see one more short page before it is live; a resume that is already at
+//!   the head registers at once and checks the head again (no disk read);
 //! - [`accept_live`] decides for every queued notification.
 
 use super::{Phase, Session, Socket, Stop, Subscription};
@@ -95,6 +96,28 @@ impl<S: Socket> Session<S> {
         };
         let (epoch, delivered, phase) = match since {
             None => (head.epoch.clone(), head.last, Phase::Live),
+            Some(p) if p.epoch == head.epoch && p.offset == head.last => {
+                // Already at the head (a reconnect after a quiet spell): register, then check
+                // the head once more instead of reading history. Anything newer than that
+                // second look is queued; anything between the two looks needs a read.
+                self.state.hub.subscribe(&topic, &self.reg.conn, slot);
+                let again = match self.state.store.head(&topic).await {
+                    Ok(h) => h,
+                    Err(e) => {
+                        tracing::error!(error = %e, %topic, "head lookup failed");
+                        self.state.hub.unsubscribe(&topic, self.reg.conn.id, slot);
+                        return self
+                            .error(ErrorCode::Internal, "store unavailable", id)
+                            .await;
+                    }
+                };
+                let phase = if again.epoch == p.epoch && again.last == p.offset {
+                    Phase::Live
+                } else {
+                    Phase::CatchingUp { registered: true }
+                };
+                (p.epoch, p.offset, phase)
+            }
             Some(p) => (p.epoch, p.offset, Phase::CatchingUp { registered: false }),
         };
         self.subs.push(Subscription {

@@ -1,1 +1,520 @@
+//! The store contract (see `store/mod.rs`) as tests, run against every store implementation.
+//! A new store (Redis) adds one line to `every_store!` and inherits them all.
+//!
+//! Store-specific properties (SQLite's chunked prune, reader pool and writer failure; the
+//! memory store's bounds) follow at the end.
 
+use super::*;
+use crate::config::SyncMode;
+use crate::hooks::Hooks;
+use app::protocol::NewNotification;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+struct Harness {
+    store: Arc<dyn Store>,
+    feed: mpsc::Receiver<Arc<Stored>>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+fn retention() -> Retention {
+    Retention {
+        max_count: 1000,
+        max_age: Duration::from_secs(3600),
+        idempotency_window: Duration::from_secs(3600),
+    }
+}
+
+fn memory(retention: Retention) -> Harness {
+    let (tx, feed) = mpsc::channel(100_000);
+    Harness {
+        store: Arc::new(MemoryStore::new(tx, retention)),
+        feed,
+        _dir: None,
+    }
+}
+
+fn sqlite_with(retention: Retention, options: SqliteOptions, hooks: Hooks) -> Harness {
+    let dir = tempfile::tempdir().unwrap();
+    let (tx, feed) = mpsc::channel(100_000);
+    let store = SqliteStore::open(&dir.path().join("t.db"), options, retention, tx, hooks).unwrap();
+    Harness {
+        store: Arc::new(store),
+        feed,
+        _dir: Some(dir),
+    }
+}
+
+fn sqlite(retention: Retention) -> Harness {
+    let options = SqliteOptions {
+        sync: SyncMode::Normal,
+        ..SqliteOptions::default()
+    };
+    sqlite_with(retention, options, Hooks::default())
+}
+
+fn note(body: &str) -> NewNotification {
+    NewNotification {
+        body: body.into(),
+        ..Default::default()
+    }
+}
+
+async fn append(h: &Harness, topic: &str, body: &str) -> Arc<Stored> {
+    h.store
+        .append(topic, note(body), None)
+        .await
+        .unwrap()
+        .stored
+}
+
+async fn read_all(h: &Harness, topic: &str) -> (TopicPosition, Vec<u64>) {
+    let (pos, items) = h
+        .store
+        .read(topic, ReadQuery::after(0, 100_000))
+        .await
+        .unwrap();
+    (pos, items.iter().map(|s| s.notification.offset).collect())
+}
+
+macro_rules! every_store {
+    ($($name:ident),* $(,)?) => {
+        mod memory_store {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(super::memory).await;
+                }
+            )*
+        }
+        mod sqlite_store {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(super::sqlite).await;
+                }
+            )*
+        }
+    };
+}
+
+every_store!(
+    offsets_are_contiguous_per_topic_and_topics_are_independent,
+    the_feed_carries_each_append_once_in_offset_order_after_it_is_readable,
+    head_is_never_behind_the_feed_and_starts_at_zero,
+    reads_page_both_ways_and_report_the_position,
+    bounds_beyond_any_offset_get_an_ordinary_answer,
+    idempotency_returns_the_original_and_appends_nothing,
+    retention_by_count_keeps_the_newest_and_never_reuses_offsets,
+    retention_by_age_drops_what_is_older,
+    the_epoch_is_the_same_for_every_topic_of_one_store,
+);
+
+type Make = fn(Retention) -> Harness;
+
+async fn offsets_are_contiguous_per_topic_and_topics_are_independent(make: Make) {
+    let h = make(retention());
+    for i in 1..=5u64 {
+        assert_eq!(append(&h, "a", "x").await.notification.offset, i);
+        if i % 2 == 0 {
+            append(&h, "b", "y").await;
+        }
+    }
+    assert_eq!(read_all(&h, "a").await.1, vec![1, 2, 3, 4, 5]);
+    assert_eq!(read_all(&h, "b").await.1, vec![1, 2]);
+    // Concurrent appends still get every offset exactly once.
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let store = h.store.clone();
+            tokio::spawn(async move {
+                for _ in 0..25 {
+                    store.append("c", note("z"), None).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(read_all(&h, "c").await.1, (1..=200).collect::<Vec<_>>());
+}
+
+async fn the_feed_carries_each_append_once_in_offset_order_after_it_is_readable(make: Make) {
+    let mut h = make(retention());
+    let appender = {
+        let store = h.store.clone();
+        tokio::spawn(async move {
+            for i in 0..100 {
+                store
+                    .append(if i % 3 == 0 { "x" } else { "y" }, note("n"), None)
+                    .await
+                    .unwrap();
+            }
+        })
+    };
+    let mut last = std::collections::HashMap::new();
+    for _ in 0..100 {
+        let s = h.feed.recv().await.unwrap();
+        let n = &s.notification;
+        let prev = last.insert(n.topic.clone(), n.offset).unwrap_or(0);
+        assert_eq!(n.offset, prev + 1, "per-topic offset order on the feed");
+        // Readable by the time it is on the feed.
+        let (_, items) = h
+            .store
+            .read(&n.topic, ReadQuery::after(n.offset - 1, 1))
+            .await
+            .unwrap();
+        assert_eq!(items[0].notification.id, n.id);
+    }
+    appender.await.unwrap();
+    assert!(h.feed.try_recv().is_err(), "each append once");
+}
+
+async fn head_is_never_behind_the_feed_and_starts_at_zero(make: Make) {
+    let mut h = make(retention());
+    let head = h.store.head("never").await.unwrap();
+    assert_eq!(head.last, 0);
+    let (pos, _) = read_all(&h, "never").await;
+    assert_eq!((pos.first, pos.last), (1, 0));
+    assert_eq!(pos.epoch, head.epoch);
+    for i in 1..=20u64 {
+        append(&h, "t", "x").await;
+        let fed = h.feed.recv().await.unwrap();
+        assert_eq!(fed.notification.offset, i);
+        assert!(h.store.head("t").await.unwrap().last >= i);
+    }
+    assert_eq!(h.store.head("t").await.unwrap().last, 20);
+}
+
+async fn reads_page_both_ways_and_report_the_position(make: Make) {
+    let h = make(retention());
+    for _ in 0..10 {
+        append(&h, "t", "x").await;
+    }
+    let q = |after, before, limit, newest_first| ReadQuery {
+        after,
+        before,
+        limit,
+        newest_first,
+    };
+    let offs = |v: Vec<Arc<Stored>>| v.iter().map(|s| s.notification.offset).collect::<Vec<_>>();
+    let (pos, page) = h.store.read("t", q(3, u64::MAX, 4, false)).await.unwrap();
+    assert_eq!((pos.first, pos.last), (1, 10));
+    assert_eq!(offs(page), vec![4, 5, 6, 7]);
+    let (_, page) = h.store.read("t", q(0, 8, 3, true)).await.unwrap();
+    assert_eq!(offs(page), vec![7, 6, 5]);
+    let (_, page) = h.store.read("t", q(2, 6, 100, false)).await.unwrap();
+    assert_eq!(offs(page), vec![3, 4, 5]);
+}
+
+async fn bounds_beyond_any_offset_get_an_ordinary_answer(make: Make) {
+    let h = make(retention());
+    for _ in 0..3 {
+        append(&h, "t", "x").await;
+    }
+    let cases = [
+        (u64::MAX, u64::MAX, false, vec![]),
+        (u64::MAX - 1, u64::MAX, true, vec![]),
+        (i64::MAX as u64, u64::MAX, false, vec![]),
+        (i64::MAX as u64 + 1, u64::MAX, false, vec![]),
+        (0, 0, true, vec![]),
+        (0, u64::MAX, true, vec![3, 2, 1]),
+        (0, i64::MAX as u64 + 7, false, vec![1, 2, 3]),
+    ];
+    for (after, before, newest_first, expected) in cases {
+        let q = ReadQuery {
+            after,
+            before,
+            limit: usize::MAX,
+            newest_first,
+        };
+        let (pos, page) = h
+            .store
+            .read("t", q)
+            .await
+            .unwrap_or_else(|e| panic!("after={after} before={before}: {e}"));
+        assert_eq!(pos.last, 3);
+        let got: Vec<u64> = page.iter().map(|s| s.notification.offset).collect();
+        assert_eq!(got, expected, "after={after} before={before}");
+    }
+}
+
+async fn idempotency_returns_the_original_and_appends_nothing(make: Make) {
+    let h = make(retention());
+    let key = || Some("k-1".to_owned());
+    let first = h.store.append("t", note("one"), key()).await.unwrap();
+    assert!(!first.duplicate);
+    let again = h.store.append("t", note("two"), key()).await.unwrap();
+    assert!(again.duplicate);
+    assert_eq!(again.stored.notification, first.stored.notification);
+    // The same key on another topic is another key.
+    let other = h.store.append("u", note("three"), key()).await.unwrap();
+    assert!(!other.duplicate);
+    assert_eq!(read_all(&h, "t").await.1, vec![1]);
+}
+
+async fn retention_by_count_keeps_the_newest_and_never_reuses_offsets(make: Make) {
+    let h = make(Retention {
+        max_count: 5,
+        ..retention()
+    });
+    for _ in 0..12 {
+        append(&h, "t", "x").await;
+    }
+    h.store.prune().await.unwrap();
+    let (pos, offs) = read_all(&h, "t").await;
+    assert_eq!(offs, vec![8, 9, 10, 11, 12]);
+    assert_eq!((pos.first, pos.last), (8, 12));
+    assert_eq!(append(&h, "t", "x").await.notification.offset, 13);
+}
+
+async fn retention_by_age_drops_what_is_older(make: Make) {
+    let h = make(Retention {
+        max_age: Duration::from_millis(50),
+        ..retention()
+    });
+    for _ in 0..3 {
+        append(&h, "t", "old").await;
+    }
+    // Wall-clock time: notification times are Unix milliseconds. No timing is asserted, only
+    // that what is older than the age is dropped and what is younger is kept.
+    tokio::time::sleep(Duration::from_millis(120)).await;
+    append(&h, "t", "new").await;
+    assert_eq!(h.store.prune().await.unwrap(), 3);
+    let (pos, offs) = read_all(&h, "t").await;
+    assert_eq!(offs, vec![4]);
+    assert_eq!((pos.first, pos.last), (4, 4));
+}
+
+async fn the_epoch_is_the_same_for_every_topic_of_one_store(make: Make) {
+    let h = make(retention());
+    let a = append(&h, "a", "x").await;
+    let b = append(&h, "b", "x").await;
+    assert_eq!(a.notification.epoch, b.notification.epoch);
+    assert_eq!(
+        h.store.head("never").await.unwrap().epoch,
+        a.notification.epoch
+    );
+    assert!(!a.notification.epoch.is_empty());
+}
+
+// ---------------------------------------------------------------------------------------------
+// SQLite
+
+#[tokio::test]
+async fn sqlite_prune_works_in_chunks_and_lets_appends_through_between_them() {
+    // The writer logs what it commits. After the first prune chunk a hook parks it until the
+    // test has an append waiting in its queue; a prune done in one transaction could only let
+    // that append commit after all of it.
+    let log = Arc::new(std::sync::Mutex::new(Vec::<(&str, u64)>::new()));
+    let (gate_tx, gate_rx) = std::sync::mpsc::channel::<()>();
+    let gate_rx = std::sync::Mutex::new(gate_rx);
+    let armed = Arc::new(AtomicBool::new(false));
+    let (log_p, log_c, armed_p) = (log.clone(), log.clone(), armed.clone());
+    let hooks = Hooks {
+        after_prune_chunk: Some(Arc::new(move |dropped| {
+            let first = {
+                let mut log = log_p.lock().unwrap();
+                log.push(("chunk", dropped));
+                log.iter().filter(|e| e.0 == "chunk").count() == 1
+            };
+            if first && armed_p.load(Ordering::SeqCst) {
+                let _ = gate_rx
+                    .lock()
+                    .unwrap()
+                    .recv_timeout(Duration::from_secs(10));
+            }
+        })),
+        before_commit: Some(Arc::new(move || log_c.lock().unwrap().push(("append", 0)))),
+        ..Hooks::default()
+    };
+    let options = SqliteOptions {
+        sync: SyncMode::Normal,
+        prune_chunk: 100,
+        ..SqliteOptions::default()
+    };
+    let h = sqlite_with(
+        Retention {
+            max_count: 10,
+            ..retention()
+        },
+        options,
+        hooks,
+    );
+    // 2,000 in one topic and 10 topics of 100, over a limit of 10: 2,890 rows to drop.
+    for _ in 0..2000 {
+        append(&h, "big", "x").await;
+    }
+    for t in 0..10 {
+        for _ in 0..100 {
+            append(&h, &format!("small-{t}"), "x").await;
+        }
+    }
+    log.lock().unwrap().clear();
+    armed.store(true, Ordering::SeqCst);
+    let prune = {
+        let store = h.store.clone();
+        tokio::spawn(async move { store.prune().await.unwrap() })
+    };
+    while log.lock().unwrap().is_empty() {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    // The writer is parked after chunk 1: queue an append, and release it once it is queued.
+    let appended = {
+        let store = h.store.clone();
+        tokio::spawn(async move { store.append("other", note("during"), None).await })
+    };
+    while h.store.stats().queued_writes == 0 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    gate_tx.send(()).unwrap();
+    appended.await.unwrap().unwrap();
+    assert_eq!(prune.await.unwrap(), 1990 + 10 * 90);
+
+    let log = log.lock().unwrap().clone();
+    let kinds: Vec<&str> = log.iter().map(|e| e.0).collect();
+    assert_eq!(kinds[..2], ["chunk", "append"], "{kinds:?}");
+    assert!(
+        kinds[2..].iter().all(|k| *k == "chunk") && kinds.len() > 30,
+        "{kinds:?}"
+    );
+    let mut previous = 0;
+    for (kind, dropped) in &log {
+        if *kind == "chunk" {
+            assert!(
+                dropped - previous <= 100,
+                "a chunk dropped more than 100 rows"
+            );
+            previous = *dropped;
+        }
+    }
+    assert_eq!(
+        read_all(&h, "big").await.1,
+        (1991..=2000).collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test]
+async fn sqlite_heads_come_from_memory_and_reads_from_a_bounded_pool() {
+    let options = SqliteOptions {
+        sync: SyncMode::Normal,
+        readers: 2,
+        cached_topics: 50,
+        ..SqliteOptions::default()
+    };
+    let h = sqlite_with(retention(), options, Hooks::default());
+    append(&h, "hot", "x").await;
+    let before = h.store.stats().disk_reads;
+    for _ in 0..100 {
+        assert_eq!(h.store.head("hot").await.unwrap().last, 1);
+    }
+    assert_eq!(
+        h.store.stats().disk_reads,
+        before,
+        "no disk read for a cached head"
+    );
+    // 64 reads at once run at most two at a time.
+    let tasks: Vec<_> = (0..64)
+        .map(|_| {
+            let store = h.store.clone();
+            tokio::spawn(async move { store.read("hot", ReadQuery::after(0, 10)).await.unwrap() })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let stats = h.store.stats();
+    assert!(stats.concurrent_reads_max <= 2, "{stats:?}");
+    // A flood of topic names leaves the cache at its bound.
+    for i in 0..200 {
+        h.store.head(&format!("flood-{i}")).await.unwrap();
+    }
+    assert!(h.store.stats().cached_topics <= 50);
+    // Evicted or not, heads stay right.
+    assert_eq!(h.store.head("hot").await.unwrap().last, 1);
+}
+
+#[tokio::test]
+async fn sqlite_writer_death_is_reported_and_nothing_more_is_acknowledged() {
+    let die = Arc::new(AtomicBool::new(false));
+    let trigger = die.clone();
+    let hooks = Hooks {
+        before_commit: Some(Arc::new(move || {
+            if trigger.load(Ordering::SeqCst) {
+                panic!("injected writer failure");
+            }
+        })),
+        ..Hooks::default()
+    };
+    let options = SqliteOptions {
+        sync: SyncMode::Normal,
+        ..SqliteOptions::default()
+    };
+    let h = sqlite_with(retention(), options, hooks);
+    append(&h, "t", "ok").await;
+    assert!(h.store.fatal().is_none());
+    die.store(true, Ordering::SeqCst);
+    let failed = h.store.append("t", note("lost"), None).await;
+    assert!(matches!(failed, Err(StoreError::Closed)), "{failed:?}");
+    let why = tokio::time::timeout(Duration::from_secs(10), h.store.failed())
+        .await
+        .expect("failure reported");
+    assert!(why.contains("injected writer failure"), "{why}");
+    assert!(h.store.fatal().is_some());
+    assert!(matches!(
+        h.store.append("t", note("later"), None).await,
+        Err(StoreError::Closed)
+    ));
+    // What was acknowledged is still there, and what was refused is not.
+    assert_eq!(read_all(&h, "t").await.1, vec![1]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Memory
+
+#[tokio::test]
+async fn memory_store_bounds_topics_and_idempotency_keys() {
+    let (tx, _feed) = mpsc::channel(100_000);
+    let store = MemoryStore::with_limits(
+        tx,
+        retention(),
+        MemoryLimits {
+            max_topics: 3,
+            max_idempotency_keys: 2,
+        },
+    );
+    for t in ["a", "b", "c"] {
+        store.append(t, note("x"), None).await.unwrap();
+    }
+    assert!(matches!(
+        store.append("d", note("x"), None).await,
+        Err(StoreError::Full(_))
+    ));
+    // Existing topics keep working.
+    store.append("a", note("x"), None).await.unwrap();
+    // Three keys with room for two: the oldest is forgotten, the newer two are remembered.
+    for k in ["k1", "k2", "k3"] {
+        store.append("a", note(k), Some(k.into())).await.unwrap();
+    }
+    assert!(
+        store
+            .append("a", note("again"), Some("k3".into()))
+            .await
+            .unwrap()
+            .duplicate
+    );
+    assert!(
+        store
+            .append("a", note("again"), Some("k2".into()))
+            .await
+            .unwrap()
+            .duplicate
+    );
+    assert!(
+        !store
+            .append("a", note("again"), Some("k1".into()))
+            .await
+            .unwrap()
+            .duplicate
+    );
+}

@@ -108,6 +108,8 @@ pub struct StoreStats {
     pub concurrent_reads_max: u64,
     /// Topics whose position is cached.
     pub cached_topics: u64,
+    /// Appends and prunes waiting for the writer.
+    pub queued_writes: u64,
 }
 
 /// Where a topic's history stands.

@@ -432,6 +432,7 @@ impl Store for SqliteStore {
             disk_reads: self.readers.disk_reads.load(Ordering::Relaxed),
             concurrent_reads_max: self.readers.running_max.load(Ordering::Relaxed),
             cached_topics: self.cache.len() as u64,
+            queued_writes: (self.writer.max_capacity() - self.writer.capacity()) as u64,
         }
     }
 

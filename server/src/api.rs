@@ -333,6 +333,66 @@ mod tests {
         .is_err());
     }
 
+    #[tokio::test]
+    async fn health_fails_once_the_store_has_failed_for_good() {
+        use crate::hooks::Hooks;
+        use crate::store::{Retention, SqliteOptions, SqliteStore, Store};
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::Arc;
+        let dir = tempfile::tempdir().unwrap();
+        let die = Arc::new(AtomicBool::new(false));
+        let trigger = die.clone();
+        let hooks = Hooks {
+            before_commit: Some(Arc::new(move || {
+                assert!(!trigger.load(Ordering::SeqCst), "injected writer failure");
+            })),
+            ..Hooks::default()
+        };
+        let (feed, _rx) = tokio::sync::mpsc::channel(16);
+        let retention = Retention {
+            max_count: 10,
+            max_age: std::time::Duration::from_secs(60),
+            idempotency_window: std::time::Duration::from_secs(60),
+        };
+        let store: Arc<dyn Store> = Arc::new(
+            SqliteStore::open(
+                &dir.path().join("h.db"),
+                SqliteOptions::default(),
+                retention,
+                feed,
+                hooks,
+            )
+            .unwrap(),
+        );
+        let config = crate::config::Config::for_tests();
+        let state = AppState(Arc::new(crate::Shared {
+            hub: crate::hub::Hub::new(1, 1),
+            store: store.clone(),
+            leptos_options: leptos::config::LeptosOptions::builder()
+                .output_name("herald")
+                .build(),
+            tracker: tokio_util::task::TaskTracker::new(),
+            config,
+        }));
+        assert_eq!(health(State(state.clone())).await.status(), StatusCode::OK);
+        die.store(true, Ordering::SeqCst);
+        let new = NewNotification {
+            body: "x".into(),
+            ..Default::default()
+        };
+        assert!(store.append("t", new, None).await.is_err());
+        store.failed().await;
+        let resp = health(State(state)).await;
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let body = axum::body::to_bytes(resp.into_body(), 4096).await.unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(json["status"], "failing");
+        assert!(json["error"]
+            .as_str()
+            .unwrap()
+            .contains("injected writer failure"));
+    }
+
     #[test]
     fn plain_text_headers_become_fields() {
         let h = headers(&[("title", "Deploy"), ("priority", "5"), ("tags", "a, b")]);

@@ -61,10 +61,9 @@ async fn topics_are_isolated() {
     // b's first frame is beta's: alpha's never reached it.
     let n = b.notification().await;
     assert_eq!((n.topic.as_str(), n.body.as_str()), ("beta", "for b"));
-    assert!(
-        a.silent_for(Duration::from_millis(200)).await,
-        "a must not see beta"
-    );
+    // And beta's never reached a: its next frame is the sentinel published after it.
+    let sentinel = publish(srv.addr, "alpha", "sentinel").await;
+    assert_eq!(a.notification().await, sentinel, "a must not see beta");
 }
 
 #[tokio::test]
@@ -146,6 +145,13 @@ async fn a_stalled_subscriber_does_not_delay_others_and_is_closed_as_slow() {
     );
     let stats = http(srv.addr, "GET", "/api/stats", &[], b"").await.json();
     assert_eq!(stats["slow_closed"], 1);
+    // Deliveries are counted when written: everything the fast one got, and at most what
+    // reached the stalled one; never the frames left in its queue when it was cut.
+    let delivered = stats["delivered"].as_u64().unwrap();
+    assert!(
+        (total..=total + last).contains(&delivered),
+        "delivered {delivered}, fast {total}, stalled got {last}"
+    );
 }
 
 #[tokio::test]
@@ -397,6 +403,8 @@ async fn connections_beyond_the_cap_get_503() {
     assert!(ok, "a freed slot is reusable");
 }
 
+/// The heartbeat wiring over a real socket; the timing rules themselves are tested on tokio's
+/// paused clock in `session::tests` (no margins to lose on a loaded machine).
 #[tokio::test]
 async fn silent_clients_are_closed_by_the_heartbeat() {
     let srv = server(Config {
@@ -405,16 +413,12 @@ async fn silent_clients_are_closed_by_the_heartbeat() {
     })
     .await;
     let mut silent = Client::connect(&srv).await;
-    let mut alive = Client::connect(&srv).await;
-    // `alive` reads (so tungstenite answers pings); `silent` reads nothing for a while.
-    assert!(alive.silent_for(Duration::from_millis(600)).await);
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Reads nothing, so tungstenite never answers the pings.
+    tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
         silent.closed_with().await,
         Some(close_code::HEARTBEAT_TIMEOUT)
     );
-    alive.send(&ClientFrame::Ping { id: None }).await;
-    assert_eq!(alive.next().await, ServerFrame::Pong { id: None });
 }
 
 #[tokio::test]

@@ -3,10 +3,14 @@
 
 mod common;
 
-use app::protocol::{Position, ServerFrame};
+use app::protocol::{ClientFrame, Position, ServerFrame};
 use common::*;
 use herald::config::Config;
+use herald::hooks::Hooks;
+use herald::store::{Appended, Head, ReadQuery, Store, StoreError, Stored, TopicPosition};
 use std::process::Stdio;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
@@ -33,10 +37,9 @@ async fn resume_gets_exactly_what_was_missed(config: Config) {
     publish(srv.addr, "ops", "live").await;
     let live = c.notification().await;
     assert_eq!((live.offset, live.body.as_str()), (53, "live"));
-    assert!(
-        c.silent_for(std::time::Duration::from_millis(200)).await,
-        "no duplicates after"
-    );
+    // No duplicates after: the next frame is the sentinel published now.
+    let sentinel = publish(srv.addr, "ops", "sentinel").await;
+    assert_eq!(c.notification().await, sentinel);
     srv.stop().await.unwrap();
 }
 
@@ -81,17 +84,20 @@ async fn resume_races_concurrent_publishers(config: Config) {
                     "reader {k}: strictly increasing by one, no holes, no repeats"
                 );
             }
-            assert!(
-                c.silent_for(std::time::Duration::from_millis(200)).await,
-                "nothing after the last"
-            );
+            c
         }));
     }
     for t in tasks {
         t.await.unwrap();
     }
+    // Nothing after the last: each reader's next frame is the sentinel.
+    let mut clients = Vec::new();
     for r in readers {
-        r.await.unwrap();
+        clients.push(r.await.unwrap());
+    }
+    let sentinel = publish(srv.addr, "race", "sentinel").await;
+    for c in &mut clients {
+        assert_eq!(c.notification().await, sentinel);
     }
 }
 
@@ -382,4 +388,132 @@ async fn acknowledged_publishes_survive_sigkill_and_are_replayed() {
         got, acked,
         "every acknowledged notification, in offset order, identical"
     );
+}
+
+/// A store that parks the session's history reads of one topic twice, just before and just
+/// after the read itself, until the test has published more: the interleavings that resume
+/// must survive, forced instead of hoped for.
+struct PausingStore {
+    inner: Arc<dyn Store>,
+    topic: &'static str,
+    pauses_left: AtomicUsize,
+    pauses: tokio::sync::mpsc::UnboundedSender<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl PausingStore {
+    async fn pause(&self, topic: &str) {
+        if topic != self.topic {
+            return;
+        }
+        let left = self.pauses_left.load(Ordering::SeqCst);
+        if left == 0
+            || self
+                .pauses_left
+                .compare_exchange(left, left - 1, Ordering::SeqCst, Ordering::SeqCst)
+                .is_err()
+        {
+            return;
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self.pauses.send(tx).is_ok() {
+            let _ = rx.await;
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for PausingStore {
+    async fn append(
+        &self,
+        topic: &str,
+        new: app::protocol::NewNotification,
+        key: Option<String>,
+    ) -> Result<Appended, StoreError> {
+        self.inner.append(topic, new, key).await
+    }
+    async fn read(
+        &self,
+        topic: &str,
+        q: ReadQuery,
+    ) -> Result<(TopicPosition, Vec<Arc<Stored>>), StoreError> {
+        self.pause(topic).await;
+        let r = self.inner.read(topic, q).await;
+        self.pause(topic).await;
+        r
+    }
+    async fn head(&self, topic: &str) -> Result<Head, StoreError> {
+        self.inner.head(topic).await
+    }
+    async fn prune(&self) -> Result<u64, StoreError> {
+        self.inner.prune().await
+    }
+}
+
+async fn resume_survives_publishes_around_every_read(config: Config) {
+    let (pauses_tx, mut pauses) = tokio::sync::mpsc::unbounded_channel();
+    let slot = Arc::new(std::sync::Mutex::new(Some(pauses_tx)));
+    let hooks = Hooks {
+        wrap_store: Some(Arc::new(move |inner| {
+            Arc::new(PausingStore {
+                inner,
+                topic: "race",
+                // Two reads (before registering, after registering), each paused twice.
+                pauses_left: AtomicUsize::new(4),
+                pauses: slot.lock().unwrap().take().expect("one store"),
+            }) as Arc<dyn Store>
+        })),
+        ..Hooks::default()
+    };
+    let srv = herald::start_with(config, hooks).await.unwrap();
+    let mut published = Vec::new();
+    for i in 0..10 {
+        published.push(publish(srv.addr, "race", &format!("before {i}")).await);
+    }
+    let mut c = Client::connect(&srv).await;
+    c.send(&ClientFrame::Subscribe {
+        topic: "race".into(),
+        since: Some(Position {
+            epoch: published[0].epoch.clone(),
+            offset: 0,
+        }),
+        id: None,
+    })
+    .await;
+    // At each pause, three more publishes: before the first read (in it; not queued), after
+    // it (in neither until the read after registering), before the second (in it and queued:
+    // duplicates to drop), after it (queued only).
+    let addr = srv.addr;
+    let driver = tokio::spawn(async move {
+        let mut n = 0;
+        while let Some(release) = pauses.recv().await {
+            for _ in 0..3 {
+                publish(addr, "race", &format!("during {n}")).await;
+                n += 1;
+            }
+            let _ = release.send(());
+        }
+    });
+    assert!(matches!(c.next().await, ServerFrame::Subscribed { .. }));
+    for expected in 1..=22u64 {
+        assert_eq!(
+            c.notification().await.offset,
+            expected,
+            "no holes, no repeats"
+        );
+    }
+    let sentinel = publish(srv.addr, "race", "sentinel").await;
+    assert_eq!(c.notification().await, sentinel, "nothing after the last");
+    srv.stop().await.unwrap();
+    driver.await.unwrap();
+}
+
+#[tokio::test]
+async fn resume_survives_publishes_around_every_history_read_memory() {
+    resume_survives_publishes_around_every_read(memory_config()).await;
+}
+
+#[tokio::test]
+async fn resume_survives_publishes_around_every_history_read_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    resume_survives_publishes_around_every_read(sqlite_config(&dir)).await;
 }

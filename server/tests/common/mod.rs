@@ -222,18 +222,6 @@ impl Client {
         self.try_next().await.expect("a frame")
     }
 
-    /// Whether a frame arrives within `d`.
-    pub async fn silent_for(&mut self, d: Duration) -> bool {
-        let deadline = tokio::time::Instant::now() + d;
-        loop {
-            match tokio::time::timeout_at(deadline, self.ws.next()).await {
-                Err(_) => return true,
-                Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
-                Ok(_) => return false,
-            }
-        }
-    }
-
     pub async fn subscribe(&mut self, topic: &str, since: Option<Position>) -> Position {
         self.send(&ClientFrame::Subscribe {
             topic: topic.into(),
@@ -263,5 +251,134 @@ impl Client {
                 Err(End::Error(_)) => return None,
             }
         }
+    }
+}
+
+/// `GET /api/stats` as JSON.
+pub async fn stats(addr: SocketAddr) -> serde_json::Value {
+    http(addr, "GET", "/api/stats", &[], b"").await.json()
+}
+
+/// Polls `check` every 50 ms until it holds; panics with `what` after `limit`.
+pub async fn eventually<F, Fut>(what: &str, limit: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: not within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until the server holds no WebSocket connection.
+pub async fn no_connections_left(addr: SocketAddr, limit: Duration) {
+    eventually("every connection closed", limit, || async move {
+        stats(addr).await["connections"] == 0
+    })
+    .await;
+}
+
+/// A WebSocket client written by hand, for what a conformant client library refuses to send:
+/// unmasked frames, reserved opcodes, invalid UTF-8.
+pub struct RawWs {
+    pub stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl RawWs {
+    /// Connects, upgrades, and reads the welcome frame.
+    pub async fn connect(addr: SocketAddr) -> Self {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let req = format!(
+            "GET /ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        );
+        stream.write_all(req.as_bytes()).await.unwrap();
+        let mut ws = Self {
+            stream,
+            buf: Vec::new(),
+        };
+        loop {
+            if let Some(end) = ws.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&ws.buf[..end]).into_owned();
+                assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+                ws.buf.drain(..end + 4);
+                break;
+            }
+            ws.fill().await;
+        }
+        let (opcode, payload) = ws.read_frame().await.expect("welcome");
+        assert_eq!(opcode, 1);
+        assert!(String::from_utf8_lossy(&payload).contains("welcome"));
+        ws
+    }
+
+    async fn fill(&mut self) -> bool {
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout(WAIT, self.stream.read(&mut chunk))
+            .await
+            .expect("data in time")
+            .unwrap_or(0);
+        self.buf.extend_from_slice(&chunk[..n]);
+        n > 0
+    }
+
+    /// Sends one frame (FIN set) with the given opcode, masked or not.
+    pub async fn send_frame(&mut self, opcode: u8, payload: &[u8], masked: bool) {
+        let mut f = vec![0x80 | opcode];
+        let mask_bit = if masked { 0x80 } else { 0 };
+        assert!(payload.len() < 126);
+        f.push(mask_bit | payload.len() as u8);
+        if masked {
+            let key = [1u8, 2, 3, 4];
+            f.extend_from_slice(&key);
+            f.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+        } else {
+            f.extend_from_slice(payload);
+        }
+        self.stream.write_all(&f).await.unwrap();
+    }
+
+    /// The next frame from the server (opcode, payload); `None` when the connection ends.
+    pub async fn read_frame(&mut self) -> Option<(u8, Vec<u8>)> {
+        loop {
+            if self.buf.len() >= 2 {
+                let opcode = self.buf[0] & 0x0f;
+                let (len, at) = match self.buf[1] & 0x7f {
+                    126 if self.buf.len() >= 4 => {
+                        (u16::from_be_bytes([self.buf[2], self.buf[3]]) as usize, 4)
+                    }
+                    127 if self.buf.len() >= 10 => (
+                        u64::from_be_bytes(self.buf[2..10].try_into().unwrap()) as usize,
+                        10,
+                    ),
+                    126 | 127 => (usize::MAX, 0),
+                    n => (n as usize, 2),
+                };
+                if len != usize::MAX && self.buf.len() >= at + len {
+                    let payload = self.buf[at..at + len].to_vec();
+                    self.buf.drain(..at + len);
+                    return Some((opcode, payload));
+                }
+            }
+            if !self.fill().await {
+                return None;
+            }
+        }
+    }
+
+    /// Reads until the server's close frame; returns its code.
+    pub async fn close_code(&mut self) -> Option<u16> {
+        while let Some((opcode, payload)) = self.read_frame().await {
+            if opcode == 8 {
+                return (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]]));
+            }
+        }
+        None
     }
 }

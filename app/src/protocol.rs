@@ -232,6 +232,8 @@ pub enum ErrorCode {
     Unavailable,
     /// The request's Origin is not allowed.
     ForbiddenOrigin,
+    /// The request took longer than the server allows (a body sent too slowly).
+    Timeout,
     /// The store failed; nothing was acknowledged.
     Internal,
 }
@@ -251,6 +253,7 @@ impl ErrorCode {
             ErrorCode::NotFound => "not_found",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::ForbiddenOrigin => "forbidden_origin",
+            ErrorCode::Timeout => "timeout",
             ErrorCode::Internal => "internal",
         }
     }

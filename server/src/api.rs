@@ -15,7 +15,7 @@ use app::protocol::{validate_topic, ErrorCode, HistoryPage, NewNotification, Not
 use axum::body::Body;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
@@ -37,37 +37,101 @@ pub async fn publish(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    validate_topic(&topic)?;
+    publish_to(&state, &topic, &headers, body).await
+}
+
+/// The topic of a `POST /api/topics/{topic}` path whose segment is already a valid topic (no
+/// escapes to decode), for the front door in [`crate::listener`] that serves the hottest
+/// route without the router. Anything else goes through the router.
+pub fn publish_route<'a>(method: &Method, path: &'a str) -> Option<&'a str> {
+    if method != Method::POST {
+        return None;
+    }
+    let topic = path.strip_prefix("/api/topics/")?;
+    validate_topic(topic).ok().map(|()| topic)
+}
+
+/// Serves a publish that [`publish_route`] recognised, exactly as the routed handler would
+/// (same checks, same answers, same request timeout), minus the router's per-request work:
+/// matching, percent-decoding into a parameter map, and the extensions it inserts.
+pub async fn publish_direct<B>(state: AppState, req: http::Request<B>) -> Response
+where
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<axum::BoxError>,
+{
+    let (parts, body) = req.into_parts();
+    // `publish_route` matched this path; `publish_to` validates the topic.
+    let topic = parts.uri.path().trim_start_matches("/api/topics/");
+    let limit = state.config.request_timeout();
+    match tokio::time::timeout(limit, publish_to(&state, topic, &parts.headers, body)).await {
+        Ok(Ok(resp)) => resp,
+        Ok(Err(e)) => e.into_response(),
+        Err(_) => ApiError::Timeout(limit).into_response(),
+    }
+}
+
+/// Middleware: every routed request must be answered within the request timeout (a body that
+/// trickles in holds a connection and a task); beyond it, 408 with the JSON error body.
+pub async fn request_deadline(
+    State(limit): State<std::time::Duration>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(resp) => resp,
+        Err(_) => ApiError::Timeout(limit).into_response(),
+    }
+}
+
+/// Publishes the request's notification to `topic`; what both routes run.
+async fn publish_to<B>(
+    state: &AppState,
+    topic: &str,
+    headers: &HeaderMap,
+    body: B,
+) -> Result<Response, ApiError>
+where
+    B: http_body::Body<Data = bytes::Bytes>,
+    B::Error: Into<axum::BoxError>,
+{
+    validate_topic(topic)?;
     let max = state.config.max_body_bytes;
     // A JSON envelope around a maximal body is allowed some room for the other fields.
     let limit = max + 8 * 1024;
-    let bytes = axum::body::to_bytes(body, limit)
+    let mut fields = PublishHeaders::read(headers)?;
+    let key = fields.idempotency_key.take();
+    let bytes = http_body_util::BodyExt::collect(http_body_util::Limited::new(body, limit))
         .await
-        .map_err(|_| ApiError::TooLarge(limit))?;
-    let is_json = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/json"));
-    let new = if is_json {
+        .map_err(|_| ApiError::TooLarge(limit))?
+        .to_bytes();
+    let new = if fields.json {
         serde_json::from_slice::<NewNotification>(&bytes).map_err(|e| {
             ApiError::Invalid(ErrorCode::BadFrame, format!("invalid JSON body: {e}"))
         })?
     } else {
-        let body = String::from_utf8(bytes.to_vec()).map_err(|_| {
-            ApiError::Invalid(ErrorCode::BadField, "body must be UTF-8 text".into())
-        })?;
-        from_headers(&headers, body)?
+        let body = std::str::from_utf8(&bytes)
+            .map_err(|_| ApiError::Invalid(ErrorCode::BadField, "body must be UTF-8 text".into()))?
+            .to_owned();
+        fields.into_notification(body)?
     };
     new.validate(max)?;
-    let key = idempotency_key(&headers)?;
-    let appended = state.store.append(&topic, new, key).await?;
+    let appended = state.store.append(topic, new, key).await?;
     tracing::debug!(
         topic,
         offset = appended.stored.notification.offset,
         duplicate = appended.duplicate,
         "published"
     );
-    let mut resp = (StatusCode::CREATED, Json(&appended.stored.notification)).into_response();
+    // The stored notification's JSON, encoded once when it was stored.
+    let mut resp = (
+        StatusCode::CREATED,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        appended.stored.json.clone(),
+    )
+        .into_response();
     if appended.duplicate {
         resp.headers_mut()
             .insert("idempotent-replayed", HeaderValue::from_static("true"));
@@ -75,62 +139,94 @@ pub async fn publish(
     Ok(resp)
 }
 
-fn header_str<'a>(headers: &'a HeaderMap, names: &[&str]) -> Result<Option<&'a str>, ApiError> {
-    for name in names {
-        if let Some(v) = headers.get(*name) {
-            let s = v.to_str().map_err(|_| {
+/// The request headers a publish reads, found in one pass over the headers (a lookup by a
+/// string name parses and hashes the name, and a publish would make ten of them).
+#[derive(Default)]
+struct PublishHeaders<'a> {
+    json: bool,
+    title: Option<&'a str>,
+    priority: Option<&'a str>,
+    tags: Option<&'a str>,
+    link: Option<&'a str>,
+    idempotency_key: Option<String>,
+}
+
+impl<'a> PublishHeaders<'a> {
+    fn read(headers: &'a HeaderMap) -> Result<Self, ApiError> {
+        let mut h = Self::default();
+        for (name, value) in headers {
+            // Header names arrive lowercased.
+            let name = name.as_str();
+            let slot = match name {
+                "content-type" => {
+                    h.json = value.as_bytes().starts_with(b"application/json");
+                    continue;
+                }
+                "title" | "x-title" => &mut h.title,
+                "priority" | "x-priority" => &mut h.priority,
+                "tags" | "x-tags" => &mut h.tags,
+                "link" | "x-link" => &mut h.link,
+                "idempotency-key" => {
+                    let key = visible(name, value)?;
+                    if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY {
+                        return Err(ApiError::Invalid(
+                            ErrorCode::BadField,
+                            format!(
+                                "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} characters"
+                            ),
+                        ));
+                    }
+                    h.idempotency_key = Some(key.to_owned());
+                    continue;
+                }
+                _ => continue,
+            };
+            // The unprefixed name wins over the `x-` one, whichever comes first.
+            if slot.is_none() || !name.starts_with("x-") {
+                *slot = Some(visible(name, value)?);
+            }
+        }
+        Ok(h)
+    }
+
+    /// The notification a plain-text publish describes (ntfy style).
+    fn into_notification(self, body: String) -> Result<NewNotification, ApiError> {
+        let priority = match self.priority {
+            None => None,
+            Some(p) => Some(p.parse::<u8>().map_err(|_| {
                 ApiError::Invalid(
                     ErrorCode::BadField,
-                    format!("header {name} must be visible ASCII"),
+                    "priority must be a number from 1 to 5".into(),
                 )
-            })?;
-            return Ok(Some(s.trim()));
-        }
-    }
-    Ok(None)
-}
-
-fn from_headers(headers: &HeaderMap, body: String) -> Result<NewNotification, ApiError> {
-    let title = header_str(headers, &["title", "x-title"])?.map(str::to_owned);
-    let priority = match header_str(headers, &["priority", "x-priority"])? {
-        None => None,
-        Some(p) => Some(p.parse::<u8>().map_err(|_| {
-            ApiError::Invalid(
-                ErrorCode::BadField,
-                "priority must be a number from 1 to 5".into(),
-            )
-        })?),
-    };
-    let tags = header_str(headers, &["tags", "x-tags"])?
-        .map(|t| {
-            t.split(',')
-                .map(str::trim)
-                .filter(|t| !t.is_empty())
-                .map(str::to_owned)
-                .collect()
+            })?),
+        };
+        let tags = self
+            .tags
+            .map(|t| {
+                t.split(',')
+                    .map(str::trim)
+                    .filter(|t| !t.is_empty())
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(NewNotification {
+            title: self.title.map(str::to_owned),
+            body,
+            priority,
+            tags,
+            link: self.link.map(str::to_owned),
         })
-        .unwrap_or_default();
-    let link = header_str(headers, &["link", "x-link"])?.map(str::to_owned);
-    Ok(NewNotification {
-        title,
-        body,
-        priority,
-        tags,
-        link,
-    })
+    }
 }
 
-fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
-    let Some(key) = header_str(headers, &["idempotency-key"])? else {
-        return Ok(None);
-    };
-    if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY {
-        return Err(ApiError::Invalid(
+fn visible<'a>(name: &str, value: &'a HeaderValue) -> Result<&'a str, ApiError> {
+    value.to_str().map(str::trim).map_err(|_| {
+        ApiError::Invalid(
             ErrorCode::BadField,
-            format!("Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} characters"),
-        ));
-    }
-    Ok(Some(key.to_owned()))
+            format!("header {name} must be visible ASCII"),
+        )
+    })
 }
 
 #[derive(Debug, Deserialize)]
@@ -395,11 +491,25 @@ mod tests {
 
     #[test]
     fn plain_text_headers_become_fields() {
-        let h = headers(&[("title", "Deploy"), ("priority", "5"), ("tags", "a, b")]);
-        let n = from_headers(&h, "done".into()).unwrap();
+        let from = |h: &HeaderMap| {
+            PublishHeaders::read(h).and_then(|f| f.into_notification("done".into()))
+        };
+        let h = headers(&[
+            ("x-title", "ignored"),
+            ("title", "Deploy"),
+            ("x-priority", "5"),
+            ("tags", "a, b"),
+        ]);
+        let n = from(&h).unwrap();
         assert_eq!(n.title.as_deref(), Some("Deploy"));
         assert_eq!(n.priority, Some(5));
         assert_eq!(n.tags, vec!["a", "b"]);
-        assert!(from_headers(&headers(&[("priority", "high")]), "x".into()).is_err());
+        assert!(from(&headers(&[("priority", "high")])).is_err());
+        let h = headers(&[("idempotency-key", "k1")]);
+        let key = PublishHeaders::read(&h).unwrap();
+        assert_eq!(key.idempotency_key.as_deref(), Some("k1"));
+        assert!(PublishHeaders::read(&headers(&[("idempotency-key", &"k".repeat(129))])).is_err());
+        let h = headers(&[("content-type", "application/json; charset=utf-8")]);
+        assert!(PublishHeaders::read(&h).unwrap().json);
     }
 }

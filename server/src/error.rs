@@ -19,6 +19,8 @@ pub enum ApiError {
     Unavailable(String),
     #[error("origin {0:?} is not allowed")]
     ForbiddenOrigin(String),
+    #[error("the request took longer than {0:?}")]
+    Timeout(std::time::Duration),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -37,6 +39,7 @@ impl ApiError {
             ApiError::NotFound(_) => ErrorCode::NotFound,
             ApiError::Unavailable(_) => ErrorCode::Unavailable,
             ApiError::ForbiddenOrigin(_) => ErrorCode::ForbiddenOrigin,
+            ApiError::Timeout(_) => ErrorCode::Timeout,
             ApiError::Store(StoreError::Closed | StoreError::Full(_)) => ErrorCode::Unavailable,
             ApiError::Store(_) => ErrorCode::Internal,
         }
@@ -53,6 +56,7 @@ impl ApiError {
             | ApiError::Store(StoreError::Closed)
             | ApiError::Store(StoreError::Full(_)) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::ForbiddenOrigin(_) => StatusCode::FORBIDDEN,
+            ApiError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

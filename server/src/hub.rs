@@ -244,6 +244,8 @@ impl Hub {
         let Some(subs) = shard.get_mut(topic) else {
             return;
         };
+        // Encode the frame here, once, rather than in the first session to write it.
+        let _ = stored.frame();
         subs.retain(|s| {
             let item = Outbound::Notification {
                 slot: s.slot,

@@ -48,7 +48,6 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 /// Notifications committed but not yet fanned out; the store waits (backpressure) beyond it.
@@ -243,12 +242,18 @@ fn build(
             move || shell(opts.clone()),
         )
         .fallback(leptos_axum::file_and_error_handler::<AppState, _>(shell))
-        .layer(TimeoutLayer::with_status_code(
-            http::StatusCode::REQUEST_TIMEOUT,
+        .layer(axum::middleware::from_fn_with_state(
             request_timeout,
-        ))
-        .layer(TraceLayer::new_for_http())
-        .with_state(state.clone());
+            api::request_deadline,
+        ));
+    // Request spans and timings cost a clock read and a span per request even when nothing
+    // is logged: only when `RUST_LOG` asks for tower_http at debug.
+    let router = if tracing::enabled!(target: "tower_http::trace", tracing::Level::DEBUG) {
+        router.layer(TraceLayer::new_for_http())
+    } else {
+        router
+    };
+    let router = router.with_state(state.clone());
     Ok(Built {
         router,
         state,
@@ -321,7 +326,10 @@ pub async fn run_with(
     let accept = tokio::spawn(
         listener::Listener {
             listener,
-            router,
+            service: listener::Front {
+                router,
+                state: state.clone(),
+            },
             permits: Arc::new(Semaphore::new(permits)),
             head_timeout: state.config.request_head_timeout(),
             write_timeout: state.config.write_timeout(),

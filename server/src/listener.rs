@@ -17,9 +17,16 @@
 //! Only HTTP/1.1 is served: browsers, curl and load balancers speak it to a backend, and it is
 //! what WebSockets upgrade from.
 
+use crate::{api, AppState};
+use axum::response::Response;
+use axum::routing::future::RouteFuture;
 use axum::Router;
+use futures::future::Either;
+use hyper::body::Incoming;
+use hyper::Request;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
+use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
@@ -43,7 +50,7 @@ const FD_EXHAUSTED_PAUSE: Duration = Duration::from_millis(10);
 
 pub struct Listener {
     pub listener: TcpListener,
-    pub router: Router,
+    pub service: Front,
     /// One permit per TCP connection; held by the connection's [`Io`] until it closes.
     pub permits: Arc<Semaphore>,
     pub head_timeout: Duration,
@@ -80,7 +87,7 @@ impl Listener {
             // happens in the session, not in Nagle's algorithm.
             let _ = stream.set_nodelay(true);
             let io = TokioIo::new(Io::new(stream, permit, self.write_timeout));
-            let service = TowerToHyperService::new(self.router.clone());
+            let service = TowerToHyperService::new(self.service.clone());
             let conn = http.serve_connection(io, service).with_upgrades();
             let cancel = self.cancel.clone();
             self.tracker.spawn(async move {
@@ -96,6 +103,39 @@ impl Listener {
                     tracing::debug!(error = %e, "http connection ended with an error");
                 }
             });
+        }
+    }
+}
+
+/// What every HTTP connection is served by: the router, behind a front door that serves the
+/// hottest route, `POST /api/topics/{topic}`, straight to its handler. Measured with callgrind,
+/// the router's matching, parameter map and extensions were about a tenth of the
+/// instructions of a publish; the handler and its answers are the same either way.
+#[derive(Clone)]
+pub struct Front {
+    pub router: Router,
+    pub state: AppState,
+}
+
+type Direct = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+impl tower::Service<Request<Incoming>> for Front {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Either<Direct, RouteFuture<Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+        if api::publish_route(req.method(), req.uri().path()).is_some() {
+            let state = self.state.clone();
+            Either::Left(Box::pin(async move {
+                Ok(api::publish_direct(state, req).await)
+            }))
+        } else {
+            Either::Right(tower::Service::call(&mut self.router, req))
         }
     }
 }

@@ -228,7 +228,7 @@ impl<S: Socket> Session<S> {
                         continue;
                     }
                     written += 1;
-                    Message::Text(stored.frame.clone())
+                    Message::Text(stored.frame().clone())
                 }
             };
             self.io.feed(msg).await?;

@@ -211,7 +211,7 @@ impl<S: Socket> Session<S> {
             // what was fed counts as delivered to a client that resumes.
             sub.delivered = offset;
             written += 1;
-            self.io.feed(Message::Text(stored.frame.clone())).await?;
+            self.io.feed(Message::Text(stored.frame().clone())).await?;
         }
         self.io.flush().await?;
         self.state.hub.record_written(written);

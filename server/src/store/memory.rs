@@ -138,13 +138,19 @@ impl Store for MemoryStore {
                 }
             }
         }
-        if !inner.topics.contains_key(topic) && inner.topics.len() >= self.limits.max_topics {
-            return Err(StoreError::Full(format!(
-                "the memory store holds its limit of {} topics",
-                self.limits.max_topics
-            )));
-        }
-        let log = inner.topics.entry(topic.to_owned()).or_default();
+        let topics = inner.topics.len();
+        // A lookup by `&str` (the name is allocated once, when the topic is created), then an
+        // insert only for a new topic.
+        let log = match inner.topics.get_mut(topic) {
+            Some(log) => log,
+            None if topics >= self.limits.max_topics => {
+                return Err(StoreError::Full(format!(
+                    "the memory store holds its limit of {} topics",
+                    self.limits.max_topics
+                )));
+            }
+            None => inner.topics.entry(topic.to_owned()).or_default(),
+        };
         log.last += 1;
         let stored = Stored::new(materialize(topic, &self.epoch, log.last, now_ms(), new));
         log.log.push_back(stored.clone());

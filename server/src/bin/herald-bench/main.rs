@@ -5,7 +5,12 @@
 //! herald-bench connections --count 10000 --server-pid $PID   # hold N sockets, RSS per socket
 //! herald-bench fanout --subscribers 1000 --rate 20 --messages 400 --server-pid $PID
 //! herald-bench publish --concurrency 32 --requests 200000 --server-pid $PID
+//! herald-bench capacity --subscribers 1000 --server-pid $PID  # highest clean publish rate
 //! ```
+//!
+//! It also measures the reference peers (`bench/peers/`): they speak the same benchmark
+//! protocol, and the Go hub's frames may carry several notifications joined by newlines, so
+//! every notification in a frame is counted.
 //!
 //! The client is kept cheaper than the server it measures: frames are scanned for the two
 //! numbers it needs (offset and send time), never decoded as JSON; publishes go over raw
@@ -53,6 +58,33 @@ enum Cmd {
     Fanout(FanoutArgs),
     /// HTTP publish throughput and latency with C concurrent publishers.
     Publish(PublishArgs),
+    /// The highest publish rate a fan-out sustains with zero loss and p99 under a limit.
+    Capacity(CapacityArgs),
+}
+
+#[derive(Args, Clone)]
+struct CapacityArgs {
+    #[arg(long, default_value_t = 1000)]
+    subscribers: usize,
+    /// Seconds of publishing per trial.
+    #[arg(long, default_value_t = 5.0)]
+    seconds: f64,
+    /// First rate tried, in publishes per second; doubled until a trial fails.
+    #[arg(long, default_value_t = 50.0)]
+    start_rate: f64,
+    /// Highest rate tried.
+    #[arg(long, default_value_t = 20_000.0)]
+    max_rate: f64,
+    /// A trial passes only with p99 publish-to-receive at or under this.
+    #[arg(long, default_value_t = 100.0)]
+    p99_ms: f64,
+    /// Stop when the bracket is this close (fraction of the best passing rate).
+    #[arg(long, default_value_t = 0.1)]
+    precision: f64,
+    #[arg(long, default_value_t = 4)]
+    publishers: usize,
+    #[arg(long, default_value_t = 64)]
+    body_bytes: usize,
 }
 
 #[derive(Args, Clone)]
@@ -410,6 +442,14 @@ async fn connections_multi(cli: &Cli, args: &ConnArgs) -> anyhow::Result<ConnRep
 #[derive(Debug, Default, Serialize)]
 struct FanoutReport {
     subscribers: usize,
+    /// Publishes per second asked for (0: as fast as possible).
+    rate: f64,
+    /// Deliveries per second offered: rate x subscribers. `deliveries_per_sec` can only
+    /// approach it: a sustained offered load, not a capacity (see `capacity`).
+    offered_deliveries_per_sec: f64,
+    /// Seconds from the first publish to the last reply; with a rate, the schedule took
+    /// messages / rate, and a server that cannot keep up makes this longer.
+    publish_seconds: f64,
     published: u64,
     publish_errors: u64,
     expected_deliveries: u64,
@@ -438,8 +478,9 @@ struct SubResult {
     latencies: Vec<u32>,
 }
 
-/// Finds the key in `hay` and parses the unsigned integer right after it.
-fn number_after(hay: &[u8], key: &memchr::memmem::Finder<'_>) -> Option<u64> {
+/// Finds the key in `hay` and parses the unsigned integer right after it; returns it and
+/// where it ends.
+fn number_after(hay: &[u8], key: &memchr::memmem::Finder<'_>) -> Option<(u64, usize)> {
     let at = key.find(hay)? + key.needle().len();
     let mut n: u64 = 0;
     let mut digits = 0;
@@ -450,7 +491,19 @@ fn number_after(hay: &[u8], key: &memchr::memmem::Finder<'_>) -> Option<u64> {
         n = n.checked_mul(10)?.checked_add(u64::from(b - b'0'))?;
         digits += 1;
     }
-    (digits > 0).then_some(n)
+    (digits > 0).then_some((n, at + digits))
+}
+
+/// The next notification in `hay`: its offset, its send time (the body starts with it), and
+/// how many bytes it used. Every server puts `offset` before `body`.
+fn next_message(
+    hay: &[u8],
+    offset_key: &memchr::memmem::Finder<'_>,
+    body_key: &memchr::memmem::Finder<'_>,
+) -> Option<(u64, u64, usize)> {
+    let (offset, after_offset) = number_after(hay, offset_key)?;
+    let (sent, after_body) = number_after(&hay[after_offset..], body_key)?;
+    Some((offset, sent, after_offset + after_body))
 }
 
 async fn fanout(cli: &Cli, a: &FanoutArgs) -> anyhow::Result<FanoutReport> {
@@ -514,11 +567,12 @@ async fn fanout(cli: &Cli, a: &FanoutArgs) -> anyhow::Result<FanoutReport> {
     // Searchers built once: each delivery costs two SIMD substring searches.
     let offset_key = memchr::memmem::Finder::new(b"\"offset\":").into_owned();
     let body_key = memchr::memmem::Finder::new(b"\"body\":\"").into_owned();
+    let mut readers = Vec::with_capacity(sockets.len());
     for mut ws in sockets {
         let (delivered, last_delivery, done_tx) =
             (delivered.clone(), last_delivery.clone(), done_tx.clone());
         let (offset_key, body_key) = (offset_key.clone(), body_key.clone());
-        tokio::spawn(async move {
+        readers.push(tokio::spawn(async move {
             let mut r = SubResult {
                 latencies: Vec::with_capacity(expected as usize),
                 ..Default::default()
@@ -530,33 +584,31 @@ async fn fanout(cli: &Cli, a: &FanoutArgs) -> anyhow::Result<FanoutReport> {
                 if frame.opcode != 0x1 {
                     continue;
                 }
-                let bytes = ws.bytes(&frame);
-                let (Some(offset), Some(sent)) = (
-                    number_after(bytes, &offset_key),
-                    number_after(bytes, &body_key),
-                ) else {
-                    continue;
-                };
+                let mut hay = ws.bytes(&frame);
                 let now = now_micros();
-                if r.first == 0 {
-                    r.first = offset;
-                } else if offset <= r.last {
-                    if offset == r.last {
-                        r.duplicated += 1
-                    } else {
-                        r.out_of_order += 1
+                // A frame may carry several notifications (the Go peer joins queued ones).
+                while let Some((offset, sent, used)) = next_message(hay, &offset_key, &body_key) {
+                    hay = &hay[used..];
+                    if r.first == 0 {
+                        r.first = offset;
+                    } else if offset <= r.last {
+                        if offset == r.last {
+                            r.duplicated += 1
+                        } else {
+                            r.out_of_order += 1
+                        }
+                        continue;
                     }
-                    continue;
+                    r.last = offset;
+                    r.delivered += 1;
+                    r.latencies
+                        .push(now.saturating_sub(sent).min(u32::MAX as u64) as u32);
+                    delivered.fetch_add(1, Ordering::Relaxed);
+                    last_delivery.fetch_max(now, Ordering::Relaxed);
                 }
-                r.last = offset;
-                r.delivered += 1;
-                r.latencies
-                    .push(now.saturating_sub(sent).min(u32::MAX as u64) as u32);
-                delivered.fetch_add(1, Ordering::Relaxed);
-                last_delivery.fetch_max(now, Ordering::Relaxed);
             }
             let _ = done_tx.send(r);
-        });
+        }));
     }
     drop(done_tx);
 
@@ -595,6 +647,7 @@ async fn fanout(cli: &Cli, a: &FanoutArgs) -> anyhow::Result<FanoutReport> {
     for p in pubs {
         p.await??;
     }
+    let publish_seconds = start.elapsed().as_secs_f64();
     let published = a.messages - errors.load(Ordering::Relaxed);
     let drain_deadline = Instant::now() + Duration::from_secs(a.drain);
     let mut results = Vec::with_capacity(n_subs);
@@ -608,8 +661,15 @@ async fn fanout(cli: &Cli, a: &FanoutArgs) -> anyhow::Result<FanoutReport> {
     let own_after = proc_stats::own_cpu_secs();
     progress.abort();
     let mut h = histogram();
+    // Subscribers still waiting after the drain are cut off, so their sockets close now.
+    for r in readers {
+        r.abort();
+    }
     let mut report = FanoutReport {
         subscribers: n_subs,
+        rate: a.rate,
+        offered_deliveries_per_sec: a.rate * n_subs as f64,
+        publish_seconds,
         published,
         publish_errors: errors.load(Ordering::Relaxed),
         expected_deliveries: published * n_subs as u64,
@@ -649,6 +709,127 @@ async fn fanout(cli: &Cli, a: &FanoutArgs) -> anyhow::Result<FanoutReport> {
     }
     report.server_rss_kib = cli.server_pid.and_then(proc_stats::rss_kib);
     Ok(report)
+}
+
+// ---------------------------------------------------------------------------------------------
+// capacity
+
+#[derive(Debug, Serialize)]
+struct Trial {
+    rate: f64,
+    passed: bool,
+    delivered: u64,
+    lost: u64,
+    duplicated: u64,
+    out_of_order: u64,
+    p99_ms: f64,
+    publish_seconds: f64,
+    why: String,
+}
+
+#[derive(Debug, Serialize)]
+struct CapacityReport {
+    subscribers: usize,
+    p99_limit_ms: f64,
+    /// The highest publish rate that passed: every notification delivered once and in order
+    /// to every subscriber, p99 under the limit, and the publishers kept their schedule.
+    sustained_publishes_per_sec: f64,
+    /// sustained_publishes_per_sec x subscribers.
+    sustained_deliveries_per_sec: f64,
+    /// The lowest rate that failed (none if the search hit max_rate).
+    failed_at: Option<f64>,
+    trials: Vec<Trial>,
+}
+
+/// Doubles the rate until a trial fails, then bisects between the best pass and the first
+/// failure. Each trial is a fresh fan-out on a fresh topic, so offsets start at 1.
+async fn capacity(cli: &Cli, a: &CapacityArgs) -> anyhow::Result<CapacityReport> {
+    let mut best = 0.0f64;
+    let mut failed: Option<f64> = None;
+    let mut rate = a.start_rate.max(1.0);
+    let mut trials = Vec::new();
+    for trial in 0..16 {
+        let messages = (rate * a.seconds).ceil().max(10.0) as u64;
+        let args = FanoutArgs {
+            subscribers: a.subscribers,
+            messages,
+            rate,
+            publishers: a.publishers,
+            body_bytes: a.body_bytes,
+            topic: format!("capacity-{}-{trial}", std::process::id()),
+            drain: 5,
+        };
+        let r = fanout(cli, &args).await?;
+        let schedule = messages as f64 / rate;
+        let mut why = Vec::new();
+        if r.subscribers < a.subscribers {
+            why.push(format!("{} subscribers connected", r.subscribers));
+        }
+        if r.lost + r.duplicated + r.out_of_order + r.publish_errors > 0 {
+            why.push(format!(
+                "lost {} dup {} ooo {} errors {}",
+                r.lost, r.duplicated, r.out_of_order, r.publish_errors
+            ));
+        }
+        if r.latency.p99_ms > a.p99_ms {
+            why.push(format!("p99 {:.1} ms", r.latency.p99_ms));
+        }
+        if r.publish_seconds > schedule * 1.1 + 0.2 {
+            why.push(format!(
+                "publishing took {:.2} s for a {:.2} s schedule",
+                r.publish_seconds, schedule
+            ));
+        }
+        let passed = why.is_empty();
+        eprintln!(
+            "[capacity] {rate:.0}/s x {} -> {}",
+            a.subscribers,
+            if passed {
+                "pass".to_owned()
+            } else {
+                why.join(", ")
+            }
+        );
+        trials.push(Trial {
+            rate,
+            passed,
+            delivered: r.delivered,
+            lost: r.lost,
+            duplicated: r.duplicated,
+            out_of_order: r.out_of_order,
+            p99_ms: r.latency.p99_ms,
+            publish_seconds: r.publish_seconds,
+            why: why.join(", "),
+        });
+        if passed {
+            best = best.max(rate);
+        } else {
+            failed = Some(failed.map_or(rate, |f: f64| f.min(rate)));
+        }
+        rate = match failed {
+            None if rate >= a.max_rate => break,
+            None => (rate * 2.0).min(a.max_rate),
+            Some(f) => {
+                if best > 0.0 && f - best <= best * a.precision {
+                    break;
+                }
+                if best == 0.0 && f <= a.start_rate / 16.0 {
+                    break;
+                }
+                (best + f) / 2.0
+            }
+        };
+        // Let the server settle (closed sockets, queues drained) between trials.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    Ok(CapacityReport {
+        subscribers: a.subscribers,
+        p99_limit_ms: a.p99_ms,
+        sustained_publishes_per_sec: best,
+        sustained_deliveries_per_sec: best * a.subscribers as f64,
+        failed_at: failed,
+        trials,
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -784,6 +965,10 @@ fn main() -> anyhow::Result<()> {
             Cmd::Publish(a) => {
                 let r = publish(&cli, a).await?;
                 print(cli.json, "publish", &r)
+            }
+            Cmd::Capacity(a) => {
+                let r = capacity(&cli, a).await?;
+                print(cli.json, "capacity", &r)
             }
         }
     })

@@ -1,48 +1,104 @@
 #!/usr/bin/env bash
-# Runs every BENCHMARKS.md scenario RUNS times (default 3) and prints the medians.
-# Server on core 0, load generator on core 1; each scenario gets a fresh server.
+# Runs the BENCHMARKS.md scenarios against Herald (memory and SQLite stores) and, in the same
+# run, against the reference peers in bench/peers (a Go gorilla/websocket hub and a Node `ws`
+# hub), then prints medians, the worst run's loss, and Herald's ratio to each peer.
 #
-#   scripts/bench.sh                # all scenarios
-#   scripts/bench.sh fanout-1000    # scenarios whose name contains the word
+# Each measurement gets a freshly started server pinned to core 0, the load generator pinned to
+# core 1. Within a run the servers take turns scenario by scenario, so a comparison is always
+# between measurements minutes apart on the same machine: absolute figures move by 30% from one
+# day's machine to the next, ratios within one run do not.
+#
+#   scripts/bench.sh                 # everything (about 40 minutes)
+#   scripts/bench.sh fanout-1000     # scenarios whose name contains the word
+#   RUNS=5 scripts/bench.sh          # more runs (default 3)
+#   PEERS=0 scripts/bench.sh         # Herald only
+#
+# Needs: the release build (built here), and for the peers Go with gorilla/websocket (Debian:
+# golang-go golang-github-gorilla-websocket-dev, installed here when run as root) and Node.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${RUNS:-3}
+PEERS=${PEERS:-1}
 ADDR=127.0.0.1:3999
 OUT=target/bench
+FILTER=${1:-}
 mkdir -p "$OUT"
 RESULTS="$OUT/results-$(date +%Y%m%d-%H%M%S).jsonl"
-cargo build --release -q -p herald --bin herald --bin herald-bench
-FILTER=${1:-}
+say() { printf '\033[1;34m[bench]\033[0m %s\n' "$*" >&2; }
 
-run() { # name store bench-args...
-  local name=$1 store=$2
-  shift 2
+cargo build --release -q -p herald --bin herald --bin herald-bench
+
+SERVERS=(herald-memory herald-sqlite)
+if [ "$PEERS" = 1 ]; then
+  if ! command -v go >/dev/null || ! [ -d /usr/share/gocode/src/github.com/gorilla/websocket ]; then
+    if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+      say "installing Go and gorilla/websocket from Debian"
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq golang-go golang-github-gorilla-websocket-dev >/dev/null
+    fi
+  fi
+  if command -v go >/dev/null; then
+    (cd bench/peers/go-hub && GOPATH=/usr/share/gocode GO111MODULE=off go build -o "../../../$OUT/go-hub" main.go)
+    SERVERS+=(go)
+  else
+    say "no Go toolchain: skipping the Go peer"
+  fi
+  if command -v node >/dev/null; then
+    [ -d bench/peers/node-hub/node_modules/ws ] || (cd bench/peers/node-hub && npm ci --silent --no-audit --no-fund)
+    SERVERS+=(node)
+  else
+    say "no Node: skipping the Node peer"
+  fi
+fi
+
+start_server() { # name -> sets PID
+  rm -f "$OUT"/bench.db*
+  case $1 in
+    herald-memory) RUST_LOG=warn taskset -c 0 ./target/release/herald --addr "$ADDR" --store memory >"$OUT/server.log" 2>&1 & ;;
+    herald-sqlite) RUST_LOG=warn taskset -c 0 ./target/release/herald --addr "$ADDR" --store sqlite --db "$OUT/bench.db" >"$OUT/server.log" 2>&1 & ;;
+    go) taskset -c 0 "$OUT/go-hub" -addr "$ADDR" >"$OUT/server.log" 2>&1 & ;;
+    node) taskset -c 0 node bench/peers/node-hub/hub.js --addr "$ADDR" >"$OUT/server.log" 2>&1 & ;;
+  esac
+  PID=$!
+  for _ in $(seq 100); do curl -sf "http://$ADDR/api/health" >/dev/null && return 0; sleep 0.1; done
+  say "$1 did not start"; return 1
+}
+
+measure() { # scenario server run bench-args...
+  local name=$1 server=$2 run=$3
+  shift 3
+  start_server "$server"
+  local line
+  line=$(taskset -c 1 ./target/release/herald-bench --addr "$ADDR" --server-pid "$PID" --json "$@" 2>/dev/null | tail -1)
+  kill -TERM "$PID"; wait "$PID" 2>/dev/null || true
+  [ -n "$line" ] || line=null
+  echo "{\"scenario\":\"$name\",\"server\":\"$server\",\"run\":$run,\"result\":$line}" | tee -a "$RESULTS" >&2
+  sleep 2
+}
+
+scenario() { # name runs servers(comma list|all) bench-args...
+  local name=$1 runs=$2 which=$3
+  shift 3
   [[ -n "$FILTER" && "$name" != *"$FILTER"* ]] && return 0
-  for i in $(seq "$RUNS"); do
-    rm -f "$OUT"/bench.db*
-    RUST_LOG=warn taskset -c 0 ./target/release/herald --addr "$ADDR" --store "$store" \
-      --db "$OUT/bench.db" >"$OUT/server.log" 2>&1 &
-    local pid=$!
-    for _ in $(seq 50); do curl -sf "http://$ADDR/api/health" >/dev/null && break; sleep 0.1; done
-    local line
-    line=$(taskset -c 1 ./target/release/herald-bench --addr "$ADDR" --server-pid "$pid" --json "$@" 2>/dev/null | tail -1)
-    kill -TERM "$pid"; wait "$pid" || true
-    echo "{\"scenario\":\"$name\",\"store\":\"$store\",\"run\":$i,\"result\":$line}" | tee -a "$RESULTS"
-    sleep 2
+  for run in $(seq "$runs"); do
+    for server in "${SERVERS[@]}"; do
+      if [ "$which" = all ] || [[ ",$which," == *",$server,"* ]]; then
+        say "$name: $server, run $run of $runs"
+        measure "$name" "$server" "$run" "$@"
+      fi
+    done
   done
 }
 
-run connections-10000   memory connections --count 10000 --rate 5000 --hold 2
-run connections-19000   memory connections --count 19000 --rate 5000 --hold 2
-run latency-1000x20     memory fanout --subscribers 1000 --rate 20 --messages 300
-run latency-1000x20     sqlite fanout --subscribers 1000 --rate 20 --messages 300
-run fanout-1000         memory fanout --subscribers 1000 --rate 400 --messages 4000
-run fanout-1000         sqlite fanout --subscribers 1000 --rate 400 --messages 4000
-run fanout-5000         memory fanout --subscribers 5000 --rate 80 --messages 800
-run fanout-5000         sqlite fanout --subscribers 5000 --rate 80 --messages 800
-run fanout-10000        memory fanout --subscribers 10000 --rate 40 --messages 400
-run fanout-10000        sqlite fanout --subscribers 10000 --rate 40 --messages 400
-run publish-32          memory publish --concurrency 32 --requests 300000
-run publish-32          sqlite publish --concurrency 32 --requests 200000
+H=herald-memory,herald-sqlite
+scenario connections-10000  "$RUNS" herald-memory,go,node connections --count 10000 --rate 5000 --hold 2
+scenario connections-19000  "$RUNS" herald-memory         connections --count 19000 --rate 5000 --hold 2
+scenario latency-1000x20    "$RUNS" all fanout --subscribers 1000 --rate 20 --messages 300
+scenario fanout-1000        "$RUNS" all fanout --subscribers 1000 --rate 400 --messages 4000
+scenario fanout-5000        "$RUNS" all fanout --subscribers 5000 --rate 80 --messages 800
+scenario fanout-10000       "$RUNS" all fanout --subscribers 10000 --rate 40 --messages 400
+scenario publish-32         "$RUNS" all publish --concurrency 32 --requests 200000
+# A capacity search is itself many trials; once per server.
+scenario capacity-1000      1 herald-memory,herald-sqlite,go,node capacity --subscribers 1000 --start-rate 100
+scenario capacity-10000     1 herald-memory,herald-sqlite,go,node capacity --subscribers 10000 --start-rate 10
 
 python3 scripts/bench_summary.py "$RESULTS"

@@ -1,28 +1,48 @@
 #!/usr/bin/env python3
-"""Median of each scenario's runs, from scripts/bench.sh's JSON lines, as a Markdown table."""
+"""Summarizes scripts/bench.sh's JSON lines as Markdown: per scenario and server the median of
+each rate or latency, the WORST run's lost/duplicated/reordered counts (a loss in any run is a
+loss), and Herald's ratio to each reference peer, computed from medians of the same run."""
 import json
 import statistics
 import sys
 from collections import defaultdict
 
 runs = defaultdict(list)
+order = []
 with open(sys.argv[1]) as f:
     for line in f:
         line = line.strip()
-        if line:
-            row = json.loads(line)
-            runs[(row["scenario"], row["store"])].append(row["result"])
+        if not line:
+            continue
+        row = json.loads(line)
+        key = (row["scenario"], row["server"])
+        if key not in runs:
+            order.append(key)
+        runs[key].append(row["result"])
 
 
-def med(rs, *path):
-    vals = []
+def values(rs, *path):
+    out = []
     for r in rs:
         v = r
         for p in path:
             v = v.get(p) if isinstance(v, dict) else None
         if v is not None:
-            vals.append(v)
-    return statistics.median(vals) if vals else None
+            out.append(v)
+    return out
+
+
+def med(rs, *path):
+    v = values(rs, *path)
+    return statistics.median(v) if v else None
+
+
+def worst(rs, *path):
+    v = values(rs, *path)
+    # A run that printed nothing (crashed, timed out) is the worst of all.
+    if len(v) < len(rs):
+        return None
+    return max(v) if v else None
 
 
 def fmt(v, nd=1):
@@ -33,24 +53,71 @@ def fmt(v, nd=1):
     return f"{v:,}"
 
 
-print("| scenario | store | runs | result (median) |")
-print("|---|---|---|---|")
-for (name, store), rs in runs.items():
+def describe(name, rs):
     if name.startswith("connections"):
-        text = (f"held {fmt(med(rs, 'held'))}/{fmt(med(rs, 'requested'))}, "
-                f"failures {fmt(med(rs, 'handshake_failures'))}, "
+        return (f"held {fmt(med(rs, 'held'))}/{fmt(med(rs, 'requested'))}, "
+                f"failures (worst) {fmt(worst(rs, 'handshake_failures'))}, "
                 f"connect p99 {fmt(med(rs, 'connect_p99_ms'))} ms, "
                 f"RSS/conn {fmt(med(rs, 'server_rss_per_conn_kib'), 2)} KiB")
-    elif name.startswith("publish"):
-        text = (f"{fmt(med(rs, 'publishes_per_sec'), 0)} publishes/s, "
-                f"p50 {fmt(med(rs, 'latency', 'p50_ms'), 2)} ms, "
-                f"p99 {fmt(med(rs, 'latency', 'p99_ms'), 2)} ms, errors {fmt(med(rs, 'errors'))}")
-    else:
-        text = (f"{fmt(med(rs, 'deliveries_per_sec'), 0)} deliveries/s, "
-                f"p50 {fmt(med(rs, 'latency', 'p50_ms'))} / p99 {fmt(med(rs, 'latency', 'p99_ms'))} / "
-                f"max {fmt(med(rs, 'latency', 'max_ms'))} ms, "
-                f"lost {fmt(med(rs, 'lost'))} dup {fmt(med(rs, 'duplicated'))} "
-                f"ooo {fmt(med(rs, 'out_of_order'))}, "
-                f"CPU server {fmt(med(rs, 'server_cpu_secs_per_million'), 2)} / "
-                f"client {fmt(med(rs, 'client_cpu_secs_per_million'), 2)} s per million")
-    print(f"| {name} | {store} | {len(rs)} | {text} |")
+    if name.startswith("publish"):
+        return (f"{fmt(med(rs, 'publishes_per_sec'), 0)} publishes/s, "
+                f"p50 {fmt(med(rs, 'latency', 'p50_ms'), 2)} / p99 {fmt(med(rs, 'latency', 'p99_ms'), 2)} ms, "
+                f"errors (worst) {fmt(worst(rs, 'errors'))}, "
+                f"server CPU {fmt(med(rs, 'server_cpu_secs'), 2)} s")
+    if name.startswith("capacity"):
+        r = rs[0] or {}
+        return (f"sustains {fmt(r.get('sustained_publishes_per_sec'), 0)} publishes/s = "
+                f"{fmt(r.get('sustained_deliveries_per_sec'), 0)} deliveries/s "
+                f"(next step {fmt(r.get('failed_at'), 0)}/s failed), {len(r.get('trials', []))} trials")
+    return (f"offered {fmt(med(rs, 'offered_deliveries_per_sec'), 0)}/s, delivered "
+            f"{fmt(med(rs, 'deliveries_per_sec'), 0)}/s, "
+            f"p50 {fmt(med(rs, 'latency', 'p50_ms'))} / p99 {fmt(med(rs, 'latency', 'p99_ms'))} / "
+            f"max {fmt(med(rs, 'latency', 'max_ms'))} ms; worst run: "
+            f"lost {fmt(worst(rs, 'lost'))} dup {fmt(worst(rs, 'duplicated'))} "
+            f"ooo {fmt(worst(rs, 'out_of_order'))}; "
+            f"server CPU {fmt(med(rs, 'server_cpu_secs_per_million'), 2)} s per million")
+
+
+print("| scenario | server | runs | result |")
+print("|---|---|---|---|")
+for name, server in order:
+    rs = [r for r in runs[(name, server)] if r is not None] or [{}]
+    print(f"| {name} | {server} | {len(runs[(name, server)])} | {describe(name, rs)} |")
+
+# Ratios: Herald (memory store) against each peer, from the medians of this run.
+METRICS = [
+    ("publish", "HTTP publishes/s", ("publishes_per_sec",), True),
+    ("publish", "publish p99", ("latency", "p99_ms"), False),
+    ("latency", "p99 publish-to-receive", ("latency", "p99_ms"), False),
+    ("fanout", "p99 publish-to-receive", ("latency", "p99_ms"), False),
+    ("fanout", "server CPU per million deliveries", ("server_cpu_secs_per_million",), False),
+    ("connections", "RSS per connection", ("server_rss_per_conn_kib",), False),
+    ("capacity", "sustained deliveries/s", ("sustained_deliveries_per_sec",), True),
+]
+rows = []
+for name in dict.fromkeys(n for n, _ in order):
+    herald = runs.get((name, "herald-memory"))
+    if not herald:
+        continue
+    for prefix, label, path, higher_better in METRICS:
+        if not name.startswith(prefix):
+            continue
+        h = med([r for r in herald if r], *path)
+        for peer in ("go", "node"):
+            p = runs.get((name, peer))
+            if not p or h is None:
+                continue
+            pv = med([r for r in p if r], *path)
+            if not pv:
+                continue
+            ratio = (h / pv) if higher_better else (pv / h if h else None)
+            rows.append((name, label, peer, h, pv, ratio))
+if rows:
+    print()
+    print("Herald (memory store) against each peer, medians of the same run; a ratio above 1 "
+          "means Herald is better by that factor.")
+    print()
+    print("| scenario | measure | peer | Herald | peer | ratio |")
+    print("|---|---|---|---|---|---|")
+    for name, label, peer, h, pv, ratio in rows:
+        print(f"| {name} | {label} | {peer} | {fmt(h, 2)} | {fmt(pv, 2)} | {fmt(ratio, 2)}x |")

@@ -567,18 +567,26 @@ async fn fanout(cli: &Cli, a: &FanoutArgs) -> anyhow::Result<FanoutReport> {
     // Searchers built once: each delivery costs two SIMD substring searches.
     let offset_key = memchr::memmem::Finder::new(b"\"offset\":").into_owned();
     let body_key = memchr::memmem::Finder::new(b"\"body\":\"").into_owned();
+    // When the drain ends, subscribers still waiting hand in what they got.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut readers = Vec::with_capacity(sockets.len());
     for mut ws in sockets {
         let (delivered, last_delivery, done_tx) =
             (delivered.clone(), last_delivery.clone(), done_tx.clone());
         let (offset_key, body_key) = (offset_key.clone(), body_key.clone());
+        let mut stop = stop_rx.clone();
         readers.push(tokio::spawn(async move {
             let mut r = SubResult {
                 latencies: Vec::with_capacity(expected as usize),
                 ..Default::default()
             };
             while r.delivered < expected {
-                let Ok(Some(frame)) = ws.next().await else {
+                let next = tokio::select! {
+                    biased;
+                    _ = stop.wait_for(|s| *s) => break,
+                    next = ws.next() => next,
+                };
+                let Ok(Some(frame)) = next else {
                     break;
                 };
                 if frame.opcode != 0x1 {
@@ -657,11 +665,19 @@ async fn fanout(cli: &Cli, a: &FanoutArgs) -> anyhow::Result<FanoutReport> {
             _ => break,
         }
     }
+    let _ = stop_tx.send(true);
+    let grace = Instant::now() + Duration::from_secs(5);
+    while results.len() < n_subs {
+        match tokio::time::timeout_at(grace.into(), done_rx.recv()).await {
+            Ok(Some(r)) => results.push(r),
+            _ => break,
+        }
+    }
     let cpu_after = cli.server_pid.and_then(proc_stats::cpu_secs);
     let own_after = proc_stats::own_cpu_secs();
     progress.abort();
     let mut h = histogram();
-    // Subscribers still waiting after the drain are cut off, so their sockets close now.
+    // Any reader that did not answer the stop is cut off, so its socket closes now.
     for r in readers {
         r.abort();
     }

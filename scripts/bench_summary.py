@@ -66,6 +66,8 @@ def describe(name, rs):
                 f"server CPU {fmt(med(rs, 'server_cpu_secs'), 2)} s")
     if name.startswith("capacity"):
         r = rs[0] or {}
+        if not r:
+            return "no result (the search failed)"
         return (f"sustains {fmt(r.get('sustained_publishes_per_sec'), 0)} publishes/s = "
                 f"{fmt(r.get('sustained_deliveries_per_sec'), 0)} deliveries/s "
                 f"(next step {fmt(r.get('failed_at'), 0)}/s failed), {len(r.get('trials', []))} trials")
@@ -89,6 +91,7 @@ METRICS = [
     ("publish", "HTTP publishes/s", ("publishes_per_sec",), True),
     ("publish", "publish p99", ("latency", "p99_ms"), False),
     ("latency", "p99 publish-to-receive", ("latency", "p99_ms"), False),
+    ("fanout", "delivered/s", ("deliveries_per_sec",), True),
     ("fanout", "p99 publish-to-receive", ("latency", "p99_ms"), False),
     ("fanout", "server CPU per million deliveries", ("server_cpu_secs_per_million",), False),
     ("connections", "RSS per connection", ("server_rss_per_conn_kib",), False),

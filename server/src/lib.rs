@@ -121,26 +121,28 @@ fn open_file_limit() -> Option<usize> {
     line.split_whitespace().nth(3)?.parse().ok()
 }
 
-/// Caps the connection limits below the open-file limit; returns the TCP connection cap.
+/// TCP connections always left for plain HTTP (health checks, publishes) beyond WebSockets.
+const MIN_HTTP_CONNECTIONS: usize = 64;
+
+/// Keeps the connection limits below the open-file limit; returns the TCP connection cap.
+/// The WebSocket cap stays as configured when it fits; the HTTP headroom shrinks first.
 fn clamp_connections(config: &mut Config) -> usize {
-    let mut total = config
-        .max_connections
-        .saturating_add(config.max_http_connections);
-    if let Some(limit) = open_file_limit() {
-        let cap = limit.saturating_sub(FD_RESERVE).max(2);
-        if total > cap {
+    let fd_cap = open_file_limit().map(|limit| limit.saturating_sub(FD_RESERVE).max(2));
+    if let Some(cap) = fd_cap {
+        let ws_cap = cap.saturating_sub(MIN_HTTP_CONNECTIONS).max(1);
+        if config.max_connections > ws_cap {
             tracing::warn!(
-                requested = total,
-                cap,
-                "connection limits lowered below the open-file limit"
+                requested = config.max_connections,
+                cap = ws_cap,
+                "max_connections lowered below the open-file limit"
             );
-            total = cap;
+            config.max_connections = ws_cap;
         }
     }
-    // WebSockets may use all but the HTTP headroom; at least one connection either way.
-    let headroom = config.max_http_connections.min(total / 2).max(1);
-    config.max_connections = config.max_connections.min(total - headroom).max(1);
-    total
+    let total = config
+        .max_connections
+        .saturating_add(config.max_http_connections.max(1));
+    fd_cap.map_or(total, |cap| total.min(cap))
 }
 
 /// Opens the configured store, feeding `feed`.

@@ -104,11 +104,16 @@ where
     if let Poll::Ready(r) = futures::poll!(op.as_mut()) {
         return r.map_err(write_error);
     }
-    tokio::select! {
-        biased;
-        _ = conn.closed() => Err(Stop::Close(conn.close_code().unwrap_or(close_code::GOING_AWAY))),
-        r = op => r.map_err(write_error),
-    }
+    // The socket is full. Boxed: the race against a close request happens only for a blocked
+    // write, and its waiter need not take room in every connection's task.
+    Box::pin(async move {
+        tokio::select! {
+            biased;
+            _ = conn.closed() => Err(Stop::Close(conn.close_code().unwrap_or(close_code::GOING_AWAY))),
+            r = op => r.map_err(write_error),
+        }
+    })
+    .await
 }
 
 /// A failed write: the peer is gone, or the write deadline passed. Nothing more can be sent.

@@ -120,12 +120,16 @@ impl<S: Socket> Session<S> {
     pub async fn run(mut self, mut rx: mpsc::Receiver<Outbound>) {
         let conn_id = self.reg.conn.id;
         tracing::debug!(conn_id, "connected");
-        let welcome = ServerFrame::Welcome {
-            conn_id,
-            max_frame_bytes: self.state.config.max_frame_bytes,
-            heartbeat_ms: self.state.config.heartbeat_ms,
+        // Scoped, so the frame's storage is not kept in the task for the connection's life.
+        let welcomed = {
+            let welcome = ServerFrame::Welcome {
+                conn_id,
+                max_frame_bytes: self.state.config.max_frame_bytes,
+                heartbeat_ms: self.state.config.heartbeat_ms,
+            };
+            self.io.send(&welcome).await
         };
-        let mut stop = match self.io.send(&welcome).await {
+        let mut stop = match welcomed {
             Ok(()) => self.serve(&mut rx).await,
             Err(stop) => stop,
         };
@@ -152,8 +156,9 @@ impl<S: Socket> Session<S> {
                 return Stop::Close(code);
             }
             let step = if self.catching_up() {
-                // Boxed: a replay step is a large future that idle connections need not carry.
-                match self.between_pages(rx).await {
+                // Boxed: the catch-up path is a large future that idle connections need not
+                // carry in their task.
+                match Box::pin(self.between_pages(rx)).await {
                     Ok(()) => Box::pin(self.replay_step()).await,
                     Err(stop) => Err(stop),
                 }

@@ -775,7 +775,24 @@ async fn capacity(cli: &Cli, a: &CapacityArgs) -> anyhow::Result<CapacityReport>
             topic: format!("capacity-{}-{trial}", std::process::id()),
             drain: 5,
         };
-        let r = fanout(cli, &args).await?;
+        let r = match fanout(cli, &args).await {
+            Ok(r) => r,
+            // A server that breaks under the load (refused publishes, resets) fails the trial.
+            Err(e) => FanoutReport {
+                publish_errors: 1,
+                latency: Percentiles {
+                    p99_ms: f64::INFINITY,
+                    ..Default::default()
+                },
+                publish_seconds: f64::INFINITY,
+                subscribers: a.subscribers,
+                lost: messages * a.subscribers as u64,
+                ..{
+                    eprintln!("[capacity] trial at {rate:.0}/s failed: {e}");
+                    FanoutReport::default()
+                }
+            },
+        };
         let schedule = messages as f64 / rate;
         let mut why = Vec::new();
         if r.subscribers < a.subscribers {

@@ -437,13 +437,7 @@ mod tests {
         use std::sync::Arc;
         let dir = tempfile::tempdir().unwrap();
         let die = Arc::new(AtomicBool::new(false));
-        let trigger = die.clone();
-        let hooks = Hooks {
-            before_commit: Some(Arc::new(move || {
-                assert!(!trigger.load(Ordering::SeqCst), "injected writer failure");
-            })),
-            ..Hooks::default()
-        };
+        let hooks = Hooks::writer_dies_when(die.clone());
         let (feed, _rx) = tokio::sync::mpsc::channel(16);
         let retention = Retention {
             max_count: 10,

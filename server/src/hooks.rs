@@ -4,6 +4,7 @@
 //! Production passes `Hooks::default()`, where every seam is `None` and costs one branch.
 
 use crate::store::Store;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 /// Replaces the store the server built, usually with a wrapper around it.
@@ -18,4 +19,19 @@ pub struct Hooks {
     pub before_commit: Option<Arc<dyn Fn() + Send + Sync>>,
     /// SQLite writer: runs after each prune chunk with the rows dropped so far.
     pub after_prune_chunk: Option<Arc<dyn Fn(u64) + Send + Sync>>,
+}
+
+impl Hooks {
+    /// The SQLite writer thread dies (panics before its next commit) once `trigger` is set:
+    /// the fault that health, the API and shutdown must all report.
+    pub fn writer_dies_when(trigger: Arc<AtomicBool>) -> Self {
+        Self {
+            before_commit: Some(Arc::new(move || {
+                if trigger.load(Ordering::SeqCst) {
+                    panic!("injected writer failure");
+                }
+            })),
+            ..Self::default()
+        }
+    }
 }

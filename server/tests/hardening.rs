@@ -314,15 +314,7 @@ async fn binary_frames_count_against_the_rate_limit() {
 async fn a_dead_store_writer_fails_health_refuses_publishes_and_stops_the_server() {
     let dir = tempfile::tempdir().unwrap();
     let die = Arc::new(AtomicBool::new(false));
-    let trigger = die.clone();
-    let hooks = Hooks {
-        before_commit: Some(Arc::new(move || {
-            if trigger.load(Ordering::SeqCst) {
-                panic!("injected writer failure");
-            }
-        })),
-        ..Hooks::default()
-    };
+    let hooks = Hooks::writer_dies_when(die.clone());
     let srv = herald::start_with(sqlite_config(&dir), hooks)
         .await
         .unwrap();

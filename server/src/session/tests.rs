@@ -160,6 +160,17 @@ impl Fixture {
         )
     }
 
+    /// Starts the hub's heartbeat sweep, as the server does; cancel the token to stop it.
+    fn heartbeat(&self, every: Duration) -> CancellationToken {
+        let cancel = CancellationToken::new();
+        tokio::spawn(crate::hub::heartbeat(
+            self.state.hub.clone(),
+            every,
+            cancel.clone(),
+        ));
+        cancel
+    }
+
     /// Appends `n` notifications to `topic` and fans them out, as the dispatcher would.
     async fn publish(&mut self, topic: &str, n: usize, body_bytes: usize) -> Vec<Arc<Stored>> {
         let mut out = Vec::new();
@@ -235,12 +246,7 @@ async fn a_client_that_floods_bad_frames_and_never_reads_is_closed_by_the_heartb
         frames_per_sec: 1_000_000,
         ..config()
     });
-    let cancel = CancellationToken::new();
-    tokio::spawn(crate::hub::heartbeat(
-        f.state.hub.clone(),
-        Duration::from_secs(1),
-        cancel.clone(),
-    ));
+    let cancel = f.heartbeat(Duration::from_secs(1));
     let (client, task, _conn) = f.connect(4);
     for _ in 0..100 {
         client.send_msg(Message::Text("not json".into()));
@@ -265,12 +271,7 @@ async fn a_silent_client_is_closed_by_the_heartbeat_and_one_that_answers_is_not(
         heartbeat_ms: 1000,
         ..config()
     });
-    let cancel = CancellationToken::new();
-    tokio::spawn(crate::hub::heartbeat(
-        f.state.hub.clone(),
-        Duration::from_secs(1),
-        cancel.clone(),
-    ));
+    let cancel = f.heartbeat(Duration::from_secs(1));
     let (mut silent, silent_task, _) = f.connect(64);
     let (mut alive, alive_task, _) = f.connect(64);
     welcomed(&mut silent).await;

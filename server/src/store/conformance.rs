@@ -437,15 +437,7 @@ async fn sqlite_heads_come_from_memory_and_reads_from_a_bounded_pool() {
 #[tokio::test]
 async fn sqlite_writer_death_is_reported_and_nothing_more_is_acknowledged() {
     let die = Arc::new(AtomicBool::new(false));
-    let trigger = die.clone();
-    let hooks = Hooks {
-        before_commit: Some(Arc::new(move || {
-            if trigger.load(Ordering::SeqCst) {
-                panic!("injected writer failure");
-            }
-        })),
-        ..Hooks::default()
-    };
+    let hooks = Hooks::writer_dies_when(die.clone());
     let options = SqliteOptions {
         sync: SyncMode::Normal,
         ..SqliteOptions::default()

@@ -403,7 +403,7 @@ pub async fn start_with(config: Config, hooks: Hooks) -> anyhow::Result<RunningS
     let bind = config
         .addr
         .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
-    let listener = TcpListener::bind(bind).await?;
+    let listener = listener::bind(bind)?;
     let addr = listener.local_addr()?;
     let (tx, rx) = oneshot::channel::<()>();
     let task = tokio::spawn(run_with(

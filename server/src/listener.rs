@@ -48,6 +48,24 @@ content-length: 80\r\nretry-after: 1\r\nconnection: close\r\n\r\n\
 /// How long to pause accepting when the process is out of descriptors anyway.
 const FD_EXHAUSTED_PAUSE: Duration = Duration::from_millis(10);
 
+/// The listen backlog asked for; the kernel clamps it to `net.core.somaxconn` (4096 here).
+/// tokio's `TcpListener::bind` asks for 1024, which a burst of 5,000 connects a second
+/// overflows: the dropped SYNs are retried by the client a second later (a 1 s connect p99).
+const LISTEN_BACKLOG: u32 = 65_535;
+
+/// Binds `addr` for [`Listener`] with `SO_REUSEADDR` (a restarted server can bind while old
+/// connections linger in TIME_WAIT) and the largest backlog the kernel allows.
+pub fn bind(addr: std::net::SocketAddr) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 pub struct Listener {
     pub listener: TcpListener,
     pub service: Front,

@@ -19,6 +19,6 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let config = Config::parse();
     let addr = herald::listen_addr(&config);
-    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let listener = herald::listener::bind(addr)?;
     herald::run(config, listener, herald::shutdown_signal()).await
 }

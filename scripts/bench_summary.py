@@ -68,9 +68,10 @@ def describe(name, rs):
         r = rs[0] or {}
         if not r:
             return "no result (the search failed)"
-        return (f"sustains {fmt(r.get('sustained_publishes_per_sec'), 0)} publishes/s = "
+        return (f"p99 limit {fmt(r.get('p99_limit_ms'), 0)} ms: "
+                f"sustains {fmt(r.get('sustained_publishes_per_sec'), 1)} publishes/s = "
                 f"{fmt(r.get('sustained_deliveries_per_sec'), 0)} deliveries/s "
-                f"(next step {fmt(r.get('failed_at'), 0)}/s failed), {len(r.get('trials', []))} trials")
+                f"(next step {fmt(r.get('failed_at'), 1)}/s failed), {len(r.get('trials', []))} trials")
     return (f"offered {fmt(med(rs, 'offered_deliveries_per_sec'), 0)}/s, delivered "
             f"{fmt(med(rs, 'deliveries_per_sec'), 0)}/s, "
             f"p50 {fmt(med(rs, 'latency', 'p50_ms'))} / p99 {fmt(med(rs, 'latency', 'p99_ms'))} / "

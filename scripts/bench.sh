@@ -107,11 +107,13 @@ scenario fanout-1000        "$RUNS" all fanout --subscribers 1000 --rate 400 --m
 scenario fanout-5000        "$RUNS" all fanout --subscribers 5000 --rate 80 --messages 800
 scenario fanout-10000       "$RUNS" all fanout --subscribers 10000 --rate 40 --messages 400
 scenario publish-32         "$RUNS" all publish --concurrency 32 --requests 200000
-# A capacity search is itself many trials; once per server. The p99 limit grows with the
-# subscribers: one publish to 5,000 sockets is 5,000 writes on the server's one core and 5,000
-# reads on the generator's, so p99 is 80-100 ms even at 5 publishes/s (every server here), and
-# a 100 ms limit would measure noise. (Not at 10,000: 160-200 ms before any load.)
-scenario capacity-1000      1 all capacity --subscribers 1000 --start-rate 100 --p99-ms 100
-scenario capacity-5000      1 all capacity --subscribers 5000 --start-rate 20 --p99-ms 200
+# A capacity search is itself many trials; once per server. The p99 limit is 100 ms. At 5,000
+# subscribers that limit is close to the idle cost (one publish is 5,000 writes on the server's
+# one core and 5,000 reads on the generator's: p99 80-100 ms even at 5 publishes/s, for every
+# server here), so the pass/fail there is partly noise; the search is repeated with a 200 ms
+# limit, which measures the servers instead. (Not at 10,000: 160-200 ms before any load.)
+scenario capacity-1000        1 all capacity --subscribers 1000 --start-rate 100 --p99-ms 100
+scenario capacity-5000        1 all capacity --subscribers 5000 --start-rate 20 --p99-ms 100
+scenario capacity-5000-p200   1 all capacity --subscribers 5000 --start-rate 20 --p99-ms 200
 
 python3 scripts/bench_summary.py "$RESULTS"

@@ -6,7 +6,7 @@
 //!
 //! | client frame   | purpose                                                               |
 //! |----------------|-----------------------------------------------------------------------|
-//! | `auth`         | first frame: an authentication token (never put tokens in URLs)       |
+//! | `auth`         | first frame: a user token or API key (never in URLs); again to refresh |
 //! | `subscribe`    | follow a topic, optionally resuming after a [`Position`]              |
 //! | `unsubscribe`  | stop following a topic                                                |
 //! | `publish`      | send a notification from the socket; acknowledged with `ack` by `id`  |
@@ -15,6 +15,8 @@
 //! | server frame   | purpose                                                               |
 //! |----------------|-----------------------------------------------------------------------|
 //! | `welcome`      | sent once on connect: connection id and server limits                 |
+//! | `authenticated`| a valid `auth`: who the connection is, and until when                 |
+//! | `token_expiring`| the token expires soon: send a fresh one in an `auth` frame          |
 //! | `subscribed`   | a subscription is live; carries the topic's current position          |
 //! | `unsubscribed` | a subscription ended                                                  |
 //! | `notification` | one stored notification (the same bytes for every subscriber)         |
@@ -105,7 +107,8 @@ impl Notification {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ClientFrame {
-    /// Authenticate the connection. Only valid as the first frame.
+    /// Authenticate the connection: the first frame, and again with a fresh token (same
+    /// user) before the current one expires.
     Auth { token: String },
     /// Follow `topic`. With `since`, the server replays everything after that position first.
     Subscribe {
@@ -153,6 +156,21 @@ pub enum ServerFrame {
         max_frame_bytes: usize,
         /// How often the server pings; a client silent for longer than twice this is closed.
         heartbeat_ms: u64,
+        /// The first frame (normally `auth`) must arrive within this, or the socket closes
+        /// with 4004.
+        #[serde(default)]
+        auth_timeout_ms: u64,
+    },
+    /// Answer to a valid `auth` frame (the first, or a refresh). `expires_at` (Unix seconds)
+    /// is when the connection closes with 4005 unless a fresh token arrives before.
+    Authenticated {
+        user: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expires_at: Option<i64>,
+    },
+    /// The connection's token expires soon: send a fresh one in an `auth` frame.
+    TokenExpiring {
+        expires_at: i64,
     },
     /// The subscription is live. `position` is the topic's last offset when the subscription
     /// started: any replay ends there and live notifications continue after it.
@@ -236,6 +254,20 @@ pub enum ErrorCode {
     Timeout,
     /// The store failed; nothing was acknowledged.
     Internal,
+    /// No credentials: send `Authorization: Bearer <key or token>`, or an `auth` frame first.
+    Unauthorized,
+    /// The key or token is not valid (unknown, forged, malformed, wrong algorithm or audience).
+    InvalidToken,
+    /// The token has expired.
+    TokenExpired,
+    /// The API key was revoked.
+    KeyRevoked,
+    /// Valid credentials without the grant for this topic or action.
+    Forbidden,
+    /// A credential was put in the URL; send it in a header or the `auth` frame.
+    TokenInUrl,
+    /// A refreshed token names another user than the connection's.
+    SubjectMismatch,
 }
 
 impl ErrorCode {
@@ -255,6 +287,13 @@ impl ErrorCode {
             ErrorCode::ForbiddenOrigin => "forbidden_origin",
             ErrorCode::Timeout => "timeout",
             ErrorCode::Internal => "internal",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::InvalidToken => "invalid_token",
+            ErrorCode::TokenExpired => "token_expired",
+            ErrorCode::KeyRevoked => "key_revoked",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::TokenInUrl => "token_in_url",
+            ErrorCode::SubjectMismatch => "subject_mismatch",
         }
     }
 }
@@ -290,6 +329,14 @@ pub mod close_code {
     pub const HEARTBEAT_TIMEOUT: u16 = 4001;
     /// The client sent too many frames too fast.
     pub const RATE_LIMITED: u16 = 4002;
+    /// Authentication failed: the first frame was not a valid `auth` (and anonymous access
+    /// is off), or the key behind the connection was revoked. An `error` frame before the
+    /// close says which (`unauthorized`, `invalid_token`, `token_expired`, `key_revoked`).
+    pub const UNAUTHORIZED: u16 = 4003;
+    /// No first frame within the handshake timeout.
+    pub const AUTH_TIMEOUT: u16 = 4004;
+    /// The connection's token expired without a fresh one; get a new token, reconnect, resume.
+    pub const TOKEN_EXPIRED: u16 = 4005;
 
     /// The reason text sent in the close frame for `code` (at most 123 bytes, as RFC 6455
     /// allows).
@@ -305,6 +352,9 @@ pub mod close_code {
             SLOW_CONSUMER => "slow consumer: reconnect and resume from your last offset",
             HEARTBEAT_TIMEOUT => "no heartbeat answer",
             RATE_LIMITED => "too many frames",
+            UNAUTHORIZED => "authentication failed",
+            AUTH_TIMEOUT => "no auth frame in time",
+            TOKEN_EXPIRED => "token expired: get a new token, reconnect and resume",
             _ => "",
         }
     }
@@ -321,6 +371,9 @@ pub mod close_code {
         SLOW_CONSUMER,
         HEARTBEAT_TIMEOUT,
         RATE_LIMITED,
+        UNAUTHORIZED,
+        AUTH_TIMEOUT,
+        TOKEN_EXPIRED,
     ];
 }
 
@@ -524,6 +577,14 @@ mod tests {
             conn_id: 1,
             max_frame_bytes: 65536,
             heartbeat_ms: 25000,
+            auth_timeout_ms: 10000,
+        });
+        round_trip_server(ServerFrame::Authenticated {
+            user: "ana".into(),
+            expires_at: Some(1_800_000_000),
+        });
+        round_trip_server(ServerFrame::TokenExpiring {
+            expires_at: 1_800_000_000,
         });
         round_trip_server(ServerFrame::Subscribed {
             topic: "a".into(),

@@ -4,10 +4,18 @@
 //! |-----------------------------------------|-----------------------------------------------|
 //! | `POST /api/topics/{topic}`              | publish; 201 + the stored notification        |
 //! | `GET /api/topics/{topic}/notifications` | history page (`since`, `before`, `limit`, `order`) |
-//! | `GET /api/health`                       | liveness                                      |
-//! | `GET /api/stats`                        | connections and delivery counters             |
+//! | `GET /api/health`                       | liveness (no credentials)                     |
+//! | `GET /api/stats`                        | connections and delivery counters (admin key) |
+//! | `POST /api/tokens`                      | mint a user token (key holding those grants)  |
+//! | `POST /api/dev/token`                   | development mode only: a token for a user name |
+//! | `GET`/`POST /api/keys`, `DELETE /api/keys/{id}` | list, create, revoke API keys (admin key) |
 //! | `GET /ws`                               | the WebSocket (see `app::protocol`)           |
+//!
+//! Every route but health takes `Authorization: Bearer <API key or user token>`; what each
+//! identity may do is decided by [`crate::auth::Authority::check`], the same check the socket
+//! and the rendered page use.
 
+use crate::auth::{Action, Grants, Identity, Pattern};
 use crate::error::ApiError;
 use crate::session::Session;
 use crate::AppState;
@@ -34,10 +42,11 @@ const MAX_PAGE: usize = 500;
 pub async fn publish(
     State(state): State<AppState>,
     Path(topic): Path<String>,
+    uri: axum::http::Uri,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    publish_to(&state, &topic, &headers, body).await
+    publish_to(&state, &topic, uri.query(), &headers, body).await
 }
 
 /// The topic of a `POST /api/topics/{topic}` path whose segment is already a valid topic (no
@@ -63,7 +72,13 @@ where
     // `publish_route` matched this path; `publish_to` validates the topic.
     let topic = parts.uri.path().trim_start_matches("/api/topics/");
     let limit = state.config.request_timeout();
-    match tokio::time::timeout(limit, publish_to(&state, topic, &parts.headers, body)).await {
+    let query = parts.uri.query();
+    match tokio::time::timeout(
+        limit,
+        publish_to(&state, topic, query, &parts.headers, body),
+    )
+    .await
+    {
         Ok(Ok(resp)) => resp,
         Ok(Err(e)) => e.into_response(),
         Err(_) => ApiError::Timeout(limit).into_response(),
@@ -87,6 +102,7 @@ pub async fn request_deadline(
 async fn publish_to<B>(
     state: &AppState,
     topic: &str,
+    query: Option<&str>,
     headers: &HeaderMap,
     body: B,
 ) -> Result<Response, ApiError>
@@ -95,6 +111,9 @@ where
     B::Error: Into<axum::BoxError>,
 {
     validate_topic(topic)?;
+    // Before the body is read: an unauthorized client gets its answer without sending it.
+    let who = state.auth.from_request(headers, query)?;
+    state.auth.check(&who, Action::Publish, topic)?;
     let max = state.config.max_body_bytes;
     // A JSON envelope around a maximal body is allowed some room for the other fields.
     let limit = max + 8 * 1024;
@@ -256,9 +275,13 @@ fn parse_param<T: std::str::FromStr>(name: &str, v: Option<&str>) -> Result<Opti
 pub async fn history(
     State(state): State<AppState>,
     Path(topic): Path<String>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
     Query(p): Query<HistoryParams>,
 ) -> Result<Json<HistoryPage>, ApiError> {
     validate_topic(&topic)?;
+    let who = state.auth.from_request(&headers, uri.query())?;
+    state.auth.check(&who, Action::Read, &topic)?;
     let since = parse_param::<u64>("since", p.since.as_deref())?.unwrap_or(0);
     let before = parse_param::<u64>("before", p.before.as_deref())?.unwrap_or(u64::MAX);
     let limit = parse_param::<usize>("limit", p.limit.as_deref())?.unwrap_or(DEFAULT_PAGE);
@@ -332,21 +355,226 @@ pub struct Stats {
     pub store: crate::store::StoreStats,
 }
 
-pub async fn stats(State(state): State<AppState>) -> Json<Stats> {
-    Json(Stats {
+pub async fn stats(
+    State(state): State<AppState>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+) -> Result<Json<Stats>, ApiError> {
+    let who = state.auth.from_request(&headers, uri.query())?;
+    state.auth.check_admin(&who)?;
+    Ok(Json(Stats {
         hub: state.hub.stats(),
         store: state.store.stats(),
+    }))
+}
+
+/// Parses a JSON request body into `T`, with the protocol's error on failure.
+fn json_body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::Invalid(ErrorCode::BadFrame, format!("invalid JSON body: {e}")))
+}
+
+/// `POST /api/tokens` and `POST /api/dev/token` answer this.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct MintedToken {
+    pub token: String,
+    pub user: String,
+    /// Unix seconds.
+    pub expires_at: i64,
+}
+
+#[derive(Debug, Deserialize)]
+struct MintRequest {
+    user: String,
+    #[serde(default)]
+    read: Vec<Pattern>,
+    #[serde(default)]
+    publish: Vec<Pattern>,
+    #[serde(default)]
+    ttl_secs: Option<u64>,
+}
+
+/// `POST /api/tokens` `{"user":"ana","read":["general"],"publish":["chat-*"],"ttl_secs":900}`:
+/// a signed user token, for backends that would rather ask Herald than sign their own. The
+/// key must hold every grant it hands out (`read:*` may mint `read:general`, not `publish:`).
+pub async fn mint_token(
+    State(state): State<AppState>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    body: bytes::Bytes,
+) -> Result<Response, ApiError> {
+    let who = state.auth.from_request(&headers, uri.query())?;
+    let Identity::Key(key) = &who else {
+        return Err(match who {
+            Identity::Anonymous => crate::auth::AuthError::Missing.into(),
+            _ => crate::auth::AuthError::AdminOnly.into(),
+        });
+    };
+    if !state.auth.still_valid(&who) {
+        return Err(crate::auth::AuthError::Revoked.into());
+    }
+    let req: MintRequest = json_body(&body)?;
+    let grants = Grants {
+        read: req.read,
+        publish: req.publish,
+        admin: Vec::new(),
+    };
+    if !key.grants.covers(&grants) {
+        return Err(ApiError::Auth(crate::auth::AuthError::Forbidden {
+            action: Action::Admin,
+            topic: grants.scopes().join(" "),
+        }));
+    }
+    let minted = mint(&state, &req.user, &grants, req.ttl_secs)?;
+    Ok((StatusCode::CREATED, Json(minted)).into_response())
+}
+
+fn mint(
+    state: &AppState,
+    user: &str,
+    grants: &Grants,
+    ttl_secs: Option<u64>,
+) -> Result<MintedToken, ApiError> {
+    let max = state.config.max_token_ttl_secs.max(1);
+    let ttl = ttl_secs.unwrap_or(max);
+    if !(1..=max).contains(&ttl) {
+        return Err(ApiError::Invalid(
+            ErrorCode::BadField,
+            format!("ttl_secs must be 1 to {max}"),
+        ));
+    }
+    if !state.auth.tokens.can_mint() {
+        return Err(ApiError::NotConfigured(
+            "tokens are verified with an identity provider's public key; it mints them".into(),
+        ));
+    }
+    let claims = state
+        .auth
+        .tokens
+        .mint(user, grants, ttl)
+        .map_err(|e| ApiError::Invalid(ErrorCode::BadField, e))?;
+    let token = state
+        .auth
+        .tokens
+        .sign(&claims)
+        .map_err(ApiError::NotConfigured)?;
+    Ok(MintedToken {
+        token,
+        user: claims.sub,
+        expires_at: claims.exp,
     })
+}
+
+#[derive(Debug, Deserialize)]
+struct DevTokenRequest {
+    user: String,
+    #[serde(default)]
+    ttl_secs: Option<u64>,
+}
+
+/// `POST /api/dev/token` `{"user":"ana"}`: development mode's sign-in, a token that may read
+/// and publish every topic. 404 in production mode.
+pub async fn dev_token(
+    State(state): State<AppState>,
+    body: bytes::Bytes,
+) -> Result<Response, ApiError> {
+    if state.config.mode != crate::config::Mode::Dev {
+        return Err(ApiError::NotFound(
+            "sign-in by user name exists only in development mode".into(),
+        ));
+    }
+    let req: DevTokenRequest = json_body(&body)?;
+    if validate_topic(&req.user).is_err() {
+        return Err(ApiError::Invalid(
+            ErrorCode::BadField,
+            "user must be 1 to 64 letters, digits, '_' or '-'".into(),
+        ));
+    }
+    let all = Grants::from_scopes(&["read:*", "publish:*"]).unwrap_or_default();
+    let minted = mint(&state, &req.user, &all, req.ttl_secs)?;
+    Ok((StatusCode::CREATED, Json(minted)).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct AddKeyRequest {
+    name: String,
+    allow: Vec<String>,
+}
+
+/// `GET /api/keys` (admin): every key's id, name, scopes, times; never a key.
+pub async fn list_keys(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<Vec<crate::auth::KeyRecord>>, ApiError> {
+    let who = state.auth.from_request(&headers, None)?;
+    state.auth.check_admin(&who)?;
+    Ok(Json(state.auth.keys.list()))
+}
+
+/// `POST /api/keys` `{"name":"ci","allow":["publish:ops-*"]}` (admin): 201 with the key,
+/// shown this once.
+pub async fn add_key(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: bytes::Bytes,
+) -> Result<Response, ApiError> {
+    let who = state.auth.from_request(&headers, None)?;
+    state.auth.check_admin(&who)?;
+    let req: AddKeyRequest = json_body(&body)?;
+    let grants =
+        Grants::from_scopes(&req.allow).map_err(|e| ApiError::Invalid(ErrorCode::BadField, e))?;
+    let keys = state.auth.keys.clone();
+    let (rec, key) = tokio::task::spawn_blocking(move || keys.add(&req.name, grants, false))
+        .await
+        .map_err(|_| ApiError::Unavailable("key store busy".into()))?
+        .map_err(key_error)?;
+    let body = serde_json::json!({ "key": key, "id": rec.id, "name": rec.name, "scopes": rec.grants.scopes() });
+    Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+/// `DELETE /api/keys/{id}` (admin): 204; 404 if there is no such active key.
+pub async fn revoke_key(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let who = state.auth.from_request(&headers, None)?;
+    state.auth.check_admin(&who)?;
+    let keys = state.auth.keys.clone();
+    let revoked = tokio::task::spawn_blocking(move || keys.revoke(&id))
+        .await
+        .map_err(|_| ApiError::Unavailable("key store busy".into()))?
+        .map_err(key_error)?;
+    if revoked {
+        Ok(StatusCode::NO_CONTENT.into_response())
+    } else {
+        Err(ApiError::NotFound("no active key with that id".into()))
+    }
+}
+
+fn key_error(e: crate::auth::keys::KeyError) -> ApiError {
+    match e {
+        crate::auth::keys::KeyError::Invalid(m) => ApiError::Invalid(ErrorCode::BadField, m),
+        other => {
+            tracing::error!(error = %other, "key store failed");
+            ApiError::Unavailable("the key store failed".into())
+        }
+    }
 }
 
 /// `GET /ws`: checks the Origin and the connection cap *before* upgrading, so a refused
 /// client gets a clear HTTP error instead of a socket that closes at once.
 pub async fn websocket(
     State(state): State<AppState>,
+    uri: axum::http::Uri,
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
     check_origin(&headers, &state.config.allowed_origins)?;
+    // The token goes in the first frame; one in the URL would be in every access log.
+    if let Some(q) = uri.query() {
+        state.auth.from_request(&HeaderMap::new(), Some(q))?;
+    }
     let Some((reg, rx)) = state.hub.register() else {
         return Err(ApiError::Unavailable(
             "connection limit reached; retry later".into(),
@@ -462,6 +690,9 @@ mod tests {
                 .output_name("herald")
                 .build(),
             tracker: tokio_util::task::TaskTracker::new(),
+            auth: Arc::new(
+                crate::auth::setup::authority(&config, "127.0.0.1:0".parse().unwrap()).unwrap(),
+            ),
             config,
         }));
         assert_eq!(health(State(state.clone())).await.status(), StatusCode::OK);

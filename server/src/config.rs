@@ -3,7 +3,8 @@
 //! Every flag has an environment fallback (`HERALD_*`), so the same binary is configured by
 //! flags in development and by the environment in deployment.
 
-use clap::{Parser, ValueEnum};
+use crate::auth::TokenAlgorithm;
+use clap::{Parser, Subcommand, ValueEnum};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -26,6 +27,47 @@ pub enum SyncMode {
     Normal,
 }
 
+/// Development or production: what happens when credentials are missing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Mode {
+    /// Zero configuration: a token secret and an admin key are created on first start (kept
+    /// beside the database and printed), and the page offers a sign-in that picks a user name.
+    Dev,
+    /// Refuses to start without a token secret or public key, or while a development secret
+    /// or key is in use. No sign-in endpoint.
+    Production,
+}
+
+/// Subcommands besides serving.
+#[derive(Clone, Debug, Subcommand)]
+pub enum Command {
+    /// Manage API keys in the database (`--db`); a running server sees changes at once.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Clone, Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Create a key and print it (it is shown only this once).
+    Add {
+        /// A name that says who uses the key.
+        #[arg(long)]
+        name: String,
+        /// A scope: publish:PATTERN, read:PATTERN or admin:* (repeat for more). A pattern is
+        /// a topic, a prefix ending in '*', or '*'.
+        #[arg(long = "allow", required = true)]
+        allow: Vec<String>,
+    },
+    /// List keys (ids, names, scopes; never the keys).
+    List {
+        /// JSON lines instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a key by its id; it stops working at once.
+    Revoke { id: String },
+}
+
 #[derive(Clone, Debug, Parser)]
 #[command(
     name = "herald",
@@ -33,6 +75,74 @@ pub enum SyncMode {
     about = "Herald: a real-time notification hub"
 )]
 pub struct Config {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    /// dev: zero configuration, credentials created on first start. production: explicit
+    /// credentials required.
+    #[arg(
+        long,
+        env = "HERALD_MODE",
+        value_enum,
+        default_value = "dev",
+        global = true
+    )]
+    pub mode: Mode,
+
+    /// HS256 secret for user tokens (at least 32 bytes). Herald can then also mint tokens
+    /// (`POST /api/tokens`). In dev mode, created on first start when not given.
+    #[arg(long, env = "HERALD_TOKEN_SECRET", hide_env_values = true)]
+    pub token_secret: Option<String>,
+
+    /// PEM public key of an identity provider that signs user tokens (RS256 or ES256, see
+    /// --token-algorithm). Used instead of --token-secret.
+    #[arg(long, env = "HERALD_TOKEN_PUBLIC_KEY")]
+    pub token_public_key: Option<PathBuf>,
+
+    /// Algorithm of user tokens; tokens signed with any other one are refused.
+    #[arg(
+        long,
+        env = "HERALD_TOKEN_ALGORITHM",
+        value_enum,
+        default_value = "hs256"
+    )]
+    pub token_algorithm: TokenAlgorithm,
+
+    /// Required `aud` claim of user tokens (checked only when set).
+    #[arg(long, env = "HERALD_TOKEN_AUDIENCE")]
+    pub token_audience: Option<String>,
+
+    /// Required `iss` claim of user tokens (checked only when set).
+    #[arg(long, env = "HERALD_TOKEN_ISSUER")]
+    pub token_issuer: Option<String>,
+
+    /// Clock skew allowed when checking a token's `exp`, in seconds.
+    #[arg(long, env = "HERALD_TOKEN_LEEWAY_SECS", default_value_t = 30)]
+    pub token_leeway_secs: u64,
+
+    /// How long before a connection's token expires the server sends `token_expiring`.
+    #[arg(long, env = "HERALD_TOKEN_WARNING_SECS", default_value_t = 60)]
+    pub token_warning_secs: u64,
+
+    /// Longest lifetime of a token Herald mints, in seconds.
+    #[arg(long, env = "HERALD_MAX_TOKEN_TTL_SECS", default_value_t = 3600)]
+    pub max_token_ttl_secs: u64,
+
+    /// Allow connections and requests without credentials; they may read only the public
+    /// topics.
+    #[arg(long, env = "HERALD_ANONYMOUS")]
+    pub anonymous: bool,
+
+    /// Topic patterns anyone may read when --anonymous is on (comma separated; `news`,
+    /// `status-*`).
+    #[arg(long, env = "HERALD_PUBLIC_TOPICS", value_delimiter = ',')]
+    pub public_topics: Vec<String>,
+
+    /// Milliseconds a new socket has to send its first frame (`auth`) before it is closed
+    /// with 4004.
+    #[arg(long, env = "HERALD_AUTH_TIMEOUT_MS", default_value_t = 10_000)]
+    pub auth_timeout_ms: u64,
+
     /// Address to listen on. Falls back to LEPTOS_SITE_ADDR (set by cargo-leptos).
     #[arg(long, env = "HERALD_ADDR")]
     pub addr: Option<SocketAddr>,
@@ -41,8 +151,14 @@ pub struct Config {
     #[arg(long, env = "HERALD_STORE", value_enum, default_value = "sqlite")]
     pub store: StoreKind,
 
-    /// SQLite database file; created with its directory on first run.
-    #[arg(long, env = "HERALD_DB", default_value = "data/herald.db")]
+    /// SQLite database file; created with its directory on first run. API keys live here
+    /// whatever the store (`:memory:` keeps them in the process only).
+    #[arg(
+        long,
+        env = "HERALD_DB",
+        default_value = "data/herald.db",
+        global = true
+    )]
     pub db: PathBuf,
 
     /// SQLite durability of an acknowledged publish.
@@ -197,10 +313,19 @@ impl Config {
     pub fn idempotency_window(&self) -> Duration {
         Duration::from_secs(self.idempotency_secs)
     }
-    /// A throwaway configuration for tests: memory store, everything else default.
+    pub fn auth_timeout(&self) -> Duration {
+        Duration::from_millis(self.auth_timeout_ms.max(1))
+    }
+    /// The token secret tests sign with (see [`Config::for_tests`]).
+    pub const TEST_TOKEN_SECRET: &'static str = "herald-test-secret-0123456789abcdef";
+    /// A throwaway configuration for tests: memory store, keys in memory, production rules
+    /// with a known token secret; everything else default.
     pub fn for_tests() -> Self {
         Self {
             store: StoreKind::Memory,
+            db: PathBuf::from(":memory:"),
+            mode: Mode::Production,
+            token_secret: Some(Self::TEST_TOKEN_SECRET.into()),
             ..Self::default()
         }
     }

@@ -1,6 +1,7 @@
 //! HTTP errors: every failure maps to a status and the JSON body
 //! `{"error":{"code":"...","message":"..."}}` defined in the shared protocol.
 
+use crate::auth::AuthError;
 use crate::store::StoreError;
 use app::protocol::{ErrorBody, ErrorCode, ErrorDetail, ValidationError};
 use axum::http::StatusCode;
@@ -17,12 +18,17 @@ pub enum ApiError {
     NotFound(String),
     #[error("{0}")]
     Unavailable(String),
+    /// The server is not set up for this (minting without a signing secret).
+    #[error("{0}")]
+    NotConfigured(String),
     #[error("origin {0:?} is not allowed")]
     ForbiddenOrigin(String),
     #[error("the request took longer than {0:?}")]
     Timeout(std::time::Duration),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Auth(#[from] AuthError),
 }
 
 impl From<ValidationError> for ApiError {
@@ -37,11 +43,12 @@ impl ApiError {
             ApiError::Invalid(code, _) => *code,
             ApiError::TooLarge(_) => ErrorCode::TooLarge,
             ApiError::NotFound(_) => ErrorCode::NotFound,
-            ApiError::Unavailable(_) => ErrorCode::Unavailable,
+            ApiError::Unavailable(_) | ApiError::NotConfigured(_) => ErrorCode::Unavailable,
             ApiError::ForbiddenOrigin(_) => ErrorCode::ForbiddenOrigin,
             ApiError::Timeout(_) => ErrorCode::Timeout,
             ApiError::Store(StoreError::Closed | StoreError::Full(_)) => ErrorCode::Unavailable,
             ApiError::Store(_) => ErrorCode::Internal,
+            ApiError::Auth(e) => e.code(),
         }
     }
 
@@ -56,8 +63,21 @@ impl ApiError {
             | ApiError::Store(StoreError::Closed)
             | ApiError::Store(StoreError::Full(_)) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::ForbiddenOrigin(_) => StatusCode::FORBIDDEN,
+            ApiError::NotConfigured(_) => StatusCode::NOT_IMPLEMENTED,
             ApiError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Auth(
+                AuthError::Missing
+                | AuthError::Invalid(_)
+                | AuthError::Expired
+                | AuthError::Revoked,
+            ) => StatusCode::UNAUTHORIZED,
+            ApiError::Auth(AuthError::Forbidden { .. } | AuthError::AdminOnly) => {
+                StatusCode::FORBIDDEN
+            }
+            ApiError::Auth(AuthError::InUrl | AuthError::SubjectMismatch(_)) => {
+                StatusCode::BAD_REQUEST
+            }
         }
     }
 }
@@ -76,6 +96,13 @@ impl IntoResponse for ApiError {
                 message: self.to_string(),
             },
         };
-        (status, Json(body)).into_response()
+        let mut resp = (status, Json(body)).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer"),
+            );
+        }
+        resp
     }
 }

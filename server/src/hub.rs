@@ -36,6 +36,8 @@ pub enum Outbound {
     Notification { slot: u32, stored: Arc<Stored> },
     /// The heartbeat: send a WebSocket ping.
     Ping,
+    /// The connection's token expires soon: tell the client to send a fresh one.
+    TokenExpiring,
 }
 
 /// One registered connection, shared by the hub (to enqueue) and its session (to drain).
@@ -49,6 +51,12 @@ pub struct Conn {
     closed: Notify,
     /// Milliseconds since the hub started when the client was last heard from.
     last_seen: AtomicU64,
+    /// Hub milliseconds at which the connection is closed with `deadline_code` (0: none):
+    /// the handshake timeout, then the token's expiry.
+    deadline_ms: AtomicU64,
+    deadline_code: AtomicU16,
+    /// Hub milliseconds at which a `TokenExpiring` is queued (0: none).
+    warn_at_ms: AtomicU64,
 }
 
 impl Conn {
@@ -173,6 +181,9 @@ impl Hub {
             close_code: AtomicU16::new(0),
             closed: Notify::new(),
             last_seen: AtomicU64::new(self.now_ms()),
+            deadline_ms: AtomicU64::new(0),
+            deadline_code: AtomicU16::new(0),
+            warn_at_ms: AtomicU64::new(0),
         });
         lock(&self.conns[conn.id as usize % SHARDS]).insert(conn.id, conn.clone());
         Some((
@@ -293,6 +304,58 @@ impl Hub {
         }
     }
 
+    /// Closes `conn` with `code` once `after` has passed (`None` disarms it). Enforced by
+    /// [`deadlines`], so within [`DEADLINE_TICK`] of the time.
+    pub fn set_deadline(&self, conn: &Conn, after: Option<Duration>, code: u16) {
+        match after {
+            Some(after) => {
+                conn.deadline_code.store(code, Ordering::Relaxed);
+                let at = self
+                    .now_ms()
+                    .saturating_add(after.as_millis() as u64)
+                    .max(1);
+                conn.deadline_ms.store(at, Ordering::Release);
+            }
+            None => conn.deadline_ms.store(0, Ordering::Release),
+        }
+    }
+
+    /// Queues a [`Outbound::TokenExpiring`] for `conn` once `after` has passed (`None`
+    /// disarms it).
+    pub fn set_warning(&self, conn: &Conn, after: Option<Duration>) {
+        let at = after.map_or(0, |a| {
+            self.now_ms().saturating_add(a.as_millis() as u64).max(1)
+        });
+        conn.warn_at_ms.store(at, Ordering::Release);
+    }
+
+    /// Acts on every deadline and warning that has come due.
+    pub fn sweep_deadlines(&self) {
+        let now = self.now_ms();
+        for shard in self.conns.iter() {
+            for conn in lock(shard).values() {
+                let due = conn.deadline_ms.load(Ordering::Acquire);
+                if due != 0 && now >= due {
+                    let code = conn.deadline_code.load(Ordering::Relaxed);
+                    tracing::debug!(conn_id = conn.id, code, "deadline passed: closing");
+                    conn.close(code);
+                    continue;
+                }
+                let warn = conn.warn_at_ms.load(Ordering::Acquire);
+                if warn != 0
+                    && now >= warn
+                    && conn
+                        .warn_at_ms
+                        .compare_exchange(warn, 0, Ordering::AcqRel, Ordering::Relaxed)
+                        .is_ok()
+                {
+                    // A full queue means the slow-consumer rule acts anyway.
+                    let _ = conn.tx.try_send(Outbound::TokenExpiring);
+                }
+            }
+        }
+    }
+
     /// Asks every connection to close with `code` (shutdown: 1001).
     pub fn close_all(&self, code: u16) {
         for shard in self.conns.iter() {
@@ -317,6 +380,22 @@ pub async fn heartbeat(
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tick.tick() => hub.sweep(every * 2),
+        }
+    }
+}
+
+/// How often [`deadlines`] looks: the precision of the handshake timeout and token expiry.
+pub const DEADLINE_TICK: Duration = Duration::from_secs(1);
+
+/// Per-connection deadlines (handshake timeout, token expiry) and expiry warnings, for every
+/// connection in one sweep per [`DEADLINE_TICK`]: no timer per connection. On tokio's clock.
+pub async fn deadlines(hub: Arc<Hub>, cancel: tokio_util::sync::CancellationToken) {
+    let mut tick = tokio::time::interval(DEADLINE_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => hub.sweep_deadlines(),
         }
     }
 }
@@ -365,7 +444,7 @@ mod tests {
                 Outbound::Notification { slot, stored } => {
                     assert_eq!((slot, stored.notification.offset), (7, off))
                 }
-                Outbound::Ping => panic!("unexpected ping"),
+                other => panic!("unexpected {other:?}"),
             }
         }
         assert_eq!(slow.conn.close_code(), Some(close_code::SLOW_CONSUMER));
@@ -403,6 +482,42 @@ mod tests {
             Some(close_code::HEARTBEAT_TIMEOUT)
         );
         assert_eq!(alive.conn.close_code(), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn deadlines_close_and_warnings_are_queued_once_when_due() {
+        let hub = Hub::new(4, 4);
+        let (a, mut a_rx) = hub.register().unwrap();
+        let (b, _b_rx) = hub.register().unwrap();
+        hub.set_deadline(
+            &a.conn,
+            Some(Duration::from_secs(10)),
+            close_code::TOKEN_EXPIRED,
+        );
+        hub.set_warning(&a.conn, Some(Duration::from_secs(5)));
+        hub.set_deadline(
+            &b.conn,
+            Some(Duration::from_secs(3)),
+            close_code::AUTH_TIMEOUT,
+        );
+        hub.set_deadline(&b.conn, None, 0);
+        tokio::time::advance(Duration::from_millis(4_999)).await;
+        hub.sweep_deadlines();
+        assert!(a_rx.try_recv().is_err(), "no warning before its time");
+        tokio::time::advance(Duration::from_millis(1)).await;
+        hub.sweep_deadlines();
+        hub.sweep_deadlines();
+        assert!(matches!(a_rx.try_recv(), Ok(Outbound::TokenExpiring)));
+        assert!(a_rx.try_recv().is_err(), "one warning, however many sweeps");
+        assert_eq!(a.conn.close_code(), None);
+        tokio::time::advance(Duration::from_secs(5)).await;
+        hub.sweep_deadlines();
+        assert_eq!(a.conn.close_code(), Some(close_code::TOKEN_EXPIRED));
+        assert_eq!(
+            b.conn.close_code(),
+            None,
+            "a disarmed deadline does nothing"
+        );
     }
 
     #[tokio::test]

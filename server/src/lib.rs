@@ -11,11 +11,13 @@
 //! - [`hub`]: local subscriptions, fan-out, slow-consumer policy, heartbeat sweep.
 //! - [`session`]: one WebSocket connection: its writer, inbound dispatch, resume.
 //! - [`limits`]: per-connection frame rate limiting on tokio's clock.
+//! - [`auth`]: API keys, user tokens, and the one permission check every path calls.
 //! - [`api`]: HTTP routes and the upgrade (origin check, connection cap).
 //! - [`error`]: `ApiError` -> status + JSON body.
 //! - [`hooks`]: test seams (no-ops in production).
 
 pub mod api;
+pub mod auth;
 pub mod config;
 pub mod error;
 pub mod hooks;
@@ -60,6 +62,8 @@ pub struct Shared {
     pub config: Config,
     pub hub: Arc<Hub>,
     pub store: Arc<dyn Store>,
+    /// Keys, tokens and the permission rules: every topic access is checked here.
+    pub auth: Arc<auth::Authority>,
     pub leptos_options: LeptosOptions,
     /// Every connection task and session; shutdown waits on it.
     pub tracker: TaskTracker,
@@ -203,6 +207,10 @@ fn build(
 ) -> anyhow::Result<Built> {
     let permits = clamp_connections(&mut config);
     config.hard_frame_bytes = config.hard_frame_bytes.max(config.max_frame_bytes);
+    let authority = Arc::new(auth::setup::authority(&config, addr)?);
+    if config.db != std::path::Path::new(":memory:") {
+        tokio::spawn(auth::keys::watch(authority.keys.clone(), cancel.clone()));
+    }
     let (feed_tx, feed_rx) = mpsc::channel(FEED_CAPACITY);
     let store = open_store(&config, feed_tx, hooks)?;
     let hub = Hub::new(config.max_connections, config.queue_frames);
@@ -213,6 +221,7 @@ fn build(
         config.heartbeat(),
         cancel.clone(),
     ));
+    tokio::spawn(hub::deadlines(hub.clone(), cancel.clone()));
     spawn_pruner(
         store.clone(),
         Duration::from_secs(config.prune_interval_secs.max(1)),
@@ -225,6 +234,7 @@ fn build(
         config,
         hub,
         store,
+        auth: authority,
         leptos_options,
         tracker,
     }));
@@ -237,6 +247,10 @@ fn build(
         .route("/api/stats", get(api::stats))
         .route("/api/topics/{topic}", post(api::publish))
         .route("/api/topics/{topic}/notifications", get(api::history))
+        .route("/api/tokens", post(api::mint_token))
+        .route("/api/dev/token", post(api::dev_token))
+        .route("/api/keys", get(api::list_keys).post(api::add_key))
+        .route("/api/keys/{id}", axum::routing::delete(api::revoke_key))
         .leptos_routes_with_context(
             &state,
             routes,
@@ -274,6 +288,12 @@ fn history_loader(state: AppState) -> HistoryLoader {
                 limit: app::HISTORY_PAGE,
                 newest_first: true,
             };
+            // The page is rendered before the browser authenticates (its token is not in a
+            // cookie): only what an anonymous reader may see is rendered.
+            let who = auth::Identity::Anonymous;
+            if state.auth.check(&who, auth::Action::Read, &topic).is_err() {
+                return None;
+            }
             api::history_page(&state, &topic, q).await.ok()
         })
     })
@@ -318,13 +338,25 @@ pub async fn run_with(
     hooks: Hooks,
 ) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
-    let grace = Duration::from_secs(config.shutdown_grace_secs);
     let cancel = CancellationToken::new();
+    let built = build(config, addr, &hooks, &cancel)?;
+    serve(built, listener, shutdown, cancel).await
+}
+
+/// Serves a built server until `shutdown` (or a fatal store error), then drains.
+async fn serve(
+    built: Built,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
     let Built {
         router,
         state,
         permits,
-    } = build(config, addr, &hooks, &cancel)?;
+    } = built;
+    let addr = listener.local_addr()?;
+    let grace = Duration::from_secs(state.config.shutdown_grace_secs);
     let accept = tokio::spawn(
         listener::Listener {
             listener,
@@ -372,6 +404,8 @@ pub async fn run_with(
 /// A server running in this process (for tests and the benchmark tool).
 pub struct RunningServer {
     pub addr: SocketAddr,
+    /// The server's shared state (tests create keys and mint tokens through `state.auth`).
+    pub state: AppState,
     stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
@@ -405,17 +439,21 @@ pub async fn start_with(config: Config, hooks: Hooks) -> anyhow::Result<RunningS
         .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
     let listener = listener::bind(bind)?;
     let addr = listener.local_addr()?;
+    let cancel = CancellationToken::new();
+    let built = build(config, addr, &hooks, &cancel)?;
+    let state = built.state.clone();
     let (tx, rx) = oneshot::channel::<()>();
-    let task = tokio::spawn(run_with(
-        config,
+    let task = tokio::spawn(serve(
+        built,
         listener,
         async move {
             let _ = rx.await;
         },
-        hooks,
+        cancel,
     ));
     Ok(RunningServer {
         addr,
+        state,
         stop: Some(tx),
         task,
     })

@@ -1,7 +1,8 @@
-//! `herald`: parse the configuration, set up logging, and run the server until SIGINT/SIGTERM.
+//! `herald`: parse the configuration, set up logging, and run the server until SIGINT/SIGTERM;
+//! or, with `herald keys ...`, manage API keys in the database.
 
 use clap::Parser;
-use herald::config::Config;
+use herald::config::{Command, Config};
 use tracing_subscriber::EnvFilter;
 
 /// mimalloc keeps per-connection memory low under connection churn, where glibc's allocator
@@ -18,6 +19,9 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     let config = Config::parse();
+    if let Some(Command::Keys(cmd)) = &config.command {
+        return herald::auth::cli::keys(&config.db, cmd);
+    }
     let addr = herald::listen_addr(&config);
     let listener = herald::listener::bind(addr)?;
     herald::run(config, listener, herald::shutdown_signal()).await

@@ -318,6 +318,7 @@ async fn a_dead_store_writer_fails_health_refuses_publishes_and_stops_the_server
     let srv = herald::start_with(sqlite_config(&dir), hooks)
         .await
         .unwrap();
+    add_test_key(&srv);
     let kept = publish(srv.addr, "t", "kept").await;
     let mut c = Client::connect(&srv).await;
     c.subscribe("t", Some(kept.position())).await;

@@ -318,8 +318,27 @@ async fn history_pages_both_ways() {
 
 /// Starts the real binary on an ephemeral port; returns it and its address.
 async fn spawn_binary(db: &std::path::Path) -> (Child, std::net::SocketAddr) {
+    // The test key, put in the database as `herald keys add` would.
+    let keys = herald::auth::Keys::open(db).unwrap();
+    if keys.verify(TEST_KEY).is_err() {
+        let grants = herald::auth::Grants::from_scopes(&["admin:*"]).unwrap();
+        keys.add_existing("test", TEST_KEY, grants, false).unwrap();
+    }
+    drop(keys);
     let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
-        .args(["--addr", "127.0.0.1:0", "--store", "sqlite", "--db"])
+        .args([
+            "--addr",
+            "127.0.0.1:0",
+            "--store",
+            "sqlite",
+            "--mode",
+            "production",
+        ])
+        .args([
+            "--token-secret",
+            herald::config::Config::TEST_TOKEN_SECRET,
+            "--db",
+        ])
         .arg(db)
         .env("RUST_LOG", "info")
         .env("NO_COLOR", "1")
@@ -374,6 +393,11 @@ async fn acknowledged_publishes_survive_sigkill_and_are_replayed() {
     let (ws, _) = tokio_tungstenite::connect_async(&srv_url).await.unwrap();
     let mut c = Client { ws };
     assert!(matches!(c.next().await, ServerFrame::Welcome { .. }));
+    c.send(&ClientFrame::Auth {
+        token: TEST_KEY.into(),
+    })
+    .await;
+    assert!(matches!(c.next().await, ServerFrame::Authenticated { .. }));
     let epoch = acked[0].epoch.clone();
     let pos = c
         .subscribe("durable", Some(Position { epoch, offset: 0 }))
@@ -465,6 +489,7 @@ async fn resume_survives_publishes_around_every_read(config: Config) {
         ..Hooks::default()
     };
     let srv = herald::start_with(config, hooks).await.unwrap();
+    add_test_key(&srv);
     let mut published = Vec::new();
     for i in 0..10 {
         published.push(publish(srv.addr, "race", &format!("before {i}")).await);

@@ -62,7 +62,6 @@ impl<S: Socket> Session<S> {
             // Pings are answered by tungstenite; pongs only prove liveness (touched above).
             Message::Ping(_) | Message::Pong(_) | Message::Close(_) => return Ok(()),
         };
-        self.frames_seen += 1;
         let max = self.state.config.max_frame_bytes;
         if text.len() > max {
             let msg = format!("frame is {} bytes; the limit is {max}", text.len());
@@ -75,16 +74,14 @@ impl<S: Socket> Session<S> {
                 return self.error(code, &msg, None).await;
             }
         };
+        if self.pending_auth() {
+            if let ClientFrame::Auth { token } = frame {
+                return self.authenticate(token).await;
+            }
+            self.anonymous_or_close().await?;
+        }
         match frame {
-            ClientFrame::Auth { .. } if self.frames_seen == 1 => {
-                // Authentication arrives with the auth issue; until then every connection is
-                // anonymous, and a token is accepted (never logged) so clients can send it now.
-                Ok(())
-            }
-            ClientFrame::Auth { .. } => {
-                self.error(ErrorCode::BadFrame, "auth must be the first frame", None)
-                    .await
-            }
+            ClientFrame::Auth { token } => self.authenticate(token).await,
             ClientFrame::Subscribe { topic, since, id } => self.subscribe(topic, since, id).await,
             ClientFrame::Unsubscribe { topic, id } => {
                 let Some(i) = self.find_sub(&topic) else {
@@ -101,6 +98,9 @@ impl<S: Socket> Session<S> {
                     .and_then(|()| message.validate(self.state.config.max_body_bytes))
                 {
                     return self.error(e.code, &e.message, id).await;
+                }
+                if let Err(e) = self.permit(crate::auth::Action::Publish, &topic) {
+                    return self.error(e.code(), &e.to_string(), id).await;
                 }
                 match self.state.store.append(&topic, message, None).await {
                     Ok(a) => match id {

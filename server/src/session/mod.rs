@@ -9,6 +9,8 @@
 //! The rooms:
 //! - [`connection`]: the socket; every outbound byte goes through it (close-aware, deadlined).
 //! - [`dispatch`]: inbound frames: limits, parsing, and the answer to each client frame.
+//! - [`auth`]: the first frame's authentication, refreshes, expiry, and the permission check
+//!   every subscribe and publish makes.
 //! - [`resume`]: subscribe, catch-up from the store, and live delivery that is verified.
 //!
 //! # Delivery: live is a fast path that is checked, not trusted
@@ -27,6 +29,7 @@
 //! pages the session handles inbound frames and other subscriptions' queued frames, so
 //! heartbeats and live topics keep flowing during a replay.
 
+mod auth;
 mod connection;
 mod dispatch;
 mod resume;
@@ -92,8 +95,8 @@ pub struct Session<S> {
     io: Connection<S>,
     subs: Vec<Subscription>,
     next_slot: u32,
-    /// Data frames received, for the "auth comes first" rule.
-    frames_seen: u64,
+    /// Who the connection is; `None` until the first frame.
+    identity: Option<Arc<crate::auth::Identity>>,
     limit: FrameLimiter,
     /// Grown by `recv_many` on first use: idle connections never pay for it.
     batch: Vec<Outbound>,
@@ -109,7 +112,7 @@ impl<S: Socket> Session<S> {
             io,
             subs: Vec::new(),
             next_slot: 0,
-            frames_seen: 0,
+            identity: None,
             limit,
             batch: Vec::new(),
         }
@@ -121,11 +124,18 @@ impl<S: Socket> Session<S> {
         let conn_id = self.reg.conn.id;
         tracing::debug!(conn_id, "connected");
         // Scoped, so the frame's storage is not kept in the task for the connection's life.
+        let auth_timeout = self.state.config.auth_timeout();
+        self.state.hub.set_deadline(
+            &self.reg.conn,
+            Some(auth_timeout),
+            app::protocol::close_code::AUTH_TIMEOUT,
+        );
         let welcomed = {
             let welcome = ServerFrame::Welcome {
                 conn_id,
                 max_frame_bytes: self.state.config.max_frame_bytes,
                 heartbeat_ms: self.state.config.heartbeat_ms,
+                auth_timeout_ms: auth_timeout.as_millis() as u64,
             };
             self.io.send(&welcome).await
         };
@@ -220,11 +230,16 @@ impl<S: Socket> Session<S> {
     }
 
     async fn write_items(&mut self, batch: &mut [Outbound]) -> Result<(), Stop> {
+        self.still_authorized().await?;
         let mut fed = false;
         let mut written = 0u64;
         for item in batch.iter() {
             let msg = match item {
                 Outbound::Ping => Message::Ping(Default::default()),
+                Outbound::TokenExpiring => match self.expiring_frame() {
+                    Some(text) => Message::Text(text.into()),
+                    None => continue,
+                },
                 Outbound::Notification { slot, stored } => {
                     let Some(sub) = self.subs.iter_mut().find(|s| s.slot == *slot) else {
                         continue;

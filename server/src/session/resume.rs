@@ -55,6 +55,9 @@ impl<S: Socket> Session<S> {
         if let Err(e) = validate_topic(&topic) {
             return self.error(e.code, &e.message, id).await;
         }
+        if let Err(e) = self.permit(crate::auth::Action::Read, &topic) {
+            return self.error(e.code(), &e.to_string(), id).await;
+        }
         if let Some(i) = self.find_sub(&topic) {
             // Already following: report where it stands instead of replaying twice.
             let position = Position {

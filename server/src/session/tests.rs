@@ -121,10 +121,13 @@ fn fixture(config: Config) -> Fixture {
         },
     ));
     let hub = Hub::new(config.max_connections, config.queue_frames);
+    let auth =
+        Arc::new(crate::auth::setup::authority(&config, "127.0.0.1:0".parse().unwrap()).unwrap());
     let state = AppState(Arc::new(crate::Shared {
         config,
         hub,
         store: store.clone(),
+        auth,
         leptos_options: LeptosOptions::builder().output_name("herald").build(),
         tracker: TaskTracker::new(),
     }));
@@ -188,8 +191,14 @@ impl Fixture {
     }
 }
 
+/// Anonymous readers of every topic: these tests are about the session's writer and limits;
+/// authentication has its own tests.
 fn config() -> Config {
-    Config::for_tests()
+    Config {
+        anonymous: true,
+        public_topics: vec!["*".into()],
+        ..Config::for_tests()
+    }
 }
 
 async fn welcomed(client: &mut FakeClient) {

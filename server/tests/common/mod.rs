@@ -30,8 +30,53 @@ pub fn sqlite_config(dir: &tempfile::TempDir) -> Config {
     }
 }
 
+/// The admin key every test server knows (created in its key table at start).
+pub const TEST_KEY: &str = "hk_testkey00000_0123456789abcdefABCDEF0123456789";
+
 pub async fn server(config: Config) -> RunningServer {
-    herald::start(config).await.expect("server starts")
+    let server = herald::start(config).await.expect("server starts");
+    add_test_key(&server);
+    server
+}
+
+/// Puts [`TEST_KEY`] (admin:*) in the server's key table.
+pub fn add_test_key(server: &RunningServer) {
+    let grants = herald::auth::Grants::from_scopes(&["admin:*"]).unwrap();
+    server
+        .state
+        .auth
+        .keys
+        .add_existing("test", TEST_KEY, grants, false)
+        .expect("test key");
+}
+
+/// A key with exactly `scopes`, for permission tests.
+pub fn key_with(server: &RunningServer, scopes: &[&str]) -> String {
+    let grants = herald::auth::Grants::from_scopes(scopes).unwrap();
+    server
+        .state
+        .auth
+        .keys
+        .add("scoped", grants, false)
+        .unwrap()
+        .1
+}
+
+/// A signed user token for `user` with read and publish patterns, valid for `ttl_secs`.
+pub fn user_token(
+    server: &RunningServer,
+    user: &str,
+    read: &[&str],
+    publish: &[&str],
+    ttl_secs: u64,
+) -> String {
+    let mut scopes: Vec<String> = read.iter().map(|p| format!("read:{p}")).collect();
+    scopes.extend(publish.iter().map(|p| format!("publish:{p}")));
+    let grants = herald::auth::Grants::from_scopes(&scopes).unwrap();
+    let tokens = &server.state.auth.tokens;
+    tokens
+        .sign(&tokens.mint(user, &grants, ttl_secs).unwrap())
+        .unwrap()
 }
 
 pub struct HttpResponse {
@@ -62,8 +107,28 @@ impl HttpResponse {
     }
 }
 
-/// One HTTP/1.1 request on a fresh connection.
+/// One HTTP/1.1 request on a fresh connection, with the test key unless `headers` carry an
+/// `Authorization` of their own.
 pub async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> HttpResponse {
+    let bearer = format!("Bearer {TEST_KEY}");
+    let mut all = headers.to_vec();
+    if !headers
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case("authorization"))
+    {
+        all.push(("Authorization", &bearer));
+    }
+    http_as(addr, method, path, &all, body).await
+}
+
+/// One HTTP/1.1 request with exactly `headers` (no credentials unless given).
+pub async fn http_as(
     addr: SocketAddr,
     method: &str,
     path: &str,
@@ -177,8 +242,26 @@ pub enum End {
 }
 
 impl Client {
-    /// Connects and consumes the `welcome` frame.
+    /// Connects, authenticates with the test key and consumes `welcome` and `authenticated`.
     pub async fn connect(server: &RunningServer) -> Self {
+        Self::connect_with(server, TEST_KEY).await
+    }
+
+    /// Connects and authenticates with `credential` (a key or a token), which must be valid.
+    pub async fn connect_with(server: &RunningServer, credential: &str) -> Self {
+        let mut c = Self::connect_anonymous(server).await;
+        c.send(&ClientFrame::Auth {
+            token: credential.to_owned(),
+        })
+        .await;
+        match c.next().await {
+            ServerFrame::Authenticated { .. } => c,
+            other => panic!("expected authenticated, got {other:?}"),
+        }
+    }
+
+    /// Connects and consumes the `welcome` frame; sends nothing.
+    pub async fn connect_anonymous(server: &RunningServer) -> Self {
         let (ws, _) = tokio_tungstenite::connect_async(server.ws_url())
             .await
             .expect("websocket connects");

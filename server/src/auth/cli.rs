@@ -1,0 +1,57 @@
+//! `herald keys add|list|revoke`: key management from the command line, against the
+//! database a server uses (it sees the change within [`super::keys::WATCH_INTERVAL`]).
+
+use super::keys::Keys;
+use super::scope::Grants;
+use crate::config::KeysCommand;
+use anyhow::Context as _;
+use std::path::Path;
+
+pub fn keys(db: &Path, cmd: &KeysCommand) -> anyhow::Result<()> {
+    let keys = Keys::open(db).with_context(|| format!("opening {}", db.display()))?;
+    match cmd {
+        KeysCommand::Add { name, allow } => {
+            let grants = Grants::from_scopes(allow).map_err(anyhow::Error::msg)?;
+            let (rec, key) = keys.add(name, grants, false)?;
+            eprintln!(
+                "Created key {} ({}) with {}. It is shown only now: keep it somewhere safe.",
+                rec.id,
+                rec.name,
+                rec.grants.scopes().join(" ")
+            );
+            println!("{key}");
+        }
+        KeysCommand::List { json } => {
+            let all = keys.list();
+            if *json {
+                for k in &all {
+                    println!("{}", serde_json::to_string(k)?);
+                }
+            } else {
+                println!("{:<12}  {:<20}  {:<8}  scopes", "id", "name", "state");
+                for k in &all {
+                    let state = match (k.revoked, k.dev) {
+                        (Some(_), _) => "revoked",
+                        (None, true) => "dev",
+                        (None, false) => "active",
+                    };
+                    println!(
+                        "{:<12}  {:<20}  {:<8}  {}",
+                        k.id,
+                        k.name,
+                        state,
+                        k.grants.scopes().join(" ")
+                    );
+                }
+            }
+        }
+        KeysCommand::Revoke { id } => {
+            if keys.revoke(id)? {
+                eprintln!("Revoked key {id}; it stops working at once.");
+            } else {
+                anyhow::bail!("no active key with id {id}");
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,435 @@
+//! API keys: created, listed and revoked from the command line (or by an admin key), kept in
+//! the database as a SHA-256 of their secret, never the key itself.
+//!
+//! A key reads `hk_<id>_<secret>`: the id is public (it names the key in `keys list` and
+//! `keys revoke`), the secret is 32 random base62 characters (190 bits), so a fast hash is
+//! the right one (as for GitHub's tokens): there is nothing to brute-force. The presented
+//! secret's hash is compared with the stored one in constant time.
+//!
+//! # Revocation takes effect at once
+//! Every check reads an in-memory copy of the table (no disk read per publish). The copy is
+//! reloaded when this process changes a key, and when another process (`herald keys revoke`
+//! against the same database) commits: a watcher polls SQLite's `PRAGMA data_version`, which
+//! changes whenever another connection commits, every [`WATCH_INTERVAL`].
+
+use super::scope::Grants;
+use rusqlite::{params, Connection};
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+use subtle::ConstantTimeEq;
+
+/// How often the key table is checked for changes made by other processes.
+pub const WATCH_INTERVAL: Duration = Duration::from_millis(250);
+const PREFIX: &str = "hk_";
+const ID_LEN: usize = 12;
+const SECRET_LEN: usize = 32;
+/// Longest key name.
+pub const MAX_NAME_LEN: usize = 64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("key database: {0}")]
+    Db(#[from] rusqlite::Error),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("the system's random source failed: {0}")]
+    Random(String),
+}
+
+/// Why a presented key was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyRefusal {
+    /// Not a key, or no key with that id and secret.
+    Unknown,
+    /// A real key that was revoked.
+    Revoked,
+}
+
+/// One key, as stored (its secret's hash stays inside this module).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct KeyRecord {
+    pub id: String,
+    pub name: String,
+    #[serde(serialize_with = "scopes")]
+    pub grants: Grants,
+    /// Unix seconds.
+    pub created: i64,
+    /// Unix seconds, when revoked.
+    pub revoked: Option<i64>,
+    /// Created by development mode; production refuses to start while one is active.
+    pub dev: bool,
+    #[serde(skip)]
+    hash: [u8; 32],
+}
+
+fn scopes<S: serde::Serializer>(g: &Grants, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(g.scopes())
+}
+
+impl KeyRecord {
+    pub fn active(&self) -> bool {
+        self.revoked.is_none()
+    }
+}
+
+/// The key table and its in-memory copy.
+pub struct Keys {
+    conn: Mutex<Connection>,
+    cache: RwLock<HashMap<String, Arc<KeyRecord>>>,
+    /// `PRAGMA data_version` at the last reload.
+    seen_version: Mutex<i64>,
+}
+
+impl Keys {
+    /// Opens (creating if needed) the key table in the SQLite database at `path`;
+    /// `:memory:` keeps keys for this process only (tests).
+    pub fn open(path: &Path) -> Result<Self, KeyError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            if path != Path::new(":memory:") {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| KeyError::Invalid(format!("creating {}: {e}", dir.display())))?;
+            }
+        }
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(Duration::from_secs(5))?;
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL;
+             CREATE TABLE IF NOT EXISTS api_keys (
+                 id TEXT PRIMARY KEY,
+                 name TEXT NOT NULL,
+                 hash BLOB NOT NULL,
+                 scopes TEXT NOT NULL,
+                 created INTEGER NOT NULL,
+                 revoked INTEGER,
+                 dev INTEGER NOT NULL DEFAULT 0
+             );",
+        )?;
+        let keys = Self {
+            conn: Mutex::new(conn),
+            cache: RwLock::new(HashMap::new()),
+            seen_version: Mutex::new(-1),
+        };
+        keys.reload()?;
+        Ok(keys)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Reads the whole table into the in-memory copy.
+    fn reload(&self) -> Result<(), KeyError> {
+        let conn = self.lock();
+        let version: i64 = conn.query_row("PRAGMA data_version", [], |r| r.get(0))?;
+        let mut stmt = conn
+            .prepare_cached("SELECT id, name, hash, scopes, created, revoked, dev FROM api_keys")?;
+        let rows = stmt.query_map([], |r| {
+            let hash: Vec<u8> = r.get(2)?;
+            let scopes: String = r.get(3)?;
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                hash,
+                scopes,
+                r.get::<_, i64>(4)?,
+                r.get::<_, Option<i64>>(5)?,
+                r.get::<_, bool>(6)?,
+            ))
+        })?;
+        let mut map = HashMap::new();
+        for row in rows {
+            let (id, name, hash, scopes, created, revoked, dev) = row?;
+            let list: Vec<&str> = scopes.split_whitespace().collect();
+            let (Ok(grants), Ok(hash)) = (Grants::from_scopes(&list), <[u8; 32]>::try_from(hash))
+            else {
+                tracing::error!(key_id = %id, "unreadable key row; it is ignored");
+                continue;
+            };
+            let rec = KeyRecord {
+                id: id.clone(),
+                name,
+                grants,
+                created,
+                revoked,
+                dev,
+                hash,
+            };
+            map.insert(id, Arc::new(rec));
+        }
+        drop(stmt);
+        drop(conn);
+        *self.cache.write().unwrap_or_else(|p| p.into_inner()) = map;
+        *self.seen_version.lock().unwrap_or_else(|p| p.into_inner()) = version;
+        Ok(())
+    }
+
+    /// Reloads if another connection committed since the last look. Blocking (SQLite).
+    pub fn reload_if_changed(&self) -> Result<bool, KeyError> {
+        let version: i64 = self
+            .lock()
+            .query_row("PRAGMA data_version", [], |r| r.get(0))?;
+        let seen = *self.seen_version.lock().unwrap_or_else(|p| p.into_inner());
+        if version == seen {
+            return Ok(false);
+        }
+        self.reload()?;
+        Ok(true)
+    }
+
+    /// Creates a key; returns its record and the key itself, which is never stored or shown
+    /// again.
+    pub fn add(
+        &self,
+        name: &str,
+        grants: Grants,
+        dev: bool,
+    ) -> Result<(KeyRecord, String), KeyError> {
+        let id = random_base62(ID_LEN)?;
+        let secret = random_base62(SECRET_LEN)?;
+        let key = format!("{PREFIX}{id}_{secret}");
+        let rec = self.insert(name, &id, &secret, grants, dev)?;
+        Ok((rec, key))
+    }
+
+    /// Stores a key whose text the caller chose (a development key kept in a file, a test
+    /// key). It must have the shape of a generated key.
+    pub fn add_existing(
+        &self,
+        name: &str,
+        key: &str,
+        grants: Grants,
+        dev: bool,
+    ) -> Result<KeyRecord, KeyError> {
+        let (id, secret) = split(key).ok_or_else(|| {
+            KeyError::Invalid(format!(
+                "a key reads {PREFIX}<{ID_LEN} letters or digits>_<{SECRET_LEN} letters or digits>"
+            ))
+        })?;
+        self.insert(name, id, secret, grants, dev)
+    }
+
+    fn insert(
+        &self,
+        name: &str,
+        id: &str,
+        secret: &str,
+        grants: Grants,
+        dev: bool,
+    ) -> Result<KeyRecord, KeyError> {
+        if name.trim().is_empty() || name.len() > MAX_NAME_LEN {
+            return Err(KeyError::Invalid(format!(
+                "a key's name must be 1 to {MAX_NAME_LEN} characters"
+            )));
+        }
+        let scopes = grants.scopes();
+        if scopes.is_empty() {
+            return Err(KeyError::Invalid(
+                "a key needs at least one scope (--allow publish:PATTERN, read:PATTERN or admin:*)"
+                    .into(),
+            ));
+        }
+        let rec = KeyRecord {
+            id: id.to_owned(),
+            name: name.trim().to_owned(),
+            grants,
+            created: unix_now(),
+            revoked: None,
+            dev,
+            hash: digest(secret),
+        };
+        self.lock().execute(
+            "INSERT INTO api_keys (id, name, hash, scopes, created, revoked, dev)
+             VALUES (?1, ?2, ?3, ?4, ?5, NULL, ?6)",
+            params![
+                rec.id,
+                rec.name,
+                &rec.hash[..],
+                scopes.join(" "),
+                rec.created,
+                dev
+            ],
+        )?;
+        self.reload()?;
+        Ok(rec)
+    }
+
+    /// Every key, newest first.
+    pub fn list(&self) -> Vec<KeyRecord> {
+        let mut all: Vec<KeyRecord> = self
+            .cache
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .map(|r| (**r).clone())
+            .collect();
+        all.sort_by(|a, b| b.created.cmp(&a.created).then(a.id.cmp(&b.id)));
+        all
+    }
+
+    /// Revokes a key; `Ok(false)` if there is no such key or it was already revoked.
+    pub fn revoke(&self, id: &str) -> Result<bool, KeyError> {
+        let n = self.lock().execute(
+            "UPDATE api_keys SET revoked = ?2 WHERE id = ?1 AND revoked IS NULL",
+            params![id, unix_now()],
+        )?;
+        self.reload()?;
+        Ok(n == 1)
+    }
+
+    /// The active key `presented` names, if its secret matches.
+    pub fn verify(&self, presented: &str) -> Result<Arc<KeyRecord>, KeyRefusal> {
+        let (id, secret) = split(presented).ok_or(KeyRefusal::Unknown)?;
+        let rec = self
+            .cache
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned()
+            .ok_or(KeyRefusal::Unknown)?;
+        if !bool::from(rec.hash.ct_eq(&digest(secret))) {
+            return Err(KeyRefusal::Unknown);
+        }
+        if !rec.active() {
+            return Err(KeyRefusal::Revoked);
+        }
+        Ok(rec)
+    }
+
+    /// Whether the key `id` is still active (a socket authenticated by key re-checks this on
+    /// every action).
+    pub fn is_active(&self, id: &str) -> bool {
+        self.cache
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .is_some_and(|r| r.active())
+    }
+}
+
+/// Whether `s` looks like an API key (rather than a JWT).
+pub fn looks_like_key(s: &str) -> bool {
+    s.starts_with(PREFIX)
+}
+
+fn split(key: &str) -> Option<(&str, &str)> {
+    let (id, secret) = key.strip_prefix(PREFIX)?.split_once('_')?;
+    let ok = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_alphanumeric());
+    (ok(id, ID_LEN) && ok(secret, SECRET_LEN)).then_some((id, secret))
+}
+
+fn digest(secret: &str) -> [u8; 32] {
+    Sha256::digest(secret.as_bytes()).into()
+}
+
+pub(crate) fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// `n` characters from `[0-9A-Za-z]`, uniformly, from the operating system's CSPRNG.
+pub(crate) fn random_base62(n: usize) -> Result<String, KeyError> {
+    const ALPHABET: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+    let mut out = String::with_capacity(n);
+    let mut buf = [0u8; 64];
+    while out.len() < n {
+        getrandom::fill(&mut buf).map_err(|e| KeyError::Random(e.to_string()))?;
+        // 248 = 4 x 62: rejecting larger bytes keeps every character equally likely.
+        for &b in buf.iter().filter(|&&b| b < 248) {
+            if out.len() == n {
+                break;
+            }
+            out.push(ALPHABET[(b % 62) as usize] as char);
+        }
+    }
+    Ok(out)
+}
+
+/// Polls for key changes made by other processes until `cancel`.
+pub async fn watch(keys: Arc<Keys>, cancel: tokio_util::sync::CancellationToken) {
+    let mut tick = tokio::time::interval(WATCH_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let k = keys.clone();
+        match tokio::task::spawn_blocking(move || k.reload_if_changed()).await {
+            Ok(Ok(true)) => tracing::info!("API keys reloaded"),
+            Ok(Ok(false)) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "reloading API keys failed"),
+            Err(_) => return,
+        }
+    }
+}
+
+/// Reads a key's id out of `key` without checking it (for log fields: never the secret).
+pub fn key_id(key: &str) -> Option<&str> {
+    split(key).map(|(id, _)| id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn grants(s: &[&str]) -> Grants {
+        Grants::from_scopes(s).unwrap()
+    }
+
+    #[test]
+    fn a_key_is_shown_once_stored_hashed_and_verified() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k.db");
+        let keys = Keys::open(&path).unwrap();
+        let (rec, key) = keys.add("ci", grants(&["publish:ops-*"]), false).unwrap();
+        assert!(key.starts_with("hk_") && key.len() == 3 + ID_LEN + 1 + SECRET_LEN);
+        assert_eq!(keys.verify(&key).unwrap().id, rec.id);
+        // The database holds neither the key nor its secret.
+        let raw = std::fs::read(&path).unwrap();
+        let secret = key.rsplit('_').next().unwrap();
+        assert!(!raw.windows(secret.len()).any(|w| w == secret.as_bytes()));
+        // A wrong secret for a real id, a malformed key, an unknown id: all Unknown.
+        let mut wrong = key.clone();
+        wrong.pop();
+        wrong.push(if key.ends_with('a') { 'b' } else { 'a' });
+        assert_eq!(keys.verify(&wrong).unwrap_err(), KeyRefusal::Unknown);
+        assert_eq!(keys.verify("hk_x_y").unwrap_err(), KeyRefusal::Unknown);
+        assert_eq!(keys.verify("").unwrap_err(), KeyRefusal::Unknown);
+        assert!(keys.revoke(&rec.id).unwrap());
+        assert!(!keys.revoke(&rec.id).unwrap());
+        assert_eq!(keys.verify(&key).unwrap_err(), KeyRefusal::Revoked);
+        assert!(!keys.is_active(&rec.id));
+    }
+
+    #[test]
+    fn a_revocation_by_another_process_is_seen_without_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k.db");
+        let server = Keys::open(&path).unwrap();
+        let cli = Keys::open(&path).unwrap();
+        let (rec, key) = cli.add("ci", grants(&["read:*"]), false).unwrap();
+        assert!(server.reload_if_changed().unwrap());
+        assert!(server.verify(&key).is_ok());
+        assert!(!server.reload_if_changed().unwrap(), "nothing changed");
+        cli.revoke(&rec.id).unwrap();
+        assert!(server.reload_if_changed().unwrap());
+        assert_eq!(server.verify(&key).unwrap_err(), KeyRefusal::Revoked);
+    }
+
+    #[test]
+    fn bad_names_scopes_and_shapes_are_refused() {
+        let keys = Keys::open(Path::new(":memory:")).unwrap();
+        assert!(keys.add("", grants(&["read:*"]), false).is_err());
+        assert!(keys.add("x", Grants::default(), false).is_err());
+        assert!(keys
+            .add_existing("x", "not-a-key", grants(&["read:*"]), false)
+            .is_err());
+        let random = random_base62(200).unwrap();
+        assert!(random.bytes().all(|b| b.is_ascii_alphanumeric()));
+        assert_ne!(random_base62(32).unwrap(), random_base62(32).unwrap());
+    }
+}

@@ -445,3 +445,111 @@ async fn a_resume_already_at_the_head_reads_no_history() {
     f.publish("t", 1, 10).await;
     assert_eq!(client.notification_offset().await, 4);
 }
+
+/// Starts the hub's deadline sweep, as the server does.
+fn deadlines(f: &Fixture) -> CancellationToken {
+    let cancel = CancellationToken::new();
+    tokio::spawn(crate::hub::deadlines(f.state.hub.clone(), cancel.clone()));
+    cancel
+}
+
+fn token(f: &Fixture, user: &str, ttl_secs: u64) -> String {
+    let tokens = &f.state.auth.tokens;
+    let grants = crate::auth::Grants::from_scopes(&["read:*"]).unwrap();
+    tokens
+        .sign(&tokens.mint(user, &grants, ttl_secs).unwrap())
+        .unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_token_is_warned_before_it_expires_and_a_refresh_moves_the_deadline() {
+    let f = fixture(Config {
+        anonymous: false,
+        token_leeway_secs: 0,
+        token_warning_secs: 10,
+        ..config()
+    });
+    let _sweep = deadlines(&f);
+    let (mut client, _task, _conn) = f.connect(64);
+    welcomed(&mut client).await;
+    client.send(&ClientFrame::Auth {
+        token: token(&f, "ana", 30),
+    });
+    assert!(matches!(
+        client.frame().await,
+        ServerFrame::Authenticated { .. }
+    ));
+    let start = tokio::time::Instant::now();
+    assert!(matches!(
+        client.frame().await,
+        ServerFrame::TokenExpiring { .. }
+    ));
+    let warned = start.elapsed();
+    assert!(
+        warned >= Duration::from_secs(19) && warned <= Duration::from_secs(21),
+        "warned after {warned:?}, expected 10 s before the 30 s expiry"
+    );
+    // A fresh token: the old expiry (30 s) passes without a close...
+    client.send(&ClientFrame::Auth {
+        token: token(&f, "ana", 30),
+    });
+    assert!(matches!(
+        client.frame().await,
+        ServerFrame::Authenticated { .. }
+    ));
+    let refreshed = tokio::time::Instant::now();
+    assert!(matches!(
+        client.frame().await,
+        ServerFrame::TokenExpiring { .. }
+    ));
+    assert!(refreshed.elapsed() >= Duration::from_secs(19));
+    // ...and without another refresh the new one ends the connection with 4005.
+    assert_eq!(client.close_code().await, Some(close_code::TOKEN_EXPIRED));
+    let closed = refreshed.elapsed();
+    assert!(
+        closed >= Duration::from_secs(29) && closed <= Duration::from_secs(31),
+        "closed after {closed:?}, expected at the 30 s expiry"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_socket_that_never_authenticates_is_closed_at_the_handshake_timeout() {
+    let f = fixture(Config {
+        anonymous: false,
+        auth_timeout_ms: 5_000,
+        ..config()
+    });
+    let _sweep = deadlines(&f);
+    let (mut client, task, _conn) = f.connect(64);
+    let start = tokio::time::Instant::now();
+    welcomed(&mut client).await;
+    assert_eq!(client.close_code().await, Some(close_code::AUTH_TIMEOUT));
+    let closed = start.elapsed();
+    assert!(
+        closed >= Duration::from_secs(5) && closed <= Duration::from_secs(6),
+        "{closed:?}"
+    );
+    task.await.unwrap();
+    assert_eq!(f.state.hub.connections(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_authenticated_socket_is_not_closed_by_the_handshake_timeout() {
+    let f = fixture(Config {
+        anonymous: false,
+        auth_timeout_ms: 5_000,
+        ..config()
+    });
+    let _sweep = deadlines(&f);
+    let (mut client, task, _conn) = f.connect(64);
+    welcomed(&mut client).await;
+    client.send(&ClientFrame::Auth {
+        token: token(&f, "ana", 3600),
+    });
+    assert!(matches!(
+        client.frame().await,
+        ServerFrame::Authenticated { .. }
+    ));
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert!(!task.is_finished());
+}

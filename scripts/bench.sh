@@ -57,11 +57,25 @@ if curl -s -o /dev/null "http://$ADDR/"; then
   say "something already listens on $ADDR: stop it first"; exit 1
 fi
 
-start_server() { # name -> sets PID
+# Herald runs as in production: an API key (created with the CLI, as an operator would) on
+# every publish and in every socket's auth frame, or with AUTH=token a user token per socket
+# signed with the server's secret. The peers have no authentication.
+SECRET=bench-token-secret-$(date +%s)-0123456789abcdef
+AUTH=()
+start_server() { # name -> sets PID, AUTH
   rm -f "$OUT"/bench.db*
+  AUTH=()
   case $1 in
-    herald-memory) RUST_LOG=warn taskset -c 0 ./target/release/herald --addr "$ADDR" --store memory >"$OUT/server.log" 2>&1 & ;;
-    herald-sqlite) RUST_LOG=warn taskset -c 0 ./target/release/herald --addr "$ADDR" --store sqlite --db "$OUT/bench.db" >"$OUT/server.log" 2>&1 & ;;
+    herald-*)
+      local key
+      key=$(./target/release/herald keys add --db "$OUT/bench.db" --name bench --allow 'admin:*' 2>/dev/null)
+      AUTH=(--key "$key")
+      ;;
+  esac
+  local herald=(./target/release/herald --addr "$ADDR" --db "$OUT/bench.db" --mode production --token-secret "$SECRET")
+  case $1 in
+    herald-memory) RUST_LOG=warn taskset -c 0 "${herald[@]}" --store memory >"$OUT/server.log" 2>&1 & ;;
+    herald-sqlite) RUST_LOG=warn taskset -c 0 "${herald[@]}" --store sqlite >"$OUT/server.log" 2>&1 & ;;
     go) taskset -c 0 "$OUT/go-hub" -addr "$ADDR" >"$OUT/server.log" 2>&1 & ;;
     node) taskset -c 0 node bench/peers/node-hub/hub.js --addr "$ADDR" >"$OUT/server.log" 2>&1 & ;;
   esac
@@ -76,7 +90,7 @@ measure() { # scenario server run bench-args...
   start_server "$server"
   local line
   # A failed measurement is recorded as null (and reported as such), not the end of the run.
-  line=$(taskset -c 1 ./target/release/herald-bench --addr "$ADDR" --server-pid "$PID" --json "$@" 2>/dev/null | tail -1) || true
+  line=$(taskset -c 1 ./target/release/herald-bench --addr "$ADDR" --server-pid "$PID" --json ${AUTH[@]+"${AUTH[@]}"} "$@" 2>/dev/null | tail -1) || true
   kill -TERM "$PID" 2>/dev/null || true
   wait "$PID" 2>/dev/null || true
   PID=
@@ -102,6 +116,10 @@ scenario() { # name runs servers(comma list|all) bench-args...
 H=herald-memory,herald-sqlite
 scenario connections-10000  "$RUNS" herald-memory,go,node connections --count 10000 --rate 5000 --hold 2
 scenario connections-19000  "$RUNS" herald-memory         connections --count 19000 --rate 5000 --hold 2
+# Every socket with its own user token (HS256), signed by the generator before its turn.
+scenario connections-10000-token "$RUNS" herald-memory     connections --count 10000 --rate 5000 --hold 2 --token-secret "$SECRET"
+# As fast as the generator can open them: the authenticated connection setup rate.
+scenario setup-rate-token   "$RUNS" herald-memory         connections --count 10000 --rate 50000 --hold 1 --token-secret "$SECRET"
 scenario latency-1000x20    "$RUNS" all fanout --subscribers 1000 --rate 20 --messages 300
 scenario fanout-1000        "$RUNS" all fanout --subscribers 1000 --rate 400 --messages 4000
 scenario fanout-5000        "$RUNS" all fanout --subscribers 5000 --rate 80 --messages 800

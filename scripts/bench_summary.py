@@ -54,8 +54,12 @@ def fmt(v, nd=1):
 
 
 def describe(name, rs):
-    if name.startswith("connections"):
+    if name.startswith("connections") or name.startswith("setup-rate"):
+        rates = [r["requested"] / r["seconds_to_connect_all"] for r in rs
+                 if r and r.get("seconds_to_connect_all")]
+        rate = statistics.median(rates) if rates else None
         return (f"held {fmt(med(rs, 'held'))}/{fmt(med(rs, 'requested'))}, "
+                f"set up at {fmt(rate, 0)}/s, "
                 f"failures (worst) {fmt(worst(rs, 'handshake_failures'))}, "
                 f"connect p99 {fmt(med(rs, 'connect_p99_ms'))} ms, "
                 f"RSS/conn {fmt(med(rs, 'server_rss_per_conn_kib'), 2)} KiB")

@@ -2,9 +2,15 @@
 //! frames to the page state, and reconnect with exponential backoff and jitter.
 //!
 //! Positions and followed topics live in `localStorage`, so a reload resumes where the page
-//! left off; the topics also go to a cookie so the server can render their history.
+//! left off; the topics also go to a cookie so the server can render their history (the
+//! public ones: the page is rendered before the browser authenticates).
+//!
+//! Authentication: the first frame is `auth` with the stored token; `token_expiring` gets a
+//! fresh token sent in-band on the same socket; a close for an expired or refused token (4005,
+//! 4003) gets a fresh token and reconnects at once, resuming from the last positions. Without a
+//! token the loop waits for the user to sign in.
 
-use crate::protocol::{ClientFrame, HistoryPage, Notification, Position, ServerFrame};
+use crate::protocol::{close_code, ClientFrame, HistoryPage, Notification, Position, ServerFrame};
 use crate::state::{insert, is_new, replace_topic, Center, ConnState, ToastKind};
 use futures::channel::mpsc::{unbounded, UnboundedReceiver, UnboundedSender};
 use futures::{FutureExt, SinkExt, StreamExt};
@@ -29,6 +35,12 @@ pub enum Command {
     Offline,
     /// The network is back: reconnect now instead of waiting out the backoff.
     Online,
+    /// The user signed in: connect.
+    SignedIn,
+    /// The user signed out: drop the socket and wait.
+    SignOut,
+    /// A fresh token for the same user: send it in-band.
+    Refresh(String),
 }
 
 /// A handle the page keeps to talk to the running connection.
@@ -106,9 +118,10 @@ pub fn start(center: Center) -> Client {
         }
     }
     center.positions.set(positions);
+    center.user.set(crate::auth::load().map(|c| c.user));
     let (tx, rx) = unbounded();
     watch_network(&tx);
-    spawn_local(run(center, rx));
+    spawn_local(run(center, tx.clone(), rx));
     Client { tx }
 }
 
@@ -134,13 +147,36 @@ fn watch_network(tx: &UnboundedSender<Command>) {
     }
 }
 
-async fn run(center: Center, mut commands: UnboundedReceiver<Command>) {
+async fn run(
+    center: Center,
+    tx: UnboundedSender<Command>,
+    mut commands: UnboundedReceiver<Command>,
+) {
     let mut attempt: u32 = 0;
+    let mut history_loaded = false;
     loop {
+        if crate::auth::load().is_none() {
+            center.user.set(None);
+            center.conn.set(ConnState::SignedOut);
+            while !matches!(commands.next().await, Some(Command::SignedIn) | None) {}
+        }
         center.conn.set(ConnState::Connecting);
         if let Ok(ws) = WebSocket::open(&ws_url()) {
-            if session(center, ws, &mut commands).await {
+            let end = session(center, ws, &tx, &mut commands, &mut history_loaded).await;
+            if end.authenticated {
                 attempt = 0;
+            }
+            match end.code {
+                Some(close_code::TOKEN_EXPIRED | close_code::UNAUTHORIZED) => {
+                    // Expired or refused: a fresh token, then straight back (and resume). If
+                    // none can be had right now, back off and try again like any reconnect.
+                    if refresh(center).await.is_some() {
+                        attempt = 0;
+                        continue;
+                    }
+                }
+                _ if end.signed_out => continue,
+                _ => {}
             }
         }
         let exp = BASE_BACKOFF_MS
@@ -165,10 +201,41 @@ fn send_frame(frame: &ClientFrame) -> Message {
     Message::Text(serde_json::to_string(frame).unwrap_or_default())
 }
 
-/// One connection's life. Returns whether it got as far as the server's welcome.
-async fn session(center: Center, ws: WebSocket, commands: &mut UnboundedReceiver<Command>) -> bool {
+/// A fresh token for the signed-in user, stored; `None` if there is none to be had.
+async fn refresh(center: Center) -> Option<String> {
+    let user = crate::auth::load()?.user;
+    match crate::auth::sign_in(&user).await {
+        Ok(c) => {
+            center.user.set(Some(c.user));
+            Some(c.token)
+        }
+        Err(_) => None,
+    }
+}
+
+/// How a connection ended.
+struct End {
+    /// It got as far as `authenticated`.
+    authenticated: bool,
+    /// The server's close code, if it sent one.
+    code: Option<u16>,
+    signed_out: bool,
+}
+
+/// One connection's life.
+async fn session(
+    center: Center,
+    ws: WebSocket,
+    tx: &UnboundedSender<Command>,
+    commands: &mut UnboundedReceiver<Command>,
+    history_loaded: &mut bool,
+) -> End {
     let (mut write, mut read) = ws.split();
-    let mut welcomed = false;
+    let mut end = End {
+        authenticated: false,
+        code: None,
+        signed_out: false,
+    };
     loop {
         let next = futures::select_biased! {
             msg = read.next().fuse() => Ok(msg),
@@ -180,9 +247,40 @@ async fn session(center: Center, ws: WebSocket, commands: &mut UnboundedReceiver
                     continue;
                 };
                 if let ServerFrame::Welcome { .. } = frame {
-                    welcomed = true;
+                    let Some(creds) = crate::auth::load() else {
+                        return end;
+                    };
+                    let auth = ClientFrame::Auth { token: creds.token };
+                    if write.send(send_frame(&auth)).await.is_err() {
+                        return end;
+                    }
+                    continue;
+                }
+                if let ServerFrame::TokenExpiring { .. } = frame {
+                    let tx = tx.clone();
+                    spawn_local(async move {
+                        if let Some(token) = refresh(center).await {
+                            let _ = tx.unbounded_send(Command::Refresh(token));
+                        }
+                    });
+                    continue;
+                }
+                if let ServerFrame::Authenticated { user, .. } = frame {
+                    center.user.set(Some(user));
+                    if end.authenticated {
+                        // A refresh on the same socket: nothing else changes.
+                        continue;
+                    }
+                    end.authenticated = true;
                     center.conn.set(ConnState::Live);
                     let topics = center.topics.get_untracked();
+                    if !*history_loaded {
+                        // The page could render only public history; now the rest.
+                        *history_loaded = true;
+                        for t in &topics {
+                            refetch(center, t.clone());
+                        }
+                    }
                     let positions = center.positions.get_untracked();
                     for topic in topics {
                         let since = positions.get(&topic).cloned();
@@ -192,7 +290,7 @@ async fn session(center: Center, ws: WebSocket, commands: &mut UnboundedReceiver
                             id: None,
                         };
                         if write.send(send_frame(&sub)).await.is_err() {
-                            return welcomed;
+                            return end;
                         }
                     }
                     continue;
@@ -200,7 +298,11 @@ async fn session(center: Center, ws: WebSocket, commands: &mut UnboundedReceiver
                 apply(center, frame);
             }
             Ok(Some(Ok(Message::Bytes(_)))) => {}
-            Ok(Some(Err(_))) | Ok(None) => return welcomed,
+            Ok(Some(Err(gloo_net::websocket::WebSocketError::ConnectionClose(ev)))) => {
+                end.code = Some(ev.code);
+                return end;
+            }
+            Ok(Some(Err(_))) | Ok(None) => return end,
             Err(Some(cmd)) => {
                 let frame = match cmd {
                     Command::Subscribe(topic) => {
@@ -212,14 +314,19 @@ async fn session(center: Center, ws: WebSocket, commands: &mut UnboundedReceiver
                         }
                     }
                     Command::Unsubscribe(topic) => ClientFrame::Unsubscribe { topic, id: None },
-                    Command::Offline => return welcomed,
-                    Command::Online => continue,
+                    Command::Refresh(token) => ClientFrame::Auth { token },
+                    Command::Offline => return end,
+                    Command::SignOut => {
+                        end.signed_out = true;
+                        return end;
+                    }
+                    Command::Online | Command::SignedIn => continue,
                 };
-                if welcomed && write.send(send_frame(&frame)).await.is_err() {
-                    return welcomed;
+                if end.authenticated && write.send(send_frame(&frame)).await.is_err() {
+                    return end;
                 }
             }
-            Err(None) => return welcomed,
+            Err(None) => return end,
         }
     }
 }
@@ -318,9 +425,16 @@ pub fn refetch(center: Center, topic: String) {
             "/api/topics/{topic}/notifications?limit={}",
             crate::HISTORY_PAGE
         );
-        let Ok(resp) = gloo_net::http::Request::get(&url).send().await else {
+        let mut req = gloo_net::http::Request::get(&url);
+        if let Some(bearer) = crate::auth::bearer() {
+            req = req.header("Authorization", &bearer);
+        }
+        let Ok(resp) = req.send().await else {
             return;
         };
+        if !resp.ok() {
+            return;
+        }
         let Ok(page) = resp.json::<HistoryPage>().await else {
             return;
         };

@@ -3,6 +3,7 @@
 //! - [`protocol`]: every frame and error code on the wire (used by server and browser).
 //! - [`state`]: the page's reactive state and the pure rules that update it.
 //! - `client` (browser only): the WebSocket client with reconnect, backoff and resume.
+//! - `auth` (browser only): the stored token, the development sign-in, refreshes.
 //! - [`components`]: the notification center.
 
 pub mod components;
@@ -10,6 +11,8 @@ pub mod protocol;
 pub mod state;
 pub mod time;
 
+#[cfg(feature = "hydrate")]
+pub mod auth;
 #[cfg(feature = "hydrate")]
 pub mod client;
 

@@ -12,14 +12,19 @@ pub const MAX_TOASTS: usize = 4;
 /// What the connection indicator shows.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ConnState {
+    /// No token: waiting for the user to sign in.
+    SignedOut,
     Connecting,
     Live,
-    Reconnecting { in_secs: u32 },
+    Reconnecting {
+        in_secs: u32,
+    },
 }
 
 impl ConnState {
     pub fn label(&self) -> String {
         match self {
+            ConnState::SignedOut => "signed out".into(),
             ConnState::Connecting => "connecting".into(),
             ConnState::Live => "live".into(),
             ConnState::Reconnecting { in_secs } => format!("reconnecting in {in_secs}s"),
@@ -27,6 +32,7 @@ impl ConnState {
     }
     pub fn class(&self) -> &'static str {
         match self {
+            ConnState::SignedOut => "conn conn-signed-out",
             ConnState::Connecting => "conn conn-connecting",
             ConnState::Live => "conn conn-live",
             ConnState::Reconnecting { .. } => "conn conn-reconnecting",
@@ -62,6 +68,8 @@ pub struct Center {
     pub conn: RwSignal<ConnState>,
     /// The last position seen per topic: what a reconnect resumes from.
     pub positions: RwSignal<HashMap<String, Position>>,
+    /// The signed-in user (the token itself stays in the browser's storage).
+    pub user: RwSignal<Option<String>>,
     next_toast: StoredValue<u64>,
 }
 
@@ -74,6 +82,7 @@ impl Center {
             unread: RwSignal::new(0),
             conn: RwSignal::new(ConnState::Connecting),
             positions: RwSignal::new(HashMap::new()),
+            user: RwSignal::new(None),
             next_toast: StoredValue::new(1),
         }
     }
@@ -138,7 +147,14 @@ pub fn insert(items: &mut Vec<Notification>, n: Notification) -> bool {
 
 /// Replaces everything of `topic` with `fresh` (after a gap or reset).
 pub fn replace_topic(items: &mut Vec<Notification>, topic: &str, fresh: Vec<Notification>) {
-    items.retain(|x| x.topic != topic);
+    // Live items newer than the page (same epoch) stay: they arrived while it was read.
+    let newest = fresh.first().map(|n| (n.epoch.clone(), n.offset));
+    items.retain(|x| {
+        x.topic != topic
+            || newest
+                .as_ref()
+                .is_some_and(|(epoch, offset)| x.epoch == *epoch && x.offset > *offset)
+    });
     for n in fresh {
         insert(items, n);
     }

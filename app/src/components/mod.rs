@@ -107,6 +107,13 @@ struct ClientHandle(
 
 impl ClientHandle {
     #[cfg(feature = "hydrate")]
+    fn command(&self, c: crate::client::Command) {
+        if let Some(client) = self.0.get_value() {
+            client.send(c);
+        }
+    }
+
+    #[cfg(feature = "hydrate")]
     fn subscribe(&self, topic: &str, center: Center) {
         if let Some(c) = self.0.get_value() {
             c.send(crate::client::Command::Subscribe(topic.to_owned()));
@@ -175,6 +182,7 @@ fn CenterView(init: InitialView) -> impl IntoView {
                     <span class="name">"Herald"</span>
                 </div>
                 <div class="topbar-right">
+                    <SignIn/>
                     <span class=move || center.conn.get().class() data-testid="conn-state" role="status">
                         <span class="dot" aria-hidden="true"></span>
                         {move || center.conn.get().label()}
@@ -209,6 +217,75 @@ fn CenterView(init: InitialView) -> impl IntoView {
             </main>
             <Toasts/>
         </div>
+    }
+}
+
+/// Who is signed in, or a sign-in by user name (development mode's stand-in for the
+/// customer's own login, which would hand the page a token).
+#[component]
+fn SignIn() -> impl IntoView {
+    let center = expect_context::<Center>();
+    let client = expect_context::<ClientHandle>();
+    let name = RwSignal::new(String::new());
+    let problem = RwSignal::new(None::<String>);
+    let busy = RwSignal::new(false);
+    let in_client = client.clone();
+    let sign_in = move |ev: leptos::ev::SubmitEvent| {
+        ev.prevent_default();
+        let user = name.get_untracked().trim().to_owned();
+        if let Err(e) = validate_topic(&user) {
+            problem.set(Some(e.message.replace("topic", "user name")));
+            return;
+        }
+        #[cfg(feature = "hydrate")]
+        {
+            let client = in_client.clone();
+            busy.set(true);
+            leptos::task::spawn_local(async move {
+                match crate::auth::sign_in(&user).await {
+                    Ok(c) => {
+                        problem.set(None);
+                        center.user.set(Some(c.user));
+                        client.command(crate::client::Command::SignedIn);
+                    }
+                    Err(e) => problem.set(Some(e)),
+                }
+                busy.set(false);
+            });
+        }
+        #[cfg(not(feature = "hydrate"))]
+        let _ = (&in_client, busy, user);
+    };
+    let sign_out = move |_| {
+        #[cfg(feature = "hydrate")]
+        {
+            crate::auth::clear();
+            center.user.set(None);
+            client.command(crate::client::Command::SignOut);
+        }
+        #[cfg(not(feature = "hydrate"))]
+        let _ = &client;
+    };
+    view! {
+        <Show
+            when=move || center.user.get().is_some()
+            fallback=move || view! {
+                <form class="sign-in" data-testid="sign-in" on:submit=sign_in.clone()>
+                    <input type="text" placeholder="your name" aria-label="User name"
+                        data-testid="sign-in-name" bind:value=name maxlength="64"/>
+                    <button type="submit" class="button secondary" data-testid="sign-in-submit"
+                        disabled=move || busy.get()>"Sign in"</button>
+                    <Show when=move || problem.get().is_some()>
+                        <span class="form-error" role="alert">{move || problem.get().unwrap_or_default()}</span>
+                    </Show>
+                </form>
+            }
+        >
+            <span class="signed-in" data-testid="signed-in">
+                {move || center.user.get().unwrap_or_default()}
+            </span>
+            <button class="link-button" data-testid="sign-out" on:click=sign_out.clone()>"Sign out"</button>
+        </Show>
     }
 }
 

@@ -92,7 +92,11 @@ fn send(topic: String, new: NewNotification, status: RwSignal<Status>, body: RwS
     use crate::protocol::{ErrorBody, Notification};
     leptos::task::spawn_local(async move {
         let url = format!("/api/topics/{topic}");
-        let req = match gloo_net::http::Request::post(&url).json(&new) {
+        let mut builder = gloo_net::http::Request::post(&url);
+        if let Some(bearer) = crate::auth::bearer() {
+            builder = builder.header("Authorization", &bearer);
+        }
+        let req = match builder.json(&new) {
             Ok(r) => r,
             Err(e) => return status.set(Status::Failed(e.to_string())),
         };

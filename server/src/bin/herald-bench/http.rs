@@ -7,16 +7,19 @@ use tokio::net::TcpStream;
 
 pub struct HttpConn {
     addr: SocketAddr,
+    /// `Authorization: Bearer ...\r\n`, or nothing.
+    auth: String,
     stream: TcpStream,
     buf: Vec<u8>,
 }
 
 impl HttpConn {
-    pub async fn connect(addr: SocketAddr) -> std::io::Result<Self> {
+    pub async fn connect(addr: SocketAddr, key: Option<&str>) -> std::io::Result<Self> {
         let stream = TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
         Ok(Self {
             addr,
+            auth: key.map_or_else(String::new, |k| format!("Authorization: Bearer {k}\r\n")),
             stream,
             buf: Vec::with_capacity(4096),
         })
@@ -25,8 +28,9 @@ impl HttpConn {
     /// POSTs `body` to `path` and returns the status code (the response body is discarded).
     pub async fn post(&mut self, path: &str, body: &[u8]) -> std::io::Result<u16> {
         let head = format!(
-            "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n",
+            "POST {path} HTTP/1.1\r\nHost: {}\r\n{}Content-Type: text/plain\r\nContent-Length: {}\r\n\r\n",
             self.addr,
+            self.auth,
             body.len()
         );
         let mut req = Vec::with_capacity(head.len() + body.len());

@@ -21,7 +21,7 @@ mod raw_ws;
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
-use futures::StreamExt;
+use futures::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use std::io::{BufRead, BufReader};
@@ -48,6 +48,48 @@ struct Cli {
     /// The server's pid, to read its memory and CPU time from /proc.
     #[arg(long, global = true)]
     server_pid: Option<u32>,
+    /// An API key: sent with every publish, and in the `auth` frame of every socket (unless
+    /// --token-secret is given).
+    #[arg(long, global = true, env = "HERALD_KEY", hide_env_values = true)]
+    key: Option<String>,
+    /// Herald's HS256 token secret: every socket authenticates with its own user token
+    /// (`bench-<n>`, read:*), signed here, as a customer's backend would.
+    #[arg(long, global = true, hide_env_values = true)]
+    token_secret: Option<String>,
+}
+
+impl Cli {
+    /// What socket `i` sends in its `auth` frame, if anything.
+    fn credential(&self, i: usize) -> anyhow::Result<Option<String>> {
+        if let Some(secret) = &self.token_secret {
+            let tokens = herald::auth::Tokens::hs256(secret.as_bytes(), None, None, 30)
+                .map_err(anyhow::Error::msg)?;
+            let grants =
+                herald::auth::Grants::from_scopes(&["read:*"]).map_err(anyhow::Error::msg)?;
+            let claims = tokens
+                .mint(&format!("bench-{i}"), &grants, 24 * 3600)
+                .map_err(anyhow::Error::msg)?;
+            return Ok(Some(tokens.sign(&claims).map_err(anyhow::Error::msg)?));
+        }
+        Ok(self.key.clone())
+    }
+
+    /// Global flags a child load generator needs too.
+    fn auth_args(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Some(k) = &self.key {
+            out.extend(["--key".to_owned(), k.clone()]);
+        }
+        if let Some(s) = &self.token_secret {
+            out.extend(["--token-secret".to_owned(), s.clone()]);
+        }
+        out
+    }
+}
+
+/// The `auth` frame for `credential`.
+fn auth_frame(credential: &str) -> String {
+    serde_json::json!({ "type": "auth", "token": credential }).to_string()
 }
 
 #[derive(Subcommand)]
@@ -206,10 +248,12 @@ fn ws_config() -> WebSocketConfig {
     WebSocketConfig::default().read_buffer_size(32 * 1024)
 }
 
-/// Opens a WebSocket from `source` and waits for the welcome frame.
+/// Opens a WebSocket from `source`, waits for the welcome frame, and with a credential
+/// authenticates and waits for `authenticated`.
 async fn open_ws(
     addr: SocketAddr,
     source: Ipv4Addr,
+    credential: Option<String>,
 ) -> anyhow::Result<tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>> {
     let socket = TcpSocket::new_v4()?;
     socket.bind(SocketAddr::new(IpAddr::V4(source), 0))?;
@@ -219,8 +263,16 @@ async fn open_ws(
     let (mut ws, _) =
         tokio_tungstenite::client_async_with_config(url, stream, Some(ws_config())).await?;
     match tokio::time::timeout(Duration::from_secs(30), ws.next()).await {
-        Ok(Some(Ok(Message::Text(t)))) if t.as_str().contains("\"welcome\"") => Ok(ws),
+        Ok(Some(Ok(Message::Text(t)))) if t.as_str().contains("\"welcome\"") => {}
         other => bail!("no welcome: {other:?}"),
+    }
+    let Some(credential) = credential else {
+        return Ok(ws);
+    };
+    ws.send(Message::text(auth_frame(&credential))).await?;
+    match tokio::time::timeout(Duration::from_secs(30), ws.next()).await {
+        Ok(Some(Ok(Message::Text(t)))) if t.as_str().contains("\"authenticated\"") => Ok(ws),
+        other => bail!("not authenticated: {other:?}"),
     }
 }
 
@@ -272,6 +324,8 @@ async fn connections(cli: &Cli, args: &ConnArgs) -> anyhow::Result<ConnReport> {
         }
     });
     for i in 0..args.count {
+        // Signed before its slot in the schedule: the client's signing is not the server's cost.
+        let credential = cli.credential(base + i)?;
         tokio::time::sleep_until((started + interval * i as u32).into()).await;
         let (addr, stop, held, failures, times) = (
             cli.addr,
@@ -282,7 +336,7 @@ async fn connections(cli: &Cli, args: &ConnArgs) -> anyhow::Result<ConnReport> {
         );
         tasks.push(tokio::spawn(async move {
             let t0 = Instant::now();
-            match open_ws(addr, source_for(base + i)).await {
+            match open_ws(addr, source_for(base + i), credential).await {
                 Ok(mut ws) => {
                     let _ = times
                         .lock()
@@ -364,7 +418,9 @@ async fn connections_multi(cli: &Cli, args: &ConnArgs) -> anyhow::Result<ConnRep
     for p in 0..procs {
         let n = args.per_process.min(args.count - p * args.per_process);
         let mut child = Command::new(&exe)
-            .args(["--addr", &cli.addr.to_string(), "--json", "connections"])
+            .args(["--addr", &cli.addr.to_string(), "--json"])
+            .args(cli.auth_args())
+            .arg("connections")
             .args([
                 "--count",
                 &n.to_string(),
@@ -528,8 +584,12 @@ async fn fanout(cli: &Cli, a: &FanoutArgs) -> anyhow::Result<FanoutReport> {
     let mut connecting = Vec::new();
     for i in 0..a.subscribers {
         let (addr, subscribe) = (cli.addr, subscribe.clone());
+        let auth = cli.credential(i)?.map(|c| auth_frame(&c));
         connecting.push(tokio::spawn(async move {
             let mut ws = raw_ws::RawWs::connect(addr, source_for(i)).await?;
+            if let Some(auth) = auth {
+                ws.send_text(&auth).await?;
+            }
             ws.send_text(&subscribe).await?;
             // welcome, then subscribed
             while let Some(f) = ws.next().await? {
@@ -630,8 +690,9 @@ async fn fanout(cli: &Cli, a: &FanoutArgs) -> anyhow::Result<FanoutReport> {
     let mut pubs = Vec::new();
     for _ in 0..a.publishers.max(1) {
         let (addr, next, errors, a) = (cli.addr, next.clone(), errors.clone(), a.clone());
+        let key = cli.key.clone();
         pubs.push(tokio::spawn(async move {
-            let mut conn = http::HttpConn::connect(addr).await?;
+            let mut conn = http::HttpConn::connect(addr, key.as_deref()).await?;
             let path = format!("/api/topics/{}", a.topic);
             loop {
                 let k = next.fetch_add(1, Ordering::Relaxed);
@@ -899,8 +960,9 @@ async fn publish(cli: &Cli, a: &PublishArgs) -> anyhow::Result<PublishReport> {
             errors.clone(),
             a.clone(),
         );
+        let key = cli.key.clone();
         tasks.push(tokio::spawn(async move {
-            let mut conn = http::HttpConn::connect(addr).await?;
+            let mut conn = http::HttpConn::connect(addr, key.as_deref()).await?;
             let path = format!("/api/topics/{}", a.topic);
             let body = vec![b'x'; a.body_bytes.max(1)];
             let mut lat = Vec::new();

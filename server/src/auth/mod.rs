@@ -177,7 +177,7 @@ impl Authority {
                 }
             }
             Identity::Key(k) => {
-                if !self.keys.is_active(&k.id) {
+                if !self.keys.still_active(k) {
                     return Err(AuthError::Revoked);
                 }
                 k.grants.allows(action, topic)
@@ -198,7 +198,7 @@ impl Authority {
     pub fn check_admin(&self, who: &Identity) -> Result<Arc<KeyRecord>, AuthError> {
         match who {
             Identity::Anonymous => Err(AuthError::Missing),
-            Identity::Key(k) if !self.keys.is_active(&k.id) => Err(AuthError::Revoked),
+            Identity::Key(k) if !self.keys.still_active(k) => Err(AuthError::Revoked),
             Identity::Key(k) if k.grants.is_admin() => Ok(k.clone()),
             _ => Err(AuthError::AdminOnly),
         }
@@ -207,7 +207,7 @@ impl Authority {
     /// Whether `who` still stands (a revoked key does not).
     pub fn still_valid(&self, who: &Identity) -> bool {
         match who {
-            Identity::Key(k) => self.keys.is_active(&k.id),
+            Identity::Key(k) => self.keys.still_active(k),
             _ => true,
         }
     }

@@ -268,6 +268,8 @@ pub enum ErrorCode {
     TokenInUrl,
     /// A refreshed token names another user than the connection's.
     SubjectMismatch,
+    /// This user (or address) already holds as many connections as it may.
+    TooManyConnections,
 }
 
 impl ErrorCode {
@@ -294,6 +296,7 @@ impl ErrorCode {
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::TokenInUrl => "token_in_url",
             ErrorCode::SubjectMismatch => "subject_mismatch",
+            ErrorCode::TooManyConnections => "too_many_connections",
         }
     }
 }
@@ -337,6 +340,8 @@ pub mod close_code {
     pub const AUTH_TIMEOUT: u16 = 4004;
     /// The connection's token expired without a fresh one; get a new token, reconnect, resume.
     pub const TOKEN_EXPIRED: u16 = 4005;
+    /// The user already holds `--max-connections-per-user` sockets.
+    pub const TOO_MANY_CONNECTIONS: u16 = 4006;
 
     /// The reason text sent in the close frame for `code` (at most 123 bytes, as RFC 6455
     /// allows).
@@ -355,6 +360,7 @@ pub mod close_code {
             UNAUTHORIZED => "authentication failed",
             AUTH_TIMEOUT => "no auth frame in time",
             TOKEN_EXPIRED => "token expired: get a new token, reconnect and resume",
+            TOO_MANY_CONNECTIONS => "too many connections for this user",
             _ => "",
         }
     }
@@ -374,6 +380,7 @@ pub mod close_code {
         UNAUTHORIZED,
         AUTH_TIMEOUT,
         TOKEN_EXPIRED,
+        TOO_MANY_CONNECTIONS,
     ];
 }
 

@@ -43,10 +43,12 @@ pub async fn publish(
     State(state): State<AppState>,
     Path(topic): Path<String>,
     uri: axum::http::Uri,
+    ip: Option<axum::Extension<crate::listener::ClientIp>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    publish_to(&state, &topic, uri.query(), &headers, body).await
+    let peer = ip.map(|axum::Extension(crate::listener::ClientIp(ip))| ip);
+    publish_to(&state, &topic, uri.query(), peer, &headers, body).await
 }
 
 /// The topic of a `POST /api/topics/{topic}` path whose segment is already a valid topic (no
@@ -63,7 +65,11 @@ pub fn publish_route<'a>(method: &Method, path: &'a str) -> Option<&'a str> {
 /// Serves a publish that [`publish_route`] recognised, exactly as the routed handler would
 /// (same checks, same answers, same request timeout), minus the router's per-request work:
 /// matching, percent-decoding into a parameter map, and the extensions it inserts.
-pub async fn publish_direct<B>(state: AppState, req: http::Request<B>) -> Response
+pub async fn publish_direct<B>(
+    state: AppState,
+    req: http::Request<B>,
+    peer: Option<std::net::IpAddr>,
+) -> Response
 where
     B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
     B::Error: Into<axum::BoxError>,
@@ -75,7 +81,7 @@ where
     let query = parts.uri.query();
     match tokio::time::timeout(
         limit,
-        publish_to(&state, topic, query, &parts.headers, body),
+        publish_to(&state, topic, query, peer, &parts.headers, body),
     )
     .await
     {
@@ -103,6 +109,7 @@ async fn publish_to<B>(
     state: &AppState,
     topic: &str,
     query: Option<&str>,
+    peer: Option<std::net::IpAddr>,
     headers: &HeaderMap,
     body: B,
 ) -> Result<Response, ApiError>
@@ -114,6 +121,18 @@ where
     // Before the body is read: an unauthorized client gets its answer without sending it.
     let who = state.auth.from_request(headers, query)?;
     state.auth.check(&who, Action::Publish, topic)?;
+    if let Some(ip) = peer {
+        state
+            .limits
+            .publish_per_ip
+            .check(&ip)
+            .map_err(|wait| ApiError::RateLimited(wait, "too many publishes from this address"))?;
+    }
+    state
+        .limits
+        .publish_per_credential
+        .check(&who.rate_key())
+        .map_err(|wait| ApiError::RateLimited(wait, "too many publishes with these credentials"))?;
     let max = state.config.max_body_bytes;
     // A JSON envelope around a maximal body is allowed some room for the other fields.
     let limit = max + 8 * 1024;
@@ -567,6 +586,7 @@ fn key_error(e: crate::auth::keys::KeyError) -> ApiError {
 pub async fn websocket(
     State(state): State<AppState>,
     uri: axum::http::Uri,
+    ip: Option<axum::Extension<crate::listener::ClientIp>>,
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
@@ -575,6 +595,22 @@ pub async fn websocket(
     if let Some(q) = uri.query() {
         state.auth.from_request(&HeaderMap::new(), Some(q))?;
     }
+    let ip_slot = match ip {
+        Some(axum::Extension(crate::listener::ClientIp(ip))) => {
+            state.limits.connects_per_ip.check(&ip).map_err(|wait| {
+                ApiError::RateLimited(wait, "too many new connections from this address")
+            })?;
+            if state.config.max_connections_per_ip > 0 {
+                let slot = state.limits.conns_per_ip.acquire(ip).ok_or_else(|| {
+                    ApiError::TooManyConnections("too many connections from this address".into())
+                })?;
+                Some(Box::new(slot))
+            } else {
+                None
+            }
+        }
+        None => None,
+    };
     let Some((reg, rx)) = state.hub.register() else {
         return Err(ApiError::Unavailable(
             "connection limit reached; retry later".into(),
@@ -589,7 +625,9 @@ pub async fn websocket(
     let tracker = state.tracker.clone();
     Ok(ws
         .on_failed_upgrade(|e| tracing::debug!(error = %e, "websocket upgrade failed"))
-        .on_upgrade(move |socket| tracker.track_future(Session::new(state, reg, socket).run(rx))))
+        .on_upgrade(move |socket| {
+            tracker.track_future(Session::new(state, reg, socket).holding(ip_slot).run(rx))
+        }))
 }
 
 /// Browsers always send `Origin` on a WebSocket handshake; a page from another site must not
@@ -684,6 +722,7 @@ mod tests {
         );
         let config = crate::config::Config::for_tests();
         let state = AppState(Arc::new(crate::Shared {
+            limits: crate::limits::EdgeLimits::new(&config),
             hub: crate::hub::Hub::new(1, 1),
             store: store.clone(),
             leptos_options: leptos::config::LeptosOptions::builder()

@@ -138,6 +138,33 @@ pub struct Config {
     #[arg(long, env = "HERALD_PUBLIC_TOPICS", value_delimiter = ',')]
     pub public_topics: Vec<String>,
 
+    /// Publishes per second per API key or user (HTTP and socket), bursts of twice that;
+    /// beyond it 429 with Retry-After. 0: no limit.
+    #[arg(
+        long,
+        env = "HERALD_PUBLISH_PER_SEC_PER_CREDENTIAL",
+        default_value_t = 1000
+    )]
+    pub publish_per_sec_per_credential: u32,
+
+    /// HTTP publishes per second per client address (0: no limit). Off by default: behind a
+    /// load balancer every client has the balancer's address.
+    #[arg(long, env = "HERALD_PUBLISH_PER_SEC_PER_IP", default_value_t = 0)]
+    pub publish_per_sec_per_ip: u32,
+
+    /// New WebSocket connections per second per client address (0: no limit; see above).
+    #[arg(long, env = "HERALD_CONNECTS_PER_SEC_PER_IP", default_value_t = 0)]
+    pub connects_per_sec_per_ip: u32,
+
+    /// Open WebSockets per client address (0: no limit; see above).
+    #[arg(long, env = "HERALD_MAX_CONNECTIONS_PER_IP", default_value_t = 0)]
+    pub max_connections_per_ip: u32,
+
+    /// Open WebSockets per signed-in user (their tabs and devices); 0: no limit. API keys
+    /// are not counted (a backend may hold many).
+    #[arg(long, env = "HERALD_MAX_CONNECTIONS_PER_USER", default_value_t = 64)]
+    pub max_connections_per_user: u32,
+
     /// Milliseconds a new socket has to send its first frame (`auth`) before it is closed
     /// with 4004.
     #[arg(long, env = "HERALD_AUTH_TIMEOUT_MS", default_value_t = 10_000)]

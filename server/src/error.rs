@@ -29,6 +29,11 @@ pub enum ApiError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Auth(#[from] AuthError),
+    /// Over a rate limit; retry after this long.
+    #[error("{1}; retry in {0:?}")]
+    RateLimited(std::time::Duration, &'static str),
+    #[error("{0}")]
+    TooManyConnections(String),
 }
 
 impl From<ValidationError> for ApiError {
@@ -49,6 +54,8 @@ impl ApiError {
             ApiError::Store(StoreError::Closed | StoreError::Full(_)) => ErrorCode::Unavailable,
             ApiError::Store(_) => ErrorCode::Internal,
             ApiError::Auth(e) => e.code(),
+            ApiError::RateLimited(..) => ErrorCode::RateLimited,
+            ApiError::TooManyConnections(_) => ErrorCode::TooManyConnections,
         }
     }
 
@@ -64,6 +71,9 @@ impl ApiError {
             | ApiError::Store(StoreError::Full(_)) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::ForbiddenOrigin(_) => StatusCode::FORBIDDEN,
             ApiError::NotConfigured(_) => StatusCode::NOT_IMPLEMENTED,
+            ApiError::RateLimited(..) | ApiError::TooManyConnections(_) => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             ApiError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::Auth(
@@ -85,6 +95,10 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
+        let retry_after = match &self {
+            ApiError::RateLimited(wait, _) => Some(wait.as_secs_f64().ceil().max(1.0) as u64),
+            _ => None,
+        };
         // 500s are bugs or broken storage and are logged each time; 503s are states (a full
         // store, a dead writer that was logged once when it died) and would flood the log.
         if status == StatusCode::INTERNAL_SERVER_ERROR {
@@ -97,6 +111,10 @@ impl IntoResponse for ApiError {
             },
         };
         let mut resp = (status, Json(body)).into_response();
+        if let Some(secs) = retry_after {
+            resp.headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, secs.into());
+        }
         if status == StatusCode::UNAUTHORIZED {
             resp.headers_mut().insert(
                 axum::http::header::WWW_AUTHENTICATE,

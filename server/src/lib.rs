@@ -64,6 +64,8 @@ pub struct Shared {
     pub store: Arc<dyn Store>,
     /// Keys, tokens and the permission rules: every topic access is checked here.
     pub auth: Arc<auth::Authority>,
+    /// Rates and connection caps per credential, address and user.
+    pub limits: limits::EdgeLimits,
     pub leptos_options: LeptosOptions,
     /// Every connection task and session; shutdown waits on it.
     pub tracker: TaskTracker,
@@ -230,14 +232,29 @@ fn build(
 
     let leptos_options = leptos_options(&config, addr);
     let request_timeout = config.request_timeout();
+    let limits = limits::EdgeLimits::new(&config);
     let state = AppState(Arc::new(Shared {
         config,
         hub,
         store,
         auth: authority,
+        limits,
         leptos_options,
         tracker,
     }));
+    {
+        // Rate tables hold only recent callers.
+        let (state, cancel) = (state.clone(), cancel.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tick.tick() => state.limits.forget_idle(),
+                }
+            }
+        });
+    }
     let routes = generate_route_list(App);
     let loader = history_loader(state.clone());
     let opts = state.leptos_options.clone();
@@ -363,6 +380,7 @@ async fn serve(
             service: listener::Front {
                 router,
                 state: state.clone(),
+                peer: None,
             },
             permits: Arc::new(Semaphore::new(permits)),
             head_timeout: state.config.request_head_timeout(),

@@ -128,3 +128,196 @@ mod tests {
         assert_eq!(verdict, 10 + 20 + 1);
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// The edge: publishes per credential and per address, connections per address and per user.
+
+use governor::state::keyed::HashMapStateStore;
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+
+type Keyed<K> = RateLimiter<K, HashMapStateStore<K>, TokioClock, NoOpMiddleware<Duration>>;
+
+/// A rate per key (`per_sec` on average, bursts of twice that), or no limit when 0.
+pub struct KeyedRate<K: Hash + Eq + Clone> {
+    limiter: Option<Keyed<K>>,
+    clock: TokioClock,
+}
+
+impl<K: Hash + Eq + Clone> KeyedRate<K> {
+    pub fn new(per_sec: u32) -> Self {
+        let clock = TokioClock::default();
+        let limiter = NonZeroU32::new(per_sec).map(|rate| {
+            let burst = rate.saturating_mul(NonZeroU32::new(2).unwrap_or(NonZeroU32::MIN));
+            RateLimiter::hashmap_with_clock(
+                Quota::per_second(rate).allow_burst(burst),
+                clock.clone(),
+            )
+        });
+        Self { limiter, clock }
+    }
+
+    /// `Err(retry_after)` when `key` is over its rate.
+    pub fn check(&self, key: &K) -> Result<(), Duration> {
+        let Some(l) = &self.limiter else {
+            return Ok(());
+        };
+        l.check_key(key)
+            .map_err(|not_until| not_until.wait_time_from(self.clock.now()))
+    }
+
+    /// Forgets keys whose bucket is full again, so the table holds only recent callers.
+    pub fn forget_idle(&self) {
+        if let Some(l) = &self.limiter {
+            l.retain_recent();
+            l.shrink_to_fit();
+        }
+    }
+
+    pub fn tracked(&self) -> usize {
+        self.limiter.as_ref().map_or(0, |l| l.len())
+    }
+}
+
+/// How many connections each key (an address, a user) holds, capped; 0 means no cap.
+pub struct ConnCounter<K: Hash + Eq + Clone> {
+    max: u32,
+    held: Mutex<HashMap<K, u32>>,
+}
+
+/// One counted connection; released when dropped.
+pub struct ConnSlot<K: Hash + Eq + Clone> {
+    counter: Arc<ConnCounter<K>>,
+    key: K,
+}
+
+impl<K: Hash + Eq + Clone> ConnCounter<K> {
+    pub fn new(max: u32) -> Arc<Self> {
+        Arc::new(Self {
+            max,
+            held: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// A slot for `key`, or `None` when it already holds the maximum.
+    pub fn acquire(self: &Arc<Self>, key: K) -> Option<ConnSlot<K>> {
+        if self.max == 0 {
+            return Some(ConnSlot {
+                counter: self.clone(),
+                key,
+            });
+        }
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        let n = held.entry(key.clone()).or_insert(0);
+        if *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        Some(ConnSlot {
+            counter: self.clone(),
+            key,
+        })
+    }
+
+    pub fn held(&self, key: &K) -> u32 {
+        self.held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+impl<K: Hash + Eq + Clone> Drop for ConnSlot<K> {
+    fn drop(&mut self) {
+        if self.counter.max == 0 {
+            return;
+        }
+        let mut held = self.counter.held.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = held.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                held.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// Every edge limit, from the configuration.
+pub struct EdgeLimits {
+    /// HTTP and socket publishes per API key or user.
+    pub publish_per_credential: KeyedRate<String>,
+    /// HTTP publishes per client address.
+    pub publish_per_ip: KeyedRate<IpAddr>,
+    /// New WebSocket connections per client address.
+    pub connects_per_ip: KeyedRate<IpAddr>,
+    pub conns_per_ip: Arc<ConnCounter<IpAddr>>,
+    pub conns_per_user: Arc<ConnCounter<String>>,
+}
+
+impl EdgeLimits {
+    pub fn new(config: &crate::config::Config) -> Self {
+        Self {
+            publish_per_credential: KeyedRate::new(config.publish_per_sec_per_credential),
+            publish_per_ip: KeyedRate::new(config.publish_per_sec_per_ip),
+            connects_per_ip: KeyedRate::new(config.connects_per_sec_per_ip),
+            conns_per_ip: ConnCounter::new(config.max_connections_per_ip),
+            conns_per_user: ConnCounter::new(config.max_connections_per_user),
+        }
+    }
+
+    /// Forgets idle callers; run every minute.
+    pub fn forget_idle(&self) {
+        self.publish_per_credential.forget_idle();
+        self.publish_per_ip.forget_idle();
+        self.connects_per_ip.forget_idle();
+    }
+}
+
+#[cfg(test)]
+mod edge_tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_keyed_rate_refuses_with_a_retry_after_and_recovers() {
+        let r = KeyedRate::<String>::new(2);
+        let ana = "ana".to_owned();
+        assert!(
+            (0..4).all(|_| r.check(&ana).is_ok()),
+            "a burst of twice the rate"
+        );
+        let wait = r.check(&ana).unwrap_err();
+        assert!(
+            wait > Duration::ZERO && wait <= Duration::from_millis(500),
+            "{wait:?}"
+        );
+        assert!(r.check(&"bob".to_owned()).is_ok(), "keys are separate");
+        tokio::time::advance(wait).await;
+        assert!(r.check(&ana).is_ok());
+        tokio::time::advance(Duration::from_secs(10)).await;
+        r.forget_idle();
+        assert_eq!(r.tracked(), 0, "idle callers are forgotten");
+        assert!(
+            KeyedRate::<String>::new(0).check(&ana).is_ok(),
+            "0 means no limit"
+        );
+    }
+
+    #[test]
+    fn connection_counters_cap_and_release() {
+        let c = ConnCounter::new(2);
+        let a = c.acquire("ana".to_owned()).unwrap();
+        let _b = c.acquire("ana".to_owned()).unwrap();
+        assert!(c.acquire("ana".to_owned()).is_none());
+        assert!(c.acquire("bob".to_owned()).is_some());
+        drop(a);
+        assert_eq!(c.held(&"ana".to_owned()), 1);
+        assert!(c.acquire("ana".to_owned()).is_some());
+        let unlimited = ConnCounter::new(0);
+        let slots: Vec<_> = (0..100).map(|_| unlimited.acquire(1u8).unwrap()).collect();
+        assert_eq!(slots.len(), 100);
+    }
+}

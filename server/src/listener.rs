@@ -86,10 +86,10 @@ impl Listener {
             .header_read_timeout(self.head_timeout)
             .keep_alive(true);
         loop {
-            let stream = tokio::select! {
+            let (stream, peer) = tokio::select! {
                 _ = self.cancel.cancelled() => break,
                 accepted = self.listener.accept() => match accepted {
-                    Ok((stream, _peer)) => stream,
+                    Ok((stream, peer)) => (stream, peer),
                     Err(e) => {
                         accept_error(e).await;
                         continue;
@@ -105,7 +105,9 @@ impl Listener {
             // happens in the session, not in Nagle's algorithm.
             let _ = stream.set_nodelay(true);
             let io = TokioIo::new(Io::new(stream, permit, self.write_timeout));
-            let service = TowerToHyperService::new(self.service.clone());
+            let mut front = self.service.clone();
+            front.peer = Some(peer.ip());
+            let service = TowerToHyperService::new(front);
             let conn = http.serve_connection(io, service).with_upgrades();
             let cancel = self.cancel.clone();
             self.tracker.spawn(async move {
@@ -133,7 +135,13 @@ impl Listener {
 pub struct Front {
     pub router: Router,
     pub state: AppState,
+    /// The connection's client address (for per-address limits).
+    pub peer: Option<std::net::IpAddr>,
 }
+
+/// The client address of a routed request (a request extension).
+#[derive(Clone, Copy, Debug)]
+pub struct ClientIp(pub std::net::IpAddr);
 
 type Direct = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
 
@@ -146,13 +154,16 @@ impl tower::Service<Request<Incoming>> for Front {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+    fn call(&mut self, mut req: Request<Incoming>) -> Self::Future {
         if api::publish_route(req.method(), req.uri().path()).is_some() {
-            let state = self.state.clone();
+            let (state, peer) = (self.state.clone(), self.peer);
             Either::Left(Box::pin(async move {
-                Ok(api::publish_direct(state, req).await)
+                Ok(api::publish_direct(state, req, peer).await)
             }))
         } else {
+            if let Some(ip) = self.peer {
+                req.extensions_mut().insert(ClientIp(ip));
+            }
             Either::Right(tower::Service::call(&mut self.router, req))
         }
     }

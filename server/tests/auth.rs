@@ -567,3 +567,129 @@ async fn development_sign_in_exists_only_in_development_mode() {
     .await;
     assert_eq!((bad.status, bad.error_code().as_str()), (400, "bad_field"));
 }
+
+#[tokio::test]
+async fn publishes_over_the_rate_get_429_with_retry_after() {
+    let srv = server(Config {
+        publish_per_sec_per_credential: 2,
+        ..memory_config()
+    })
+    .await;
+    let statuses: Vec<u16> = {
+        let mut v = Vec::new();
+        for _ in 0..6 {
+            v.push(
+                http(srv.addr, "POST", "/api/topics/t", &[], b"x")
+                    .await
+                    .status,
+            );
+        }
+        v
+    };
+    assert_eq!(&statuses[..4], &[201; 4], "a burst of twice the rate");
+    let r = http(srv.addr, "POST", "/api/topics/t", &[], b"x").await;
+    assert_eq!((r.status, r.error_code().as_str()), (429, "rate_limited"));
+    let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=2).contains(&retry), "{retry}");
+    // Another credential has its own budget; so does the socket path of this one.
+    let other = key_with(&srv, &["publish:*"]);
+    let auth = bearer(&other);
+    assert_eq!(
+        http_as(
+            srv.addr,
+            "POST",
+            "/api/topics/t",
+            &[("Authorization", &auth)],
+            b"x"
+        )
+        .await
+        .status,
+        201
+    );
+    let mut c = Client::connect(&srv).await;
+    c.send(&ClientFrame::Publish {
+        topic: "t".into(),
+        message: app::protocol::NewNotification {
+            body: "x".into(),
+            ..Default::default()
+        },
+        id: Some(9),
+    })
+    .await;
+    assert!(matches!(
+        c.next().await,
+        ServerFrame::Error {
+            code: ErrorCode::RateLimited,
+            id: Some(9),
+            ..
+        }
+    ));
+}
+
+#[tokio::test]
+async fn connections_are_capped_per_address_and_per_user() {
+    let srv = server(Config {
+        max_connections_per_ip: 2,
+        max_connections_per_user: 2,
+        ..memory_config()
+    })
+    .await;
+    let ana = user_token(&srv, "ana", &["*"], &[], 600);
+    let a1 = Client::connect_with(&srv, &ana).await;
+    let mut a2 = Client::connect_with(&srv, &ana).await;
+    match tokio_tungstenite::connect_async(srv.ws_url()).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => assert_eq!(resp.status(), 429),
+        other => panic!("expected 429, got {:?}", other.map(|_| ())),
+    }
+    drop(a1);
+    eventually("the slot is freed", WAIT, || async {
+        srv.state.hub.connections() == 1
+    })
+    .await;
+    // Closing one frees its slots: the address and ana have room for one more.
+    let _a3 = Client::connect_with(&srv, &ana).await;
+    a2.subscribe("t", None).await;
+
+    // Per user, on a server without the address cap.
+    let srv = server(Config {
+        max_connections_per_user: 2,
+        ..memory_config()
+    })
+    .await;
+    let bo = user_token(&srv, "bo", &["*"], &[], 600);
+    let _b1 = Client::connect_with(&srv, &bo).await;
+    let _b2 = Client::connect_with(&srv, &bo).await;
+    let mut b3 = Client::connect_anonymous(&srv).await;
+    b3.send(&ClientFrame::Auth { token: bo.clone() }).await;
+    assert!(matches!(
+        b3.next().await,
+        ServerFrame::Error {
+            code: ErrorCode::TooManyConnections,
+            ..
+        }
+    ));
+    assert_eq!(
+        b3.closed_with().await,
+        Some(close_code::TOO_MANY_CONNECTIONS)
+    );
+    // Keys are not counted.
+    let _k: Vec<_> = futures::future::join_all((0..3).map(|_| Client::connect(&srv))).await;
+}
+
+#[tokio::test]
+async fn new_connections_are_rate_limited_per_address() {
+    let srv = server(Config {
+        connects_per_sec_per_ip: 1,
+        ..memory_config()
+    })
+    .await;
+    let _c1 = Client::connect_anonymous(&srv).await;
+    let _c2 = Client::connect_anonymous(&srv).await;
+    match tokio_tungstenite::connect_async(srv.ws_url()).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status(), 429);
+            assert!(resp.headers().contains_key("retry-after"));
+        }
+        other => panic!("expected 429, got {:?}", other.map(|_| ())),
+    }
+}

@@ -61,6 +61,15 @@ impl Identity {
         }
     }
 
+    /// The key publishes are rate-limited by.
+    pub fn rate_key(&self) -> String {
+        match self {
+            Identity::Key(k) => k.id.clone(),
+            Identity::User(u) => format!("user:{}", u.id),
+            Identity::Anonymous => "anonymous".into(),
+        }
+    }
+
     pub fn expires_at(&self) -> Option<i64> {
         match self {
             Identity::User(u) => Some(u.expires_at),

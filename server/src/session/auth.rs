@@ -16,7 +16,7 @@
 
 use super::{Session, Socket, Stop};
 use crate::auth::{Action, AuthError, Identity};
-use app::protocol::{close_code, ServerFrame};
+use app::protocol::{close_code, ErrorCode, ServerFrame};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -66,6 +66,20 @@ impl<S: Socket> Session<S> {
             if !matches!(current, Identity::Anonymous) && current.name() != who.name() {
                 let e = AuthError::SubjectMismatch(current.name());
                 return self.error(e.code(), &e.to_string(), None).await;
+            }
+        }
+        if let (Identity::User(u), None) = (&who, &self.user_slot) {
+            if self.state.config.max_connections_per_user > 0 {
+                let Some(slot) = self.state.limits.conns_per_user.acquire(u.id.clone()) else {
+                    let msg = format!(
+                        "{} already has {} connections open",
+                        u.id, self.state.config.max_connections_per_user
+                    );
+                    self.error(ErrorCode::TooManyConnections, &msg, None)
+                        .await?;
+                    return Err(Stop::Close(close_code::TOO_MANY_CONNECTIONS));
+                };
+                self.user_slot = Some(Box::new(slot));
             }
         }
         tracing::debug!(conn_id = self.reg.conn.id, user = %who.name(), first, "authenticated");

@@ -102,6 +102,13 @@ impl<S: Socket> Session<S> {
                 if let Err(e) = self.permit(crate::auth::Action::Publish, &topic) {
                     return self.error(e.code(), &e.to_string(), id).await;
                 }
+                if let Some(who) = self.identity.as_deref() {
+                    let limits = &self.state.limits;
+                    if let Err(wait) = limits.publish_per_credential.check(&who.rate_key()) {
+                        let msg = format!("too many publishes; retry in {} ms", wait.as_millis());
+                        return self.error(ErrorCode::RateLimited, &msg, id).await;
+                    }
+                }
                 match self.state.store.append(&topic, message, None).await {
                     Ok(a) => match id {
                         Some(id) => {

@@ -97,6 +97,10 @@ pub struct Session<S> {
     next_slot: u32,
     /// Who the connection is; `None` until the first frame.
     identity: Option<Arc<crate::auth::Identity>>,
+    /// Counted against the per-address and per-user caps while the session lives (boxed:
+    /// most deployments count neither, and idle sessions should not carry the space).
+    ip_slot: Option<Box<crate::limits::ConnSlot<std::net::IpAddr>>>,
+    user_slot: Option<Box<crate::limits::ConnSlot<String>>>,
     limit: FrameLimiter,
     /// Grown by `recv_many` on first use: idle connections never pay for it.
     batch: Vec<Outbound>,
@@ -113,9 +117,17 @@ impl<S: Socket> Session<S> {
             subs: Vec::new(),
             next_slot: 0,
             identity: None,
+            ip_slot: None,
+            user_slot: None,
             limit,
             batch: Vec::new(),
         }
+    }
+
+    /// Holds `slot` (the per-address cap) for the session's life.
+    pub fn holding(mut self, slot: Option<Box<crate::limits::ConnSlot<std::net::IpAddr>>>) -> Self {
+        self.ip_slot = slot;
+        self
     }
 
     /// Runs the connection to its end, closes it with the code that ended it (if it can still

@@ -123,7 +123,9 @@ fn fixture(config: Config) -> Fixture {
     let hub = Hub::new(config.max_connections, config.queue_frames);
     let auth =
         Arc::new(crate::auth::setup::authority(&config, "127.0.0.1:0".parse().unwrap()).unwrap());
+    let limits = crate::limits::EdgeLimits::new(&config);
     let state = AppState(Arc::new(crate::Shared {
+        limits,
         config,
         hub,
         store: store.clone(),
@@ -552,4 +554,33 @@ async fn an_authenticated_socket_is_not_closed_by_the_handshake_timeout() {
     ));
     tokio::time::sleep(Duration::from_secs(60)).await;
     assert!(!task.is_finished());
+}
+
+/// Every idle connection carries its session's future: keep it small (it was 1,536 bytes
+/// before authentication landed). Deterministic for a given compiler; printed for the record.
+#[tokio::test]
+async fn the_session_future_stays_small() {
+    let f = fixture(config());
+    let (in_tx, in_rx) = fmpsc::unbounded::<Result<Message, axum::Error>>();
+    let (out_tx, _out_rx) = fmpsc::channel(1);
+    let (reg, queue) = f.state.hub.register().unwrap();
+    let socket = FakeSocket {
+        inbound: in_rx,
+        outbound: out_tx,
+    };
+    let fut = Session::new(f.state.clone(), reg, socket).run(queue);
+    let size = std::mem::size_of_val(&fut);
+    println!("session future: {size} bytes");
+    drop(in_tx);
+    assert!(size <= 1600, "the session future grew to {size} bytes");
+}
+
+#[test]
+fn per_connection_sizes() {
+    println!(
+        "Conn {} Identity {} Session<FakeSocket> {}",
+        std::mem::size_of::<crate::hub::Conn>(),
+        std::mem::size_of::<crate::auth::Identity>(),
+        std::mem::size_of::<Session<FakeSocket>>()
+    );
 }

@@ -39,7 +39,8 @@ use token::TokenRefusal;
 #[derive(Clone, Debug)]
 pub enum Identity {
     Key(Arc<KeyRecord>),
-    User(User),
+    /// Boxed: every socket carries its identity, and most are keys or anonymous.
+    User(Box<User>),
     Anonymous,
 }
 
@@ -133,11 +134,11 @@ impl Authority {
             };
         }
         match self.tokens.verify(credential) {
-            Ok(claims) => Ok(Identity::User(User {
+            Ok(claims) => Ok(Identity::User(Box::new(User {
                 grants: claims.grants(),
                 id: claims.sub,
                 expires_at: claims.exp,
-            })),
+            }))),
             Err(TokenRefusal::Expired) => Err(AuthError::Expired),
             Err(TokenRefusal::Invalid(why)) => Err(AuthError::Invalid(why)),
         }

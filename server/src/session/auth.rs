@@ -36,7 +36,7 @@ impl<S: Socket> Session<S> {
     /// The first frame was not `auth`: anonymous where configured, refused (4003) where not.
     pub(super) async fn anonymous_or_close(&mut self) -> Result<(), Stop> {
         if self.state.auth.allow_anonymous {
-            self.identity = Some(Arc::new(Identity::Anonymous));
+            self.identity = Some(Identity::Anonymous);
             self.state.hub.set_deadline(&self.reg.conn, None, 0);
             return Ok(());
         }
@@ -62,7 +62,7 @@ impl<S: Socket> Session<S> {
                 };
             }
         };
-        if let Some(current) = self.identity.as_deref() {
+        if let Some(current) = self.identity.as_ref() {
             if !matches!(current, Identity::Anonymous) && current.name() != who.name() {
                 let e = AuthError::SubjectMismatch(current.name());
                 return self.error(e.code(), &e.to_string(), None).await;
@@ -70,7 +70,8 @@ impl<S: Socket> Session<S> {
         }
         if let (Identity::User(u), None) = (&who, &self.user_slot) {
             if self.state.config.max_connections_per_user > 0 {
-                let Some(slot) = self.state.limits.conns_per_user.acquire(u.id.clone()) else {
+                let key = self.state.limits.user_key(&u.id);
+                let Some(slot) = self.state.limits.conns_per_user.acquire(key) else {
                     let msg = format!(
                         "{} already has {} connections open",
                         u.id, self.state.config.max_connections_per_user
@@ -88,7 +89,7 @@ impl<S: Socket> Session<S> {
             user: who.name(),
             expires_at: who.expires_at(),
         };
-        self.identity = Some(Arc::new(who));
+        self.identity = Some(who);
         self.drop_forbidden_subs().await?;
         self.io.send(&frame).await
     }
@@ -146,20 +147,20 @@ impl<S: Socket> Session<S> {
 
     /// May this connection do `action` to `topic`?
     pub(super) fn permit(&self, action: Action, topic: &str) -> Result<(), AuthError> {
-        let who = self.identity.as_deref().unwrap_or(&ANONYMOUS);
+        let who = self.identity.as_ref().unwrap_or(&ANONYMOUS);
         self.state.auth.check(who, action, topic)
     }
 
-    /// A connection whose API key was revoked ends (checked before each write batch).
-    pub(super) async fn still_authorized(&mut self) -> Result<(), Stop> {
-        match self.identity.as_deref() {
-            Some(who @ Identity::Key(_)) if !self.state.auth.still_valid(who) => {
-                let e = AuthError::Revoked;
-                self.error(e.code(), &e.to_string(), None).await?;
-                Err(Stop::Close(close_code::UNAUTHORIZED))
-            }
-            _ => Ok(()),
-        }
+    /// Whether the connection's API key was revoked (checked before each write batch).
+    pub(super) fn key_revoked(&self) -> bool {
+        matches!(self.identity.as_ref(), Some(who @ Identity::Key(_)) if !self.state.auth.still_valid(who))
+    }
+
+    /// Tells the client its key was revoked and ends the connection (4003).
+    pub(super) async fn close_revoked(&mut self) -> Result<(), Stop> {
+        let e = AuthError::Revoked;
+        self.error(e.code(), &e.to_string(), None).await?;
+        Err(Stop::Close(close_code::UNAUTHORIZED))
     }
 
     /// The `token_expiring` frame for this connection's token, if it has one.

@@ -102,7 +102,7 @@ impl<S: Socket> Session<S> {
                 if let Err(e) = self.permit(crate::auth::Action::Publish, &topic) {
                     return self.error(e.code(), &e.to_string(), id).await;
                 }
-                if let Some(who) = self.identity.as_deref() {
+                if let Some(who) = self.identity.as_ref() {
                     let limits = &self.state.limits;
                     if let Err(wait) = limits.publish_per_credential.check(&who.rate_key()) {
                         let msg = format!("too many publishes; retry in {} ms", wait.as_millis());

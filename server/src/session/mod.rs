@@ -96,11 +96,12 @@ pub struct Session<S> {
     subs: Vec<Subscription>,
     next_slot: u32,
     /// Who the connection is; `None` until the first frame.
-    identity: Option<Arc<crate::auth::Identity>>,
+    /// 16 bytes: a key is shared, a user's claims are boxed.
+    identity: Option<crate::auth::Identity>,
     /// Counted against the per-address and per-user caps while the session lives (boxed:
     /// most deployments count neither, and idle sessions should not carry the space).
     ip_slot: Option<Box<crate::limits::ConnSlot<std::net::IpAddr>>>,
-    user_slot: Option<Box<crate::limits::ConnSlot<String>>>,
+    user_slot: Option<Box<crate::limits::ConnSlot<u64>>>,
     limit: FrameLimiter,
     /// Grown by `recv_many` on first use: idle connections never pay for it.
     batch: Vec<Outbound>,
@@ -242,7 +243,10 @@ impl<S: Socket> Session<S> {
     }
 
     async fn write_items(&mut self, batch: &mut [Outbound]) -> Result<(), Stop> {
-        self.still_authorized().await?;
+        if self.key_revoked() {
+            // Boxed: rare, and its future would otherwise sit in every idle session.
+            return Box::pin(self.close_revoked()).await;
+        }
         let mut fed = false;
         let mut written = 0u64;
         for item in batch.iter() {

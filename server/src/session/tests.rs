@@ -556,8 +556,10 @@ async fn an_authenticated_socket_is_not_closed_by_the_handshake_timeout() {
     assert!(!task.is_finished());
 }
 
-/// Every idle connection carries its session's future: keep it small (it was 1,536 bytes
-/// before authentication landed). Deterministic for a given compiler; printed for the record.
+/// Every idle connection carries its session's future: keep it small. 920 bytes in a debug
+/// build with the fake socket; an awaited rare path left inline (the revoked-key close) made
+/// it 1,240 and cost 0.6 KiB per connection in the 10k benchmark. Deterministic for a given
+/// compiler.
 #[tokio::test]
 async fn the_session_future_stays_small() {
     let f = fixture(config());
@@ -572,15 +574,12 @@ async fn the_session_future_stays_small() {
     let size = std::mem::size_of_val(&fut);
     println!("session future: {size} bytes");
     drop(in_tx);
-    assert!(size <= 1600, "the session future grew to {size} bytes");
+    assert!(size <= 1000, "the session future grew to {size} bytes");
 }
 
 #[test]
-fn per_connection_sizes() {
-    println!(
-        "Conn {} Identity {} Session<FakeSocket> {}",
-        std::mem::size_of::<crate::hub::Conn>(),
-        std::mem::size_of::<crate::auth::Identity>(),
-        std::mem::size_of::<Session<FakeSocket>>()
-    );
+fn what_every_connection_carries_stays_small() {
+    // An identity is a shared key, a boxed user or nothing: 16 bytes in every session.
+    assert_eq!(std::mem::size_of::<crate::auth::Identity>(), 16);
+    assert!(std::mem::size_of::<crate::hub::Conn>() <= 80);
 }

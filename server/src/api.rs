@@ -180,7 +180,7 @@ where
 /// The request headers a publish reads, found in one pass over the headers (a lookup by a
 /// string name parses and hashes the name, and a publish would make ten of them).
 #[derive(Default)]
-struct PublishHeaders<'a> {
+pub(crate) struct PublishHeaders<'a> {
     json: bool,
     title: Option<&'a str>,
     priority: Option<&'a str>,
@@ -190,7 +190,7 @@ struct PublishHeaders<'a> {
 }
 
 impl<'a> PublishHeaders<'a> {
-    fn read(headers: &'a HeaderMap) -> Result<Self, ApiError> {
+    pub(crate) fn read(headers: &'a HeaderMap) -> Result<Self, ApiError> {
         let mut h = Self::default();
         for (name, value) in headers {
             // Header names arrive lowercased.
@@ -228,7 +228,7 @@ impl<'a> PublishHeaders<'a> {
     }
 
     /// The notification a plain-text publish describes (ntfy style).
-    fn into_notification(self, body: String) -> Result<NewNotification, ApiError> {
+    pub(crate) fn into_notification(self, body: String) -> Result<NewNotification, ApiError> {
         let priority = match self.priority {
             None => None,
             Some(p) => Some(p.parse::<u8>().map_err(|_| {

@@ -27,6 +27,9 @@ pub mod listener;
 pub mod session;
 pub mod store;
 
+#[cfg(test)]
+mod fuzz;
+
 use crate::config::{Config, StoreKind};
 use crate::hooks::Hooks;
 use crate::hub::Hub;

@@ -171,7 +171,7 @@ fn read_error(e: axum::Error) -> Stop {
 }
 
 /// Tells a frame with an unknown `type` apart from one that is not valid at all.
-pub(super) fn classify_parse_error(text: &str, err: &serde_json::Error) -> (ErrorCode, String) {
+pub(crate) fn classify_parse_error(text: &str, err: &serde_json::Error) -> (ErrorCode, String) {
     const KNOWN: &[&str] = &["auth", "subscribe", "unsubscribe", "publish", "ping"];
     match serde_json::from_str::<serde_json::Value>(text) {
         Ok(v) => match v.get("type").and_then(|t| t.as_str()) {

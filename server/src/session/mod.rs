@@ -35,6 +35,7 @@ mod dispatch;
 mod resume;
 
 pub use connection::{Socket, CLOSE_TIMEOUT};
+#[cfg(test)]
 pub(crate) use dispatch::classify_parse_error;
 
 use crate::hub::{Outbound, Registration};

@@ -200,6 +200,7 @@ struct Built {
     state: AppState,
     /// The TCP connection cap.
     permits: usize,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 /// Builds the store, the hub and the router, and starts the background tasks (which stop on
@@ -211,6 +212,10 @@ fn build(
     cancel: &CancellationToken,
 ) -> anyhow::Result<Built> {
     let permits = clamp_connections(&mut config);
+    let tls = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => Some(listener::tls_acceptor(cert, key)?),
+        _ => None,
+    };
     config.hard_frame_bytes = config.hard_frame_bytes.max(config.max_frame_bytes);
     let authority = Arc::new(auth::setup::authority(&config, addr)?);
     if config.db != std::path::Path::new(":memory:") {
@@ -294,6 +299,7 @@ fn build(
         router,
         state,
         permits,
+        tls,
     })
 }
 
@@ -374,9 +380,11 @@ async fn serve(
         router,
         state,
         permits,
+        tls,
     } = built;
     let addr = listener.local_addr()?;
     let grace = Duration::from_secs(state.config.shutdown_grace_secs);
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let accept = tokio::spawn(
         listener::Listener {
             listener,
@@ -385,6 +393,7 @@ async fn serve(
                 state: state.clone(),
                 peer: None,
             },
+            tls,
             permits: Arc::new(Semaphore::new(permits)),
             head_timeout: state.config.request_head_timeout(),
             write_timeout: state.config.write_timeout(),
@@ -393,7 +402,7 @@ async fn serve(
         }
         .run(),
     );
-    tracing::info!(%addr, "herald listening on http://{addr}");
+    tracing::info!(%addr, "herald listening on {scheme}://{addr}");
     let outcome = tokio::select! {
         _ = shutdown => {
             tracing::info!("shutting down: closing connections with 1001");

@@ -14,6 +14,10 @@
 //! - **Graceful shutdown**: on cancel, accepting stops and every HTTP connection finishes its
 //!   in-flight request (so an accepted publish is still acknowledged) and closes.
 //!
+//! - **Optional TLS** (rustls): with a certificate and key, every connection is TLS (https and
+//!   wss without a proxy); the handshake runs in the connection's task under the request-head
+//!   deadline, so a client that stalls it only holds its own slot.
+//!
 //! Only HTTP/1.1 is served: browsers, curl and load balancers speak it to a backend, and it is
 //! what WebSockets upgrade from.
 
@@ -21,7 +25,7 @@ use crate::{api, AppState};
 use axum::response::Response;
 use axum::routing::future::RouteFuture;
 use axum::Router;
-use futures::future::Either;
+use futures::future::Either as FutEither;
 use hyper::body::Incoming;
 use hyper::Request;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -37,6 +41,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Sleep;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -66,9 +72,33 @@ pub fn bind(addr: std::net::SocketAddr) -> io::Result<TcpListener> {
     socket.listen(LISTEN_BACKLOG)
 }
 
+/// A TLS acceptor for the PEM certificate chain and private key at these paths.
+pub fn tls_acceptor(cert: &std::path::Path, key: &std::path::Path) -> anyhow::Result<TlsAcceptor> {
+    use anyhow::Context as _;
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_file_iter(cert)
+        .with_context(|| format!("reading the TLS certificate {}", cert.display()))?
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("parsing the TLS certificate {}", cert.display()))?;
+    let key = PrivateKeyDer::from_pem_file(key)
+        .with_context(|| format!("reading the TLS key {}", key.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .context("the TLS certificate and key do not match")?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
 pub struct Listener {
     pub listener: TcpListener,
     pub service: Front,
+    /// TLS for every connection, when configured.
+    pub tls: Option<TlsAcceptor>,
     /// One permit per TCP connection; held by the connection's [`Io`] until it closes.
     pub permits: Arc<Semaphore>,
     pub head_timeout: Duration,
@@ -104,13 +134,30 @@ impl Listener {
             // Notifications are small and latency matters more than packet count; coalescing
             // happens in the session, not in Nagle's algorithm.
             let _ = stream.set_nodelay(true);
-            let io = TokioIo::new(Io::new(stream, permit, self.write_timeout));
+            let io = Io::new(stream, permit, self.write_timeout);
             let mut front = self.service.clone();
             front.peer = Some(peer.ip());
             let service = TowerToHyperService::new(front);
-            let conn = http.serve_connection(io, service).with_upgrades();
-            let cancel = self.cancel.clone();
+            let (cancel, http, tls) = (self.cancel.clone(), http.clone(), self.tls.clone());
+            let head_timeout = self.head_timeout;
             self.tracker.spawn(async move {
+                let io = match tls {
+                    None => Either::Left(io),
+                    Some(tls) => match tokio::time::timeout(head_timeout, tls.accept(io)).await {
+                        Ok(Ok(stream)) => Either::Right(stream),
+                        Ok(Err(e)) => {
+                            tracing::debug!(error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!("TLS handshake too slow: closing");
+                            return;
+                        }
+                    },
+                };
+                let conn = http
+                    .serve_connection(TokioIo::new(io), service)
+                    .with_upgrades();
                 let mut conn = std::pin::pin!(conn);
                 let result = tokio::select! {
                     r = conn.as_mut() => r,
@@ -148,7 +195,7 @@ type Direct = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>
 impl tower::Service<Request<Incoming>> for Front {
     type Response = Response;
     type Error = Infallible;
-    type Future = Either<Direct, RouteFuture<Infallible>>;
+    type Future = FutEither<Direct, RouteFuture<Infallible>>;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         Poll::Ready(Ok(()))
@@ -157,14 +204,14 @@ impl tower::Service<Request<Incoming>> for Front {
     fn call(&mut self, mut req: Request<Incoming>) -> Self::Future {
         if api::publish_route(req.method(), req.uri().path()).is_some() {
             let (state, peer) = (self.state.clone(), self.peer);
-            Either::Left(Box::pin(async move {
+            FutEither::Left(Box::pin(async move {
                 Ok(api::publish_direct(state, req, peer).await)
             }))
         } else {
             if let Some(ip) = self.peer {
                 req.extensions_mut().insert(ClientIp(ip));
             }
-            Either::Right(tower::Service::call(&mut self.router, req))
+            FutEither::Right(tower::Service::call(&mut self.router, req))
         }
     }
 }

@@ -463,6 +463,18 @@ fn token(f: &Fixture, user: &str, ttl_secs: u64) -> String {
         .unwrap()
 }
 
+/// Takes the welcome, authenticates as ana with a token valid for `ttl_secs`.
+async fn sign_in(f: &Fixture, client: &mut FakeClient, ttl_secs: u64) {
+    welcomed(client).await;
+    client.send(&ClientFrame::Auth {
+        token: token(f, "ana", ttl_secs),
+    });
+    assert!(matches!(
+        client.frame().await,
+        ServerFrame::Authenticated { .. }
+    ));
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_token_is_warned_before_it_expires_and_a_refresh_moves_the_deadline() {
     let f = fixture(Config {
@@ -473,14 +485,7 @@ async fn a_token_is_warned_before_it_expires_and_a_refresh_moves_the_deadline() 
     });
     let _sweep = deadlines(&f);
     let (mut client, _task, _conn) = f.connect(64);
-    welcomed(&mut client).await;
-    client.send(&ClientFrame::Auth {
-        token: token(&f, "ana", 30),
-    });
-    assert!(matches!(
-        client.frame().await,
-        ServerFrame::Authenticated { .. }
-    ));
+    sign_in(&f, &mut client, 30).await;
     let start = tokio::time::Instant::now();
     assert!(matches!(
         client.frame().await,
@@ -544,14 +549,7 @@ async fn an_authenticated_socket_is_not_closed_by_the_handshake_timeout() {
     });
     let _sweep = deadlines(&f);
     let (mut client, task, _conn) = f.connect(64);
-    welcomed(&mut client).await;
-    client.send(&ClientFrame::Auth {
-        token: token(&f, "ana", 3600),
-    });
-    assert!(matches!(
-        client.frame().await,
-        ServerFrame::Authenticated { .. }
-    ));
+    sign_in(&f, &mut client, 3600).await;
     tokio::time::sleep(Duration::from_secs(60)).await;
     assert!(!task.is_finished());
 }

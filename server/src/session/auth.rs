@@ -69,9 +69,9 @@ impl<S: Socket> Session<S> {
             }
         }
         if let (Identity::User(u), None) = (&who, &self.user_slot) {
-            if self.state.config.max_connections_per_user > 0 {
-                let key = self.state.limits.user_key(&u.id);
-                let Some(slot) = self.state.limits.conns_per_user.acquire(key) else {
+            match self.state.limits.conns_per_user.acquire(&u.id) {
+                Ok(counter) => self.user_slot = counter,
+                Err(()) => {
                     let msg = format!(
                         "{} already has {} connections open",
                         u.id, self.state.config.max_connections_per_user
@@ -79,8 +79,7 @@ impl<S: Socket> Session<S> {
                     self.error(ErrorCode::TooManyConnections, &msg, None)
                         .await?;
                     return Err(Stop::Close(close_code::TOO_MANY_CONNECTIONS));
-                };
-                self.user_slot = Some(Box::new(slot));
+                }
             }
         }
         tracing::debug!(conn_id = self.reg.conn.id, user = %who.name(), first, "authenticated");

@@ -103,7 +103,8 @@ pub struct Session<S> {
     /// Counted against the per-address and per-user caps while the session lives (boxed:
     /// most deployments count neither, and idle sessions should not carry the space).
     ip_slot: Option<Box<crate::limits::ConnSlot<std::net::IpAddr>>>,
-    user_slot: Option<Box<crate::limits::ConnSlot<u64>>>,
+    /// The per-user counter this socket holds, released when it ends.
+    user_slot: Option<u32>,
     limit: FrameLimiter,
     /// Grown by `recv_many` on first use: idle connections never pay for it.
     batch: Vec<Outbound>,
@@ -165,6 +166,9 @@ impl<S: Socket> Session<S> {
         if let Stop::Close(code) = stop {
             tracing::debug!(conn_id, code, "closing");
             self.io.close(code).await;
+        }
+        if let Some(counter) = self.user_slot.take() {
+            self.state.limits.conns_per_user.release(counter);
         }
         for sub in self.subs.drain(..) {
             if sub.registered() {

@@ -86,6 +86,26 @@ proptest! {
         }
     }
 
+    /// A JSON publish body of any bytes is a notification or a typed refusal.
+    #[test]
+    fn any_publish_body_parses_or_is_refused(bytes in proptest::collection::vec(any::<u8>(), 0..300),
+                                             frame in client_frame()) {
+        if let Ok(n) = serde_json::from_slice::<NewNotification>(&bytes) {
+            let _ = n.validate(1024);
+        }
+        // A real notification with a byte flipped.
+        if let ClientFrame::Publish { message, .. } = frame {
+            let mut json = serde_json::to_vec(&message).unwrap();
+            if !json.is_empty() {
+                let i = bytes.first().map_or(0, |b| *b as usize % json.len());
+                json[i] ^= 0x20;
+            }
+            if let Ok(n) = serde_json::from_slice::<NewNotification>(&json) {
+                let _ = n.validate(1024);
+            }
+        }
+    }
+
     /// Random strings are never a valid token or key, and checking them never panics.
     #[test]
     fn random_credentials_are_refused(s in ".{0,400}", dotted in "[A-Za-z0-9_-]{0,60}\\.[A-Za-z0-9_-]{0,200}\\.[A-Za-z0-9_-]{0,90}") {

@@ -95,6 +95,8 @@ pub struct Keys {
     generation: std::sync::atomic::AtomicU64,
     /// `PRAGMA data_version` at the last reload.
     seen_version: Mutex<i64>,
+    /// [`fingerprint`] of the table at the last reload.
+    seen_print: Mutex<(i64, i64, i64)>,
 }
 
 impl Keys {
@@ -126,6 +128,7 @@ impl Keys {
             cache: RwLock::new(HashMap::new()),
             generation: std::sync::atomic::AtomicU64::new(0),
             seen_version: Mutex::new(-1),
+            seen_print: Mutex::new((-1, -1, -1)),
         };
         keys.reload()?;
         Ok(keys)
@@ -139,6 +142,7 @@ impl Keys {
     fn reload(&self) -> Result<(), KeyError> {
         let conn = self.lock();
         let version: i64 = conn.query_row("PRAGMA data_version", [], |r| r.get(0))?;
+        let print = fingerprint(&conn)?;
         let mut stmt = conn
             .prepare_cached("SELECT id, name, hash, scopes, created, revoked, dev FROM api_keys")?;
         let rows = stmt.query_map([], |r| {
@@ -184,17 +188,28 @@ impl Keys {
         self.generation
             .store(generation, std::sync::atomic::Ordering::Release);
         *self.seen_version.lock().unwrap_or_else(|p| p.into_inner()) = version;
+        *self.seen_print.lock().unwrap_or_else(|p| p.into_inner()) = print;
         drop(conn);
         Ok(())
     }
 
     /// Reloads if another connection committed since the last look. Blocking (SQLite).
+    ///
+    /// `data_version` changes with any commit to the database, the notification store's
+    /// included (every group commit, when they share the file), so a change is confirmed by a
+    /// fingerprint of the key table before the table is read again.
     pub fn reload_if_changed(&self) -> Result<bool, KeyError> {
-        let version: i64 = self
-            .lock()
-            .query_row("PRAGMA data_version", [], |r| r.get(0))?;
-        let seen = *self.seen_version.lock().unwrap_or_else(|p| p.into_inner());
-        if version == seen {
+        let (version, print) = {
+            let conn = self.lock();
+            let version: i64 = conn.query_row("PRAGMA data_version", [], |r| r.get(0))?;
+            let seen = *self.seen_version.lock().unwrap_or_else(|p| p.into_inner());
+            if version == seen {
+                return Ok(false);
+            }
+            (version, fingerprint(&conn)?)
+        };
+        if print == *self.seen_print.lock().unwrap_or_else(|p| p.into_inner()) {
+            *self.seen_version.lock().unwrap_or_else(|p| p.into_inner()) = version;
             return Ok(false);
         }
         self.reload()?;
@@ -355,6 +370,16 @@ impl Keys {
     }
 }
 
+/// What changes whenever a key is added or revoked: how many keys, how many revoked, and the
+/// newest time either happened.
+fn fingerprint(conn: &Connection) -> Result<(i64, i64, i64), rusqlite::Error> {
+    conn.prepare_cached(
+        "SELECT count(*), count(revoked), max(coalesce(max(created), 0), coalesce(max(revoked), 0))
+         FROM api_keys",
+    )?
+    .query_row([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+}
+
 /// Whether `s` looks like an API key (rather than a JWT).
 pub fn looks_like_key(s: &str) -> bool {
     s.starts_with(PREFIX)
@@ -417,7 +442,7 @@ pub async fn watch(keys: Arc<Keys>, cancel: tokio_util::sync::CancellationToken)
         }
         let k = keys.clone();
         match tokio::task::spawn_blocking(move || k.reload_if_changed()).await {
-            Ok(Ok(true)) => tracing::info!("API keys reloaded"),
+            Ok(Ok(true)) => tracing::debug!("API keys reloaded"),
             Ok(Ok(false)) => {}
             Ok(Err(e)) => tracing::error!(error = %e, "reloading API keys failed"),
             Err(_) => return,
@@ -484,6 +509,14 @@ mod tests {
         assert!(server.reload_if_changed().unwrap());
         assert!(server.verify(&key).is_ok());
         assert!(!server.reload_if_changed().unwrap(), "nothing changed");
+        // Another commit to the same file that is not about keys: no reload.
+        {
+            let other = Connection::open(&path).unwrap();
+            other
+                .execute_batch("CREATE TABLE unrelated (x); INSERT INTO unrelated VALUES (1);")
+                .unwrap();
+        }
+        assert!(!server.reload_if_changed().unwrap(), "an unrelated commit");
         cli.revoke(&rec.id).unwrap();
         assert!(server.reload_if_changed().unwrap());
         assert_eq!(server.verify(&key).unwrap_err(), KeyRefusal::Revoked);

@@ -160,6 +160,11 @@ pub struct Config {
     #[arg(long, env = "HERALD_MAX_CONNECTIONS_PER_IP", default_value_t = 0)]
     pub max_connections_per_ip: u32,
 
+    /// Addresses of trusted proxies (comma separated, exact IPs): for connections from them,
+    /// per-address limits use the client address in `X-Forwarded-For`.
+    #[arg(long, env = "HERALD_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<std::net::IpAddr>,
+
     /// Open WebSockets per signed-in user (their tabs and devices); 0: no limit. API keys
     /// are not counted (a backend may hold many).
     #[arg(long, env = "HERALD_MAX_CONNECTIONS_PER_USER", default_value_t = 64)]

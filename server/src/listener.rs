@@ -207,18 +207,48 @@ impl tower::Service<Request<Incoming>> for Front {
     }
 
     fn call(&mut self, mut req: Request<Incoming>) -> Self::Future {
+        let peer = self
+            .peer
+            .map(|ip| client_ip(ip, req.headers(), &self.state.config.trusted_proxies));
         if api::publish_route(req.method(), req.uri().path()).is_some() {
-            let (state, peer) = (self.state.clone(), self.peer);
+            let state = self.state.clone();
             FutEither::Left(Box::pin(async move {
                 Ok(api::publish_direct(state, req, peer).await)
             }))
         } else {
-            if let Some(ip) = self.peer {
+            if let Some(ip) = peer {
                 req.extensions_mut().insert(ClientIp(ip));
             }
             FutEither::Right(tower::Service::call(&mut self.router, req))
         }
     }
+}
+
+/// The client's address: the peer's, or, when the peer is a trusted proxy, the rightmost
+/// `X-Forwarded-For` entry that is not a trusted proxy itself (entries further left were
+/// written by the client and prove nothing).
+pub fn client_ip(
+    peer: std::net::IpAddr,
+    headers: &http::HeaderMap,
+    trusted: &[std::net::IpAddr],
+) -> std::net::IpAddr {
+    if trusted.is_empty() || !trusted.contains(&peer) {
+        return peer;
+    }
+    let mut client = peer;
+    for value in headers.get_all("x-forwarded-for").iter().rev() {
+        let Ok(value) = value.to_str() else {
+            return client;
+        };
+        for hop in value.rsplit(',') {
+            match hop.trim().parse::<std::net::IpAddr>() {
+                Ok(ip) if trusted.contains(&ip) => client = ip,
+                Ok(ip) => return ip,
+                Err(_) => return client,
+            }
+        }
+    }
+    client
 }
 
 async fn accept_error(e: io::Error) {
@@ -344,6 +374,29 @@ pub type ServerIo = Io<TcpStream>;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_client_address_comes_from_trusted_proxies_only() {
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        let lb = ip("10.0.0.1");
+        let mut h = http::HeaderMap::new();
+        h.insert("x-forwarded-for", "1.1.1.1, 2.2.2.2".parse().unwrap());
+        // Not trusted: the peer, whatever the header says.
+        assert_eq!(client_ip(lb, &h, &[]), lb);
+        assert_eq!(client_ip(ip("9.9.9.9"), &h, &[lb]), ip("9.9.9.9"));
+        // Trusted: the rightmost hop (the one the proxy saw), not the client's own claim.
+        assert_eq!(client_ip(lb, &h, &[lb]), ip("2.2.2.2"));
+        // Chained proxies are skipped.
+        h.insert(
+            "x-forwarded-for",
+            "1.1.1.1, 2.2.2.2, 10.0.0.2".parse().unwrap(),
+        );
+        assert_eq!(client_ip(lb, &h, &[lb, ip("10.0.0.2")]), ip("2.2.2.2"));
+        // Garbage stops the walk at the last trusted hop; no header means the peer.
+        h.insert("x-forwarded-for", "nonsense".parse().unwrap());
+        assert_eq!(client_ip(lb, &h, &[lb]), lb);
+        assert_eq!(client_ip(lb, &http::HeaderMap::new(), &[lb]), lb);
+    }
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     #[tokio::test(start_paused = true)]

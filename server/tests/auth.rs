@@ -693,3 +693,33 @@ async fn new_connections_are_rate_limited_per_address() {
         other => panic!("expected 429, got {:?}", other.map(|_| ())),
     }
 }
+
+#[tokio::test]
+async fn behind_a_trusted_proxy_per_address_limits_count_the_forwarded_client() {
+    let srv = server(Config {
+        max_connections_per_ip: 1,
+        trusted_proxies: vec!["127.0.0.1".parse().unwrap()],
+        ..memory_config()
+    })
+    .await;
+    let open = |client: &'static str| {
+        let url = srv.ws_url();
+        async move {
+            let mut req =
+                tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(url)
+                    .unwrap();
+            req.headers_mut()
+                .insert("X-Forwarded-For", client.parse().unwrap());
+            tokio_tungstenite::connect_async(req)
+                .await
+                .map(|(ws, _)| ws)
+        }
+    };
+    // Two clients behind the same proxy address: one socket each.
+    let _a = open("203.0.113.1").await.expect("first client");
+    let _b = open("203.0.113.2").await.expect("second client");
+    match open("203.0.113.1").await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => assert_eq!(resp.status(), 429),
+        other => panic!("expected 429, got {:?}", other.map(|_| ())),
+    }
+}

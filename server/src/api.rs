@@ -133,8 +133,7 @@ where
     }
     state
         .limits
-        .publish_per_credential
-        .check(&who.rate_key())
+        .publish(&who)
         .map_err(|wait| ApiError::RateLimited(wait, "too many publishes with these credentials"))?;
     let max = state.config.max_body_bytes;
     // A JSON envelope around a maximal body is allowed some room for the other fields.

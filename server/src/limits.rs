@@ -140,6 +140,9 @@ use std::sync::{Arc, Mutex};
 
 type Keyed<K> = RateLimiter<K, HashMapStateStore<K>, TokioClock, NoOpMiddleware<Duration>>;
 
+/// One caller's own bucket (an API key keeps one in its record: no hashing or lock per check).
+pub type DirectRate = RateLimiter<NotKeyed, InMemoryState, TokioClock, NoOpMiddleware<Duration>>;
+
 /// A rate per key (`per_sec` on average, bursts of twice that), or no limit when 0.
 pub struct KeyedRate<K: Hash + Eq + Clone> {
     limiter: Option<Keyed<K>>,
@@ -149,13 +152,7 @@ pub struct KeyedRate<K: Hash + Eq + Clone> {
 impl<K: Hash + Eq + Clone> KeyedRate<K> {
     pub fn new(per_sec: u32) -> Self {
         let clock = TokioClock::default();
-        let limiter = NonZeroU32::new(per_sec).map(|rate| {
-            let burst = rate.saturating_mul(NonZeroU32::new(2).unwrap_or(NonZeroU32::MIN));
-            RateLimiter::hashmap_with_clock(
-                Quota::per_second(rate).allow_burst(burst),
-                clock.clone(),
-            )
-        });
+        let limiter = quota(per_sec).map(|q| RateLimiter::hashmap_with_clock(q, clock.clone()));
         Self { limiter, clock }
     }
 
@@ -179,6 +176,14 @@ impl<K: Hash + Eq + Clone> KeyedRate<K> {
     pub fn tracked(&self) -> usize {
         self.limiter.as_ref().map_or(0, |l| l.len())
     }
+}
+
+/// `per_sec` with bursts of twice that; `None` for 0 (no limit).
+fn quota(per_sec: u32) -> Option<Quota> {
+    NonZeroU32::new(per_sec).map(|rate| {
+        let burst = rate.saturating_mul(NonZeroU32::new(2).unwrap_or(NonZeroU32::MIN));
+        Quota::per_second(rate).allow_burst(burst)
+    })
 }
 
 /// How many connections each key (an address, a user) holds, capped; 0 means no cap.
@@ -248,8 +253,10 @@ impl<K: Hash + Eq + Clone> Drop for ConnSlot<K> {
 
 /// Every edge limit, from the configuration.
 pub struct EdgeLimits {
-    /// HTTP and socket publishes per API key or user.
+    /// HTTP and socket publishes per user; per API key, the key's record holds the bucket.
     pub publish_per_credential: KeyedRate<String>,
+    publish_quota: Option<Quota>,
+    clock: TokioClock,
     /// HTTP publishes per client address.
     pub publish_per_ip: KeyedRate<IpAddr>,
     /// New WebSocket connections per client address.
@@ -325,10 +332,29 @@ impl EdgeLimits {
     pub fn new(config: &crate::config::Config) -> Self {
         Self {
             publish_per_credential: KeyedRate::new(config.publish_per_sec_per_credential),
+            publish_quota: quota(config.publish_per_sec_per_credential),
+            clock: TokioClock::default(),
             publish_per_ip: KeyedRate::new(config.publish_per_sec_per_ip),
             connects_per_ip: KeyedRate::new(config.connects_per_sec_per_ip),
             conns_per_ip: ConnCounter::new(config.max_connections_per_ip),
             conns_per_user: UserConns::new(config.max_connections_per_user),
+        }
+    }
+
+    /// Counts one publish by `who`; `Err(retry_after)` over the rate. A key's bucket lives in
+    /// its record (no hashing or lock per check; made on first use, and afresh after a key
+    /// table reload), a user's in the keyed table.
+    pub fn publish(&self, who: &crate::auth::Identity) -> Result<(), Duration> {
+        let Some(quota) = self.publish_quota else {
+            return Ok(());
+        };
+        match who {
+            crate::auth::Identity::Key(k) => k
+                .publish_rate
+                .get_or_init(|| RateLimiter::direct_with_clock(quota, self.clock.clone()))
+                .check()
+                .map_err(|not_until| not_until.wait_time_from(self.clock.now())),
+            other => self.publish_per_credential.check(&other.rate_key()),
         }
     }
 

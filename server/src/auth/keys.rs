@@ -74,6 +74,9 @@ pub struct KeyRecord {
     /// The [`Keys`] reload this record came from.
     #[serde(skip)]
     generation: u64,
+    /// This key's publish bucket (see [`crate::limits::EdgeLimits::publish`]).
+    #[serde(skip)]
+    pub(crate) publish_rate: Arc<std::sync::OnceLock<crate::limits::DirectRate>>,
 }
 
 fn scopes<S: serde::Serializer>(g: &Grants, s: S) -> Result<S::Ok, S::Error> {
@@ -159,6 +162,15 @@ impl Keys {
             ))
         })?;
         let generation = self.generation.load(std::sync::atomic::Ordering::Acquire) + 1;
+        // A key's publish bucket outlives reloads: adding or revoking another key must not
+        // hand this one a fresh burst.
+        let buckets: HashMap<String, Arc<std::sync::OnceLock<crate::limits::DirectRate>>> = self
+            .cache
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(id, rec)| (id.clone(), rec.publish_rate.clone()))
+            .collect();
         let mut map = HashMap::new();
         for row in rows {
             let (id, name, hash, scopes, created, revoked, dev) = row?;
@@ -178,6 +190,7 @@ impl Keys {
                 hash,
                 proven: std::sync::OnceLock::new(),
                 generation,
+                publish_rate: buckets.get(&id).cloned().unwrap_or_default(),
             };
             map.insert(id, Arc::new(rec));
         }
@@ -278,6 +291,7 @@ impl Keys {
             hash: digest(secret),
             proven: std::sync::OnceLock::new(),
             generation: 0,
+            publish_rate: Arc::default(),
         };
         self.lock().execute(
             "INSERT INTO api_keys (id, name, hash, scopes, created, revoked, dev)

@@ -104,7 +104,7 @@ impl<S: Socket> Session<S> {
                 }
                 if let Some(who) = self.identity.as_ref() {
                     let limits = &self.state.limits;
-                    if let Err(wait) = limits.publish_per_credential.check(&who.rate_key()) {
+                    if let Err(wait) = limits.publish(who) {
                         let msg = format!("too many publishes; retry in {} ms", wait.as_millis());
                         return self.error(ErrorCode::RateLimited, &msg, id).await;
                     }

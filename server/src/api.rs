@@ -15,7 +15,7 @@
 //! identity may do is decided by [`crate::auth::Authority::check`], the same check the socket
 //! and the rendered page use.
 
-use crate::auth::{Action, Grants, Identity, Pattern};
+use crate::auth::{Action, Grants, Pattern};
 use crate::error::ApiError;
 use crate::session::Session;
 use crate::AppState;
@@ -425,15 +425,7 @@ pub async fn mint_token(
     body: bytes::Bytes,
 ) -> Result<Response, ApiError> {
     let who = state.auth.from_request(&headers, uri.query())?;
-    let Identity::Key(key) = &who else {
-        return Err(match who {
-            Identity::Anonymous => crate::auth::AuthError::Missing.into(),
-            _ => crate::auth::AuthError::AdminOnly.into(),
-        });
-    };
-    if !state.auth.still_valid(&who) {
-        return Err(crate::auth::AuthError::Revoked.into());
-    }
+    let key = state.auth.active_key(&who)?;
     let req: MintRequest = json_body(&body)?;
     let grants = Grants {
         read: req.read,
@@ -544,11 +536,7 @@ pub async fn add_key(
     let req: AddKeyRequest = json_body(&body)?;
     let grants =
         Grants::from_scopes(&req.allow).map_err(|e| ApiError::Invalid(ErrorCode::BadField, e))?;
-    let keys = state.auth.keys.clone();
-    let (rec, key) = tokio::task::spawn_blocking(move || keys.add(&req.name, grants, false))
-        .await
-        .map_err(|_| ApiError::Unavailable("key store busy".into()))?
-        .map_err(key_error)?;
+    let (rec, key) = on_keys(&state, move |keys| keys.add(&req.name, grants, false)).await?;
     let body = serde_json::json!({ "key": key, "id": rec.id, "name": rec.name, "scopes": rec.grants.scopes() });
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
@@ -561,16 +549,24 @@ pub async fn revoke_key(
 ) -> Result<Response, ApiError> {
     let who = state.auth.from_request(&headers, None)?;
     state.auth.check_admin(&who)?;
-    let keys = state.auth.keys.clone();
-    let revoked = tokio::task::spawn_blocking(move || keys.revoke(&id))
-        .await
-        .map_err(|_| ApiError::Unavailable("key store busy".into()))?
-        .map_err(key_error)?;
+    let revoked = on_keys(&state, move |keys| keys.revoke(&id)).await?;
     if revoked {
         Ok(StatusCode::NO_CONTENT.into_response())
     } else {
         Err(ApiError::NotFound("no active key with that id".into()))
     }
+}
+
+/// Runs a change to the key table on a blocking thread (it writes to SQLite).
+async fn on_keys<T: Send + 'static>(
+    state: &AppState,
+    change: impl FnOnce(&crate::auth::Keys) -> Result<T, crate::auth::keys::KeyError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let keys = state.auth.keys.clone();
+    tokio::task::spawn_blocking(move || change(&keys))
+        .await
+        .map_err(|_| ApiError::Unavailable("key store busy".into()))?
+        .map_err(key_error)
 }
 
 fn key_error(e: crate::auth::keys::KeyError) -> ApiError {
@@ -595,21 +591,17 @@ pub async fn websocket(
     check_origin(&headers, &state.config.allowed_origins)?;
     // The token goes in the first frame; one in the URL would be in every access log.
     if let Some(q) = uri.query() {
-        state.auth.from_request(&HeaderMap::new(), Some(q))?;
+        crate::auth::refuse_credentials_in(q)?;
     }
     let ip_slot = match ip {
         Some(axum::Extension(crate::listener::ClientIp(ip))) => {
             state.limits.connects_per_ip.check(&ip).map_err(|wait| {
                 ApiError::RateLimited(wait, "too many new connections from this address")
             })?;
-            if state.config.max_connections_per_ip > 0 {
-                let slot = state.limits.conns_per_ip.acquire(ip).ok_or_else(|| {
-                    ApiError::TooManyConnections("too many connections from this address".into())
-                })?;
-                Some(Box::new(slot))
-            } else {
-                None
-            }
+            let slot = state.limits.conns_per_ip.acquire(ip).map_err(|()| {
+                ApiError::TooManyConnections("too many connections from this address".into())
+            })?;
+            slot.map(Box::new)
         }
         None => None,
     };

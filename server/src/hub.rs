@@ -307,26 +307,24 @@ impl Hub {
     /// Closes `conn` with `code` once `after` has passed (`None` disarms it). Enforced by
     /// [`deadlines`], so within [`DEADLINE_TICK`] of the time.
     pub fn set_deadline(&self, conn: &Conn, after: Option<Duration>, code: u16) {
-        match after {
-            Some(after) => {
-                conn.deadline_code.store(code, Ordering::Relaxed);
-                let at = self
-                    .now_ms()
-                    .saturating_add(after.as_millis() as u64)
-                    .max(1);
-                conn.deadline_ms.store(at, Ordering::Release);
-            }
-            None => conn.deadline_ms.store(0, Ordering::Release),
+        if after.is_some() {
+            conn.deadline_code.store(code, Ordering::Relaxed);
         }
+        conn.deadline_ms
+            .store(self.due_ms(after), Ordering::Release);
+    }
+
+    /// Hub milliseconds `after` from now (never 0, which means "none"), or 0 for `None`.
+    fn due_ms(&self, after: Option<Duration>) -> u64 {
+        after.map_or(0, |a| {
+            self.now_ms().saturating_add(a.as_millis() as u64).max(1)
+        })
     }
 
     /// Queues a [`Outbound::TokenExpiring`] for `conn` once `after` has passed (`None`
     /// disarms it).
     pub fn set_warning(&self, conn: &Conn, after: Option<Duration>) {
-        let at = after.map_or(0, |a| {
-            self.now_ms().saturating_add(a.as_millis() as u64).max(1)
-        });
-        conn.warn_at_ms.store(at, Ordering::Release);
+        conn.warn_at_ms.store(self.due_ms(after), Ordering::Release);
     }
 
     /// Acts on every deadline and warning that has come due.

@@ -218,7 +218,7 @@ fn build(
     };
     config.hard_frame_bytes = config.hard_frame_bytes.max(config.max_frame_bytes);
     let authority = Arc::new(auth::setup::authority(&config, addr)?);
-    if config.db != std::path::Path::new(":memory:") {
+    if !auth::setup::in_memory(&config.db) {
         tokio::spawn(auth::keys::watch(authority.keys.clone(), cancel.clone()));
     }
     let (feed_tx, feed_rx) = mpsc::channel(FEED_CAPACITY);

@@ -59,13 +59,12 @@ pub struct FrameLimiter {
 
 impl FrameLimiter {
     pub fn new(per_sec: u32) -> Self {
-        let rate = NonZeroU32::new(per_sec.max(1)).unwrap_or(NonZeroU32::MIN);
-        let burst = rate.saturating_mul(NonZeroU32::new(2).unwrap_or(NonZeroU32::MIN));
-        let quota = Quota::per_second(rate).allow_burst(burst);
+        let per_sec = per_sec.max(1);
+        let quota = quota(per_sec).unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN));
         Self {
             limiter: RateLimiter::direct_with_clock(quota, TokioClock::default()),
             refused_in_a_row: 0,
-            close_after: rate.get().saturating_mul(4),
+            close_after: per_sec.saturating_mul(4),
         }
     }
 
@@ -146,14 +145,22 @@ pub type DirectRate = RateLimiter<NotKeyed, InMemoryState, TokioClock, NoOpMiddl
 /// A rate per key (`per_sec` on average, bursts of twice that), or no limit when 0.
 pub struct KeyedRate<K: Hash + Eq + Clone> {
     limiter: Option<Keyed<K>>,
+    /// The limiter's quota, for callers that keep a key's bucket elsewhere (see
+    /// [`EdgeLimits::publish`]).
+    quota: Option<Quota>,
     clock: TokioClock,
 }
 
 impl<K: Hash + Eq + Clone> KeyedRate<K> {
     pub fn new(per_sec: u32) -> Self {
         let clock = TokioClock::default();
-        let limiter = quota(per_sec).map(|q| RateLimiter::hashmap_with_clock(q, clock.clone()));
-        Self { limiter, clock }
+        let quota = quota(per_sec);
+        let limiter = quota.map(|q| RateLimiter::hashmap_with_clock(q, clock.clone()));
+        Self {
+            limiter,
+            quota,
+            clock,
+        }
     }
 
     /// `Err(retry_after)` when `key` is over its rate.
@@ -206,24 +213,23 @@ impl<K: Hash + Eq + Clone> ConnCounter<K> {
         })
     }
 
-    /// A slot for `key`, or `None` when it already holds the maximum.
-    pub fn acquire(self: &Arc<Self>, key: K) -> Option<ConnSlot<K>> {
+    /// A slot for `key`; `Err(())` when it already holds the maximum, `Ok(None)` when there
+    /// is no cap (nothing to count or release).
+    #[allow(clippy::result_unit_err)]
+    pub fn acquire(self: &Arc<Self>, key: K) -> Result<Option<ConnSlot<K>>, ()> {
         if self.max == 0 {
-            return Some(ConnSlot {
-                counter: self.clone(),
-                key,
-            });
+            return Ok(None);
         }
         let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
         let n = held.entry(key.clone()).or_insert(0);
         if *n >= self.max {
-            return None;
+            return Err(());
         }
         *n += 1;
-        Some(ConnSlot {
+        Ok(Some(ConnSlot {
             counter: self.clone(),
             key,
-        })
+        }))
     }
 
     pub fn held(&self, key: &K) -> u32 {
@@ -238,9 +244,6 @@ impl<K: Hash + Eq + Clone> ConnCounter<K> {
 
 impl<K: Hash + Eq + Clone> Drop for ConnSlot<K> {
     fn drop(&mut self) {
-        if self.counter.max == 0 {
-            return;
-        }
         let mut held = self.counter.held.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(n) = held.get_mut(&self.key) {
             *n -= 1;
@@ -255,8 +258,6 @@ impl<K: Hash + Eq + Clone> Drop for ConnSlot<K> {
 pub struct EdgeLimits {
     /// HTTP and socket publishes per user; per API key, the key's record holds the bucket.
     pub publish_per_credential: KeyedRate<String>,
-    publish_quota: Option<Quota>,
-    clock: TokioClock,
     /// HTTP publishes per client address.
     pub publish_per_ip: KeyedRate<IpAddr>,
     /// New WebSocket connections per client address.
@@ -332,8 +333,6 @@ impl EdgeLimits {
     pub fn new(config: &crate::config::Config) -> Self {
         Self {
             publish_per_credential: KeyedRate::new(config.publish_per_sec_per_credential),
-            publish_quota: quota(config.publish_per_sec_per_credential),
-            clock: TokioClock::default(),
             publish_per_ip: KeyedRate::new(config.publish_per_sec_per_ip),
             connects_per_ip: KeyedRate::new(config.connects_per_sec_per_ip),
             conns_per_ip: ConnCounter::new(config.max_connections_per_ip),
@@ -345,15 +344,16 @@ impl EdgeLimits {
     /// its record (no hashing or lock per check; made on first use, and afresh after a key
     /// table reload), a user's in the keyed table.
     pub fn publish(&self, who: &crate::auth::Identity) -> Result<(), Duration> {
-        let Some(quota) = self.publish_quota else {
+        let rate = &self.publish_per_credential;
+        let Some(quota) = rate.quota else {
             return Ok(());
         };
         match who {
             crate::auth::Identity::Key(k) => k
                 .publish_rate
-                .get_or_init(|| RateLimiter::direct_with_clock(quota, self.clock.clone()))
+                .get_or_init(|| RateLimiter::direct_with_clock(quota, rate.clock.clone()))
                 .check()
-                .map_err(|not_until| not_until.wait_time_from(self.clock.now())),
+                .map_err(|not_until| not_until.wait_time_from(rate.clock.now())),
             other => self.publish_per_credential.check(&other.rate_key()),
         }
     }
@@ -410,15 +410,14 @@ mod edge_tests {
     #[test]
     fn connection_counters_cap_and_release() {
         let c = ConnCounter::new(2);
-        let a = c.acquire("ana".to_owned()).unwrap();
-        let _b = c.acquire("ana".to_owned()).unwrap();
-        assert!(c.acquire("ana".to_owned()).is_none());
-        assert!(c.acquire("bob".to_owned()).is_some());
+        let a = c.acquire("ana".to_owned()).unwrap().unwrap();
+        let _b = c.acquire("ana".to_owned()).unwrap().unwrap();
+        assert!(c.acquire("ana".to_owned()).is_err());
+        assert!(matches!(c.acquire("bob".to_owned()), Ok(Some(_))));
         drop(a);
         assert_eq!(c.held(&"ana".to_owned()), 1);
-        assert!(c.acquire("ana".to_owned()).is_some());
+        assert!(matches!(c.acquire("ana".to_owned()), Ok(Some(_))));
         let unlimited = ConnCounter::new(0);
-        let slots: Vec<_> = (0..100).map(|_| unlimited.acquire(1u8).unwrap()).collect();
-        assert_eq!(slots.len(), 100);
+        assert!((0..100).all(|_| matches!(unlimited.acquire(1u8), Ok(None))));
     }
 }

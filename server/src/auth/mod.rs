@@ -152,9 +152,7 @@ impl Authority {
         query: Option<&str>,
     ) -> Result<Identity, AuthError> {
         if let Some(q) = query {
-            if credential_in_query(q) {
-                return Err(AuthError::InUrl);
-            }
+            refuse_credentials_in(q)?;
         }
         let Some(value) = headers.get(header::AUTHORIZATION) else {
             return Ok(Identity::Anonymous);
@@ -206,11 +204,21 @@ impl Authority {
 
     /// Key management, stats and minting need a key with `admin:*`.
     pub fn check_admin(&self, who: &Identity) -> Result<Arc<KeyRecord>, AuthError> {
+        let key = self.active_key(who)?;
+        if key.grants.is_admin() {
+            Ok(key)
+        } else {
+            Err(AuthError::AdminOnly)
+        }
+    }
+
+    /// The still-active API key `who` is (minting and key management are for keys only).
+    pub fn active_key(&self, who: &Identity) -> Result<Arc<KeyRecord>, AuthError> {
         match who {
             Identity::Anonymous => Err(AuthError::Missing),
             Identity::Key(k) if !self.keys.still_active(k) => Err(AuthError::Revoked),
-            Identity::Key(k) if k.grants.is_admin() => Ok(k.clone()),
-            _ => Err(AuthError::AdminOnly),
+            Identity::Key(k) => Ok(k.clone()),
+            Identity::User(_) => Err(AuthError::AdminOnly),
         }
     }
 
@@ -223,15 +231,20 @@ impl Authority {
     }
 }
 
-/// Whether a query string carries something that looks like a credential.
-fn credential_in_query(q: &str) -> bool {
-    q.split('&').any(|pair| {
+/// Refuses a query string that carries something that looks like a credential.
+pub fn refuse_credentials_in(query: &str) -> Result<(), AuthError> {
+    let carries = query.split('&').any(|pair| {
         let name = pair.split('=').next().unwrap_or("");
         matches!(
             name.to_ascii_lowercase().as_str(),
             "token" | "access_token" | "key" | "api_key" | "apikey" | "jwt" | "auth"
         )
-    })
+    });
+    if carries {
+        Err(AuthError::InUrl)
+    } else {
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -21,7 +21,8 @@ const DEV_SECRET_FILE: &str = "dev-token-secret";
 const DEV_KEY_FILE: &str = "dev-api-key";
 const DEV_KEY_NAME: &str = "dev";
 
-fn in_memory(db: &Path) -> bool {
+/// Whether the database is `:memory:` (keys live in the process only; nothing to watch).
+pub fn in_memory(db: &Path) -> bool {
     db == Path::new(":memory:")
 }
 

@@ -41,7 +41,7 @@ impl<S: Socket> Session<S> {
             return Ok(());
         }
         let e = AuthError::Missing;
-        self.error(e.code(), &e.to_string(), None).await?;
+        self.refuse(&e, None).await?;
         Err(Stop::Close(close_code::UNAUTHORIZED))
     }
 
@@ -54,7 +54,7 @@ impl<S: Socket> Session<S> {
             Ok(who) => who,
             Err(e) => {
                 tracing::debug!(conn_id = self.reg.conn.id, code = %e.code(), first, "auth refused");
-                self.error(e.code(), &e.to_string(), None).await?;
+                self.refuse(&e, None).await?;
                 return if first {
                     Err(Stop::Close(close_code::UNAUTHORIZED))
                 } else {
@@ -65,7 +65,7 @@ impl<S: Socket> Session<S> {
         if let Some(current) = self.identity.as_ref() {
             if !matches!(current, Identity::Anonymous) && current.name() != who.name() {
                 let e = AuthError::SubjectMismatch(current.name());
-                return self.error(e.code(), &e.to_string(), None).await;
+                return self.refuse(&e, None).await;
             }
         }
         if let (Identity::User(u), None) = (&who, &self.user_slot) {
@@ -134,7 +134,7 @@ impl<S: Socket> Session<S> {
                 action: Action::Read,
                 topic: topic.to_string(),
             };
-            self.error(e.code(), &e.to_string(), None).await?;
+            self.refuse(&e, None).await?;
             let frame = ServerFrame::Unsubscribed {
                 topic: topic.to_string(),
                 id: None,
@@ -142,6 +142,11 @@ impl<S: Socket> Session<S> {
             self.io.send(&frame).await?;
         }
         Ok(())
+    }
+
+    /// An `error` frame for a refused credential or permission.
+    pub(super) async fn refuse(&mut self, e: &AuthError, id: Option<u64>) -> Result<(), Stop> {
+        self.error(e.code(), &e.to_string(), id).await
     }
 
     /// May this connection do `action` to `topic`?
@@ -158,7 +163,7 @@ impl<S: Socket> Session<S> {
     /// Tells the client its key was revoked and ends the connection (4003).
     pub(super) async fn close_revoked(&mut self) -> Result<(), Stop> {
         let e = AuthError::Revoked;
-        self.error(e.code(), &e.to_string(), None).await?;
+        self.refuse(&e, None).await?;
         Err(Stop::Close(close_code::UNAUTHORIZED))
     }
 

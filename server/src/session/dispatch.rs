@@ -100,7 +100,7 @@ impl<S: Socket> Session<S> {
                     return self.error(e.code, &e.message, id).await;
                 }
                 if let Err(e) = self.permit(crate::auth::Action::Publish, &topic) {
-                    return self.error(e.code(), &e.to_string(), id).await;
+                    return self.refuse(&e, id).await;
                 }
                 if let Some(who) = self.identity.as_ref() {
                     let limits = &self.state.limits;

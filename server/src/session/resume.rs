@@ -56,7 +56,7 @@ impl<S: Socket> Session<S> {
             return self.error(e.code, &e.message, id).await;
         }
         if let Err(e) = self.permit(crate::auth::Action::Read, &topic) {
-            return self.error(e.code(), &e.to_string(), id).await;
+            return self.refuse(&e, id).await;
         }
         if let Some(i) = self.find_sub(&topic) {
             // Already following: report where it stands instead of replaying twice.

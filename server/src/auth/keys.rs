@@ -91,15 +91,20 @@ impl KeyRecord {
 
 /// The key table and its in-memory copy.
 pub struct Keys {
-    conn: Mutex<Connection>,
+    /// The connection and what the last reload saw; one lock, so reloads are serialised.
+    db: Mutex<Db>,
     cache: RwLock<HashMap<String, Arc<KeyRecord>>>,
     /// Bumped by every reload: a record of the current generation is the table's current
     /// state, so checking it needs no second lookup.
     generation: std::sync::atomic::AtomicU64,
-    /// `PRAGMA data_version` at the last reload.
-    seen_version: Mutex<i64>,
+}
+
+struct Db {
+    conn: Connection,
+    /// `PRAGMA data_version` at the last look.
+    version: i64,
     /// [`fingerprint`] of the table at the last reload.
-    seen_print: Mutex<(i64, i64, i64)>,
+    print: (i64, i64, i64),
 }
 
 impl Keys {
@@ -107,7 +112,7 @@ impl Keys {
     /// `:memory:` keeps keys for this process only (tests).
     pub fn open(path: &Path) -> Result<Self, KeyError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            if path != Path::new(":memory:") {
+            if !super::setup::in_memory(path) {
                 std::fs::create_dir_all(dir)
                     .map_err(|e| KeyError::Invalid(format!("creating {}: {e}", dir.display())))?;
             }
@@ -127,26 +132,35 @@ impl Keys {
              );",
         )?;
         let keys = Self {
-            conn: Mutex::new(conn),
+            db: Mutex::new(Db {
+                conn,
+                version: -1,
+                print: (-1, -1, -1),
+            }),
             cache: RwLock::new(HashMap::new()),
             generation: std::sync::atomic::AtomicU64::new(0),
-            seen_version: Mutex::new(-1),
-            seen_print: Mutex::new((-1, -1, -1)),
         };
         keys.reload()?;
         Ok(keys)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
-        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, Db> {
+        self.db.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Reads the whole table into the in-memory copy.
     fn reload(&self) -> Result<(), KeyError> {
-        let conn = self.lock();
-        let version: i64 = conn.query_row("PRAGMA data_version", [], |r| r.get(0))?;
-        let print = fingerprint(&conn)?;
-        let mut stmt = conn
+        let mut db = self.lock();
+        let version = data_version(&db.conn)?;
+        self.reload_locked(&mut db, version)
+    }
+
+    /// [`Keys::reload`] with the connection held (reloads are serialised, so an older table
+    /// can never replace a newer one, and generations only grow).
+    fn reload_locked(&self, db: &mut Db, version: i64) -> Result<(), KeyError> {
+        let print = fingerprint(&db.conn)?;
+        let mut stmt = db
+            .conn
             .prepare_cached("SELECT id, name, hash, scopes, created, revoked, dev FROM api_keys")?;
         let rows = stmt.query_map([], |r| {
             let hash: Vec<u8> = r.get(2)?;
@@ -195,14 +209,10 @@ impl Keys {
             map.insert(id, Arc::new(rec));
         }
         drop(stmt);
-        // Still holding the connection: reloads are serialised, so an older table can never
-        // replace a newer one, and generations only grow.
         *self.cache.write().unwrap_or_else(|p| p.into_inner()) = map;
         self.generation
             .store(generation, std::sync::atomic::Ordering::Release);
-        *self.seen_version.lock().unwrap_or_else(|p| p.into_inner()) = version;
-        *self.seen_print.lock().unwrap_or_else(|p| p.into_inner()) = print;
-        drop(conn);
+        (db.version, db.print) = (version, print);
         Ok(())
     }
 
@@ -212,20 +222,16 @@ impl Keys {
     /// included (every group commit, when they share the file), so a change is confirmed by a
     /// fingerprint of the key table before the table is read again.
     pub fn reload_if_changed(&self) -> Result<bool, KeyError> {
-        let (version, print) = {
-            let conn = self.lock();
-            let version: i64 = conn.query_row("PRAGMA data_version", [], |r| r.get(0))?;
-            let seen = *self.seen_version.lock().unwrap_or_else(|p| p.into_inner());
-            if version == seen {
-                return Ok(false);
-            }
-            (version, fingerprint(&conn)?)
-        };
-        if print == *self.seen_print.lock().unwrap_or_else(|p| p.into_inner()) {
-            *self.seen_version.lock().unwrap_or_else(|p| p.into_inner()) = version;
+        let mut db = self.lock();
+        let version = data_version(&db.conn)?;
+        if version == db.version {
             return Ok(false);
         }
-        self.reload()?;
+        if fingerprint(&db.conn)? == db.print {
+            db.version = version;
+            return Ok(false);
+        }
+        self.reload_locked(&mut db, version)?;
         Ok(true)
     }
 
@@ -293,7 +299,7 @@ impl Keys {
             generation: 0,
             publish_rate: Arc::default(),
         };
-        self.lock().execute(
+        self.lock().conn.execute(
             "INSERT INTO api_keys (id, name, hash, scopes, created, revoked, dev)
              VALUES (?1, ?2, ?3, ?4, ?5, NULL, ?6)",
             params![
@@ -324,7 +330,7 @@ impl Keys {
 
     /// Revokes a key; `Ok(false)` if there is no such key or it was already revoked.
     pub fn revoke(&self, id: &str) -> Result<bool, KeyError> {
-        let n = self.lock().execute(
+        let n = self.lock().conn.execute(
             "UPDATE api_keys SET revoked = ?2 WHERE id = ?1 AND revoked IS NULL",
             params![id, unix_now()],
         )?;
@@ -382,6 +388,10 @@ impl Keys {
             .get(id)
             .is_some_and(|r| r.active())
     }
+}
+
+fn data_version(conn: &Connection) -> Result<i64, rusqlite::Error> {
+    conn.query_row("PRAGMA data_version", [], |r| r.get(0))
 }
 
 /// What changes whenever a key is added or revoked: how many keys, how many revoked, and the

@@ -56,14 +56,23 @@ struct Cli {
     /// (`bench-<n>`, read:*), signed here, as a customer's backend would.
     #[arg(long, global = true, hide_env_values = true)]
     token_secret: Option<String>,
+    /// The signer for --token-secret, made once (not per socket).
+    #[arg(skip)]
+    signer: std::sync::OnceLock<herald::auth::Tokens>,
 }
 
 impl Cli {
     /// What socket `i` sends in its `auth` frame, if anything.
     fn credential(&self, i: usize) -> anyhow::Result<Option<String>> {
         if let Some(secret) = &self.token_secret {
-            let tokens = herald::auth::Tokens::hs256(secret.as_bytes(), None, None, 30)
-                .map_err(anyhow::Error::msg)?;
+            let tokens = match self.signer.get() {
+                Some(t) => t,
+                None => {
+                    let t = herald::auth::Tokens::hs256(secret.as_bytes(), None, None, 30)
+                        .map_err(anyhow::Error::msg)?;
+                    self.signer.get_or_init(|| t)
+                }
+            };
             let grants =
                 herald::auth::Grants::from_scopes(&["read:*"]).map_err(anyhow::Error::msg)?;
             let claims = tokens

@@ -11,6 +11,8 @@
 //! | `unsubscribe`  | stop following a topic                                                |
 //! | `publish`      | send a notification from the socket; acknowledged with `ack` by `id`  |
 //! | `ping`         | application-level liveness check; answered with `pong`                |
+//! | `inbox_list`   | a page of the user's own inbox, with read state; answered `inbox_page`|
+//! | `inbox_update` | mark read/unread, archive/unarchive, read all up to an offset         |
 //!
 //! | server frame   | purpose                                                               |
 //! |----------------|-----------------------------------------------------------------------|
@@ -26,6 +28,16 @@
 //! | `presence`     | someone joined or left a topic (reserved for presence)               |
 //! | `error`        | a typed error; the connection stays up unless a close follows         |
 //! | `pong`         | answer to `ping`                                                      |
+//! | `inbox_page`   | answer to `inbox_list`                                                |
+//! | `inbox_updated`| answer to `inbox_update` (what changed, the unread count)             |
+//! | `inbox_changed`| read state changed (on any device): pushed to the user's inbox subscribers |
+//! | `inbox_count`  | the user's authoritative unread count, after each inbox arrival       |
+//!
+//! A user's inbox is the topic `@<user id>` ([`inbox_topic`]): subscribe to it like any
+//! topic (offsets, resume, gap and reset) to receive notifications addressed to the user.
+//! Only the user (and API keys granted `@` patterns) may read it; only keys and tokens granted
+//! `publish` on `@` patterns may send to it. Counts and changes carry `seq`, the user's change
+//! counter: a frame with a lower `seq` than one already applied is older news.
 //!
 //! Error codes are [`ErrorCode`]; WebSocket close codes are in [`close_code`].
 
@@ -46,6 +58,16 @@ pub const MAX_TAG_LEN: usize = 32;
 pub const MAX_TITLE_LEN: usize = 256;
 /// Longest link, in bytes.
 pub const MAX_LINK_LEN: usize = 2048;
+/// Longest category, in bytes (same grammar as a topic).
+pub const MAX_CATEGORY_LEN: usize = 32;
+/// Longest user id (a token's `sub`), in bytes.
+pub const MAX_USER_LEN: usize = 128;
+/// Most users one bulk request may address.
+pub const MAX_BULK_USERS: usize = 1000;
+/// Most offsets one inbox update may name.
+pub const MAX_INBOX_OFFSETS: usize = 1000;
+/// Largest inbox page.
+pub const MAX_INBOX_PAGE: usize = 200;
 
 /// A resume position: the last notification a client saw on a topic.
 ///
@@ -71,6 +93,9 @@ pub struct NewNotification {
     pub tags: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub link: Option<String>,
+    /// What kind of notification this is, for the inbox's filters (`mention`, `billing`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub category: Option<String>,
 }
 
 /// A stored notification, as every reader sees it.
@@ -92,6 +117,8 @@ pub struct Notification {
     pub tags: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub link: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub category: Option<String>,
 }
 
 impl Notification {
@@ -136,6 +163,157 @@ pub enum ClientFrame {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         id: Option<u64>,
     },
+    /// A page of the connection's own inbox, newest first.
+    InboxList {
+        #[serde(flatten)]
+        query: InboxQuery,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+    },
+    /// Changes the read state of the connection's own inbox.
+    InboxUpdate {
+        update: InboxUpdate,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+    },
+}
+
+/// Which inbox items a listing shows.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InboxFilter {
+    /// Unread and not archived.
+    Unread,
+    /// Everything not archived.
+    #[default]
+    All,
+    /// Archived only.
+    Archived,
+}
+
+/// A listing of an inbox: newest first, `before` an offset (exclusive) for the next page.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InboxQuery {
+    #[serde(default)]
+    pub filter: InboxFilter,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub category: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub before: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<usize>,
+}
+
+/// A change to an inbox's read state. `read_all` marks read every notification up to and
+/// including `up_to` (the newest one the client has seen), so an arrival that races the
+/// click stays unread.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum InboxUpdate {
+    Read { offsets: Vec<u64> },
+    Unread { offsets: Vec<u64> },
+    Archive { offsets: Vec<u64> },
+    Unarchive { offsets: Vec<u64> },
+    ReadAll { up_to: u64 },
+}
+
+impl InboxUpdate {
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        match self {
+            InboxUpdate::Read { offsets }
+            | InboxUpdate::Unread { offsets }
+            | InboxUpdate::Archive { offsets }
+            | InboxUpdate::Unarchive { offsets } => {
+                if offsets.is_empty() || offsets.len() > MAX_INBOX_OFFSETS {
+                    return Err(ValidationError::new(
+                        ErrorCode::BadField,
+                        format!("offsets must name 1 to {MAX_INBOX_OFFSETS} notifications"),
+                    ));
+                }
+                Ok(())
+            }
+            InboxUpdate::ReadAll { .. } => Ok(()),
+        }
+    }
+
+    /// The state an item at `offset` is in after this change, given the state before.
+    pub fn apply(&self, offset: u64, read: &mut bool, archived: &mut bool) {
+        match self {
+            InboxUpdate::Read { offsets } if offsets.contains(&offset) => *read = true,
+            InboxUpdate::Unread { offsets } if offsets.contains(&offset) => *read = false,
+            InboxUpdate::Archive { offsets } if offsets.contains(&offset) => *archived = true,
+            InboxUpdate::Unarchive { offsets } if offsets.contains(&offset) => *archived = false,
+            InboxUpdate::ReadAll { up_to } if offset <= *up_to && !*archived => *read = true,
+            _ => {}
+        }
+    }
+}
+
+/// One inbox item: the notification and its read state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InboxItem {
+    pub notification: Notification,
+    pub read: bool,
+    pub archived: bool,
+}
+
+/// A page of an inbox, with the unread count as of the same moment.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InboxPage {
+    pub user: String,
+    pub items: Vec<InboxItem>,
+    /// Unread and not archived, in the whole inbox.
+    pub unread: u64,
+    /// The inbox's change counter at the moment of the listing.
+    pub seq: u64,
+    /// Pass as `before` for the next page; absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<u64>,
+}
+
+/// The topic that is `user`'s inbox.
+pub fn inbox_topic(user: &str) -> String {
+    format!("@{user}")
+}
+
+/// The user whose inbox `topic` is, if it is one.
+pub fn inbox_owner(topic: &str) -> Option<&str> {
+    topic.strip_prefix('@')
+}
+
+/// A user id: 1 to [`MAX_USER_LEN`] bytes, no control characters.
+pub fn validate_user(user: &str) -> Result<(), ValidationError> {
+    if user.is_empty() || user.len() > MAX_USER_LEN || user.chars().any(char::is_control) {
+        return Err(ValidationError::new(
+            ErrorCode::BadField,
+            format!("a user id is 1 to {MAX_USER_LEN} bytes without control characters"),
+        ));
+    }
+    Ok(())
+}
+
+/// A category: 1 to [`MAX_CATEGORY_LEN`] letters, digits, `_` or `-`.
+pub fn validate_category(c: &str) -> Result<(), ValidationError> {
+    let grammar = c
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if c.is_empty() || c.len() > MAX_CATEGORY_LEN || !grammar {
+        return Err(ValidationError::new(
+            ErrorCode::BadField,
+            format!("category must be 1 to {MAX_CATEGORY_LEN} letters, digits, '_' or '-'"),
+        ));
+    }
+    Ok(())
+}
+
+/// A topic a client may read: a topic name, or a user's inbox (`@` and a user id).
+pub fn validate_readable_topic(topic: &str) -> Result<(), ValidationError> {
+    match inbox_owner(topic) {
+        Some(user) => {
+            validate_user(user).map_err(|e| ValidationError::new(ErrorCode::BadTopic, e.message))
+        }
+        None => validate_topic(topic),
+    }
 }
 
 /// A presence change on a topic.
@@ -219,6 +397,31 @@ pub enum ServerFrame {
     Pong {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         id: Option<u64>,
+    },
+    InboxPage {
+        #[serde(flatten)]
+        page: InboxPage,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+    },
+    /// Answer to `inbox_update`: how many notifications changed state, and the count after.
+    InboxUpdated {
+        changed: u64,
+        unread: u64,
+        seq: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+    },
+    /// The user's inbox state changed (from any connection or the API).
+    InboxChanged {
+        update: InboxUpdate,
+        unread: u64,
+        seq: u64,
+    },
+    /// The user's unread count after an arrival.
+    InboxCount {
+        unread: u64,
+        seq: u64,
     },
 }
 
@@ -471,6 +674,9 @@ impl NewNotification {
                 ErrorCode::BadField,
                 format!("each tag must be 1 to {MAX_TAG_LEN} bytes"),
             ));
+        }
+        if let Some(c) = &self.category {
+            validate_category(c)?;
         }
         if let Some(l) = &self.link {
             let ok_scheme = l.starts_with("https://") || l.starts_with("http://");

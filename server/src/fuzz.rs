@@ -28,14 +28,18 @@ fn client_frame() -> impl Strategy<Value = ClientFrame> {
         proptest::option::of(any::<u8>()),
         proptest::collection::vec("[a-z]{0,8}", 0..4),
         proptest::option::of(".{0,40}"),
+        proptest::option::of("[a-z-]{0,40}"),
     )
-        .prop_map(|(title, body, priority, tags, link)| NewNotification {
-            title,
-            body,
-            priority,
-            tags,
-            link,
-        });
+        .prop_map(
+            |(title, body, priority, tags, link, category)| NewNotification {
+                title,
+                body,
+                priority,
+                tags,
+                link,
+                category,
+            },
+        );
     prop_oneof![
         ".{0,300}".prop_map(|token| ClientFrame::Auth { token }),
         (topic(), since, proptest::option::of(any::<u64>()))
@@ -77,12 +81,14 @@ proptest! {
     fn notification_validation_is_total(title in proptest::option::of(".{0,300}"), body in ".{0,100}",
                                         priority in proptest::option::of(any::<u8>()),
                                         tags in proptest::collection::vec(".{0,40}", 0..12),
-                                        link in proptest::option::of(".{0,60}")) {
-        let n = NewNotification { title, body, priority, tags, link };
+                                        link in proptest::option::of(".{0,60}"),
+                                        category in proptest::option::of(".{0,40}")) {
+        let n = NewNotification { title, body, priority, tags, link, category };
         if n.validate(64).is_ok() {
             prop_assert!(!n.body.trim().is_empty() && n.body.len() <= 64);
             prop_assert!(n.priority.is_none_or(|p| (1..=5).contains(&p)));
             prop_assert!(n.tags.len() <= 10);
+            prop_assert!(n.category.as_ref().is_none_or(|c| !c.is_empty() && c.len() <= 32 && c.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')));
         }
     }
 

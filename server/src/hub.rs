@@ -17,6 +17,7 @@
 
 use crate::store::Stored;
 use app::protocol::close_code;
+use axum::extract::ws::Utf8Bytes;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicU16, AtomicU64, AtomicUsize, Ordering};
@@ -38,6 +39,9 @@ pub enum Outbound {
     Ping,
     /// The connection's token expires soon: tell the client to send a fresh one.
     TokenExpiring,
+    /// A frame that is not a stored notification (an inbox change), the same bytes for
+    /// every subscriber of the topic it was sent to. Not stored, not counted in offsets.
+    Frame(Arc<Utf8Bytes>),
 }
 
 /// One registered connection, shared by the hub (to enqueue) and its session (to drain).
@@ -286,6 +290,32 @@ impl Hub {
         }
     }
 
+    /// Queues `frame` for every subscriber of `topic`, beside (not in) the ordered stream of
+    /// stored notifications. Never waits; a full queue is a slow consumer as for `broadcast`.
+    pub fn send_frame(&self, topic: &str, frame: Utf8Bytes) {
+        let frame = Arc::new(frame);
+        let mut shard = lock(self.shard(topic));
+        let Some(subs) = shard.get_mut(topic) else {
+            return;
+        };
+        subs.retain(
+            |s| match s.conn.tx.try_send(Outbound::Frame(frame.clone())) {
+                Ok(()) => true,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    if s.conn.close(close_code::SLOW_CONSUMER) {
+                        tracing::warn!(conn_id = s.conn.id, "slow consumer: closing");
+                        self.slow_closed.fetch_add(1, Ordering::Relaxed);
+                    }
+                    false
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => false,
+            },
+        );
+        if subs.is_empty() {
+            shard.remove(topic);
+        }
+    }
+
     /// One heartbeat pass over every connection: close those silent for longer than `timeout`
     /// and queue a ping for the rest. One sweep for all connections instead of a timer each.
     pub fn sweep(&self, timeout: Duration) {
@@ -425,6 +455,7 @@ mod tests {
             priority: 3,
             tags: vec![],
             link: None,
+            category: None,
         })
     }
 

@@ -22,6 +22,7 @@ pub mod config;
 pub mod error;
 pub mod hooks;
 pub mod hub;
+pub mod inbox;
 pub mod limits;
 pub mod listener;
 pub mod session;
@@ -272,6 +273,12 @@ fn build(
         .route("/api/stats", get(api::stats))
         .route("/api/topics/{topic}", post(api::publish))
         .route("/api/topics/{topic}/notifications", get(api::history))
+        .route("/api/users/{user}/notifications", post(api::inbox::send))
+        .route("/api/notifications", post(api::inbox::send_many))
+        .route(
+            "/api/users/{user}/inbox",
+            get(api::inbox::list).post(api::inbox::update),
+        )
         .route("/api/tokens", post(api::mint_token))
         .route("/api/dev/token", post(api::dev_token))
         .route("/api/keys", get(api::list_keys).post(api::add_key))

@@ -44,6 +44,7 @@ pub fn PublishForm() -> impl IntoView {
                 .map(str::to_owned)
                 .collect(),
             link: None,
+            category: None,
         };
         if let Err(e) = crate::protocol::validate_topic(&t).and_then(|()| new.validate(usize::MAX))
         {

@@ -170,10 +170,21 @@ impl Authority {
     }
 
     /// May `who` do `action` to `topic`?
+    ///
+    /// A user's inbox (`@<user>`) is readable by that user (subscribe, resume, history, list
+    /// and change read state), and otherwise only through grants on `@` patterns, which
+    /// `*` does not include; it is never public.
     pub fn check(&self, who: &Identity, action: Action, topic: &str) -> Result<(), AuthError> {
+        let inbox = app::protocol::inbox_owner(topic);
+        if let (Some(owner), Identity::User(u), Action::Read) = (inbox, who, action) {
+            if u.id == owner {
+                return Ok(());
+            }
+        }
         let public = || {
             self.allow_anonymous
                 && action == Action::Read
+                && inbox.is_none()
                 && self.public.iter().any(|p| p.matches(topic))
         };
         let granted = match who {

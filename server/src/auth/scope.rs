@@ -1,6 +1,8 @@
 //! Topic patterns and grants: what an API key or a user token may do to which topics.
 //!
 //! A pattern is a topic name (`ops`), a prefix ending in `*` (`ops-*`), or `*` (every topic).
+//! Users' inboxes (`@ana`) are matched only by patterns that start with `@` (`@ana`, `@*`):
+//! `publish:*` does not let a key write to people, nor `read:*` a token read their inboxes.
 //! A scope pairs an action with a pattern: `publish:ops-*`, `read:*`, `admin:*`. `admin`
 //! implies `read` and `publish` on the same pattern, and `admin:*` alone lets a key manage
 //! keys, read the server's stats and mint user tokens.
@@ -51,10 +53,21 @@ impl Pattern {
             Some(stem) => (stem, true),
             None => (s, false),
         };
-        let grammar = stem
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-        if !grammar || stem.len() > MAX_TOPIC_LEN || (stem.is_empty() && !wildcard) {
+        let grammar = match stem.strip_prefix('@') {
+            // An inbox: `@`, then a user id (or its prefix).
+            Some(user) => {
+                user.len() <= app::protocol::MAX_USER_LEN
+                    && !user.chars().any(|c| c.is_control() || c == '*')
+                    && (wildcard || !user.is_empty())
+            }
+            None => {
+                stem.len() <= MAX_TOPIC_LEN
+                    && stem
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            }
+        };
+        if !grammar || (stem.is_empty() && !wildcard) {
             return Err(format!(
                 "{s:?} is not a topic pattern (a topic, a prefix ending in '*', or '*')"
             ));
@@ -66,6 +79,9 @@ impl Pattern {
     }
 
     pub fn matches(&self, topic: &str) -> bool {
+        if topic.starts_with('@') != self.stem.starts_with('@') {
+            return false;
+        }
         if self.wildcard {
             topic.starts_with(&self.stem)
         } else {
@@ -76,6 +92,9 @@ impl Pattern {
     /// Whether every topic `other` matches, this one matches too (a key may only hand out
     /// what it holds).
     pub fn covers(&self, other: &Pattern) -> bool {
+        if other.stem.starts_with('@') && !self.stem.starts_with('@') {
+            return false;
+        }
         if self.wildcard {
             other.stem.starts_with(&self.stem)
         } else {
@@ -195,6 +214,27 @@ mod tests {
         assert!(Pattern::parse("*").unwrap().matches("anything"));
         for bad in ["", "a b", "a*b", "**", "x/y", &"a".repeat(65)] {
             assert!(Pattern::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn inboxes_are_matched_only_by_inbox_patterns() {
+        let everything = Pattern::parse("*").unwrap();
+        assert!(!everything.matches("@ana"), "`*` must not reach people");
+        let people = Pattern::parse("@*").unwrap();
+        assert!(people.matches("@ana") && people.matches("@Bo Ürsel") && !people.matches("ops"));
+        let ana = Pattern::parse("@ana").unwrap();
+        assert!(ana.matches("@ana") && !ana.matches("@anastasia"));
+        assert!(!everything.covers(&ana) && people.covers(&ana) && !people.covers(&everything));
+        let admin = Grants::from_scopes(&["admin:*"]).unwrap();
+        assert!(!admin.allows(Action::Publish, "@ana") && !admin.allows(Action::Read, "@ana"));
+        let notify = Grants::from_scopes(&["publish:@*"]).unwrap();
+        assert!(notify.allows(Action::Publish, "@ana") && !notify.allows(Action::Publish, "ops"));
+        for bad in ["@", "@a*b", "@a\nb"] {
+            assert!(
+                Pattern::parse(&bad.replace("\\n", "\n")).is_err(),
+                "{bad:?}"
+            );
         }
     }
 

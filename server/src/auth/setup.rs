@@ -145,7 +145,8 @@ fn dev_key(config: &Config, keys: &Keys, addr: SocketAddr) -> anyhow::Result<()>
             for old in keys.list().into_iter().filter(|k| k.dev && k.active()) {
                 keys.revoke(&old.id)?;
             }
-            let grants = Grants::from_scopes(&["admin:*"]).map_err(anyhow::Error::msg)?;
+            let grants =
+                Grants::from_scopes(&["admin:*", "admin:@*"]).map_err(anyhow::Error::msg)?;
             let (_, key) = keys.add(DEV_KEY_NAME, grants, true)?;
             write_private(&path, &key)?;
             key

@@ -129,6 +129,8 @@ impl<S: Socket> Session<S> {
                 }
             }
             ClientFrame::Ping { id } => self.io.send(&ServerFrame::Pong { id }).await,
+            ClientFrame::InboxList { query, id } => self.inbox_list(query, id).await,
+            ClientFrame::InboxUpdate { update, id } => self.inbox_update(update, id).await,
         }
     }
 
@@ -172,7 +174,15 @@ fn read_error(e: axum::Error) -> Stop {
 
 /// Tells a frame with an unknown `type` apart from one that is not valid at all.
 pub(crate) fn classify_parse_error(text: &str, err: &serde_json::Error) -> (ErrorCode, String) {
-    const KNOWN: &[&str] = &["auth", "subscribe", "unsubscribe", "publish", "ping"];
+    const KNOWN: &[&str] = &[
+        "auth",
+        "subscribe",
+        "unsubscribe",
+        "publish",
+        "ping",
+        "inbox_list",
+        "inbox_update",
+    ];
     match serde_json::from_str::<serde_json::Value>(text) {
         Ok(v) => match v.get("type").and_then(|t| t.as_str()) {
             Some(t) if !KNOWN.contains(&t) => {

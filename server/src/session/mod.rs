@@ -32,6 +32,7 @@
 mod auth;
 mod connection;
 mod dispatch;
+mod inbox;
 mod resume;
 
 pub use connection::{Socket, CLOSE_TIMEOUT};
@@ -270,8 +271,15 @@ impl<S: Socket> Session<S> {
                         continue;
                     }
                     written += 1;
-                    Message::Text(stored.frame().clone())
+                    if let Some(count) = stored.inbox {
+                        // An inbox arrival: the notification, then the count after it.
+                        self.io.feed(Message::Text(stored.frame().clone())).await?;
+                        Message::Text(crate::inbox::count_frame(count))
+                    } else {
+                        Message::Text(stored.frame().clone())
+                    }
                 }
+                Outbound::Frame(frame) => Message::Text(axum::extract::ws::Utf8Bytes::clone(frame)),
             };
             self.io.feed(msg).await?;
             fed = true;

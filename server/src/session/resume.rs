@@ -10,7 +10,7 @@
 
 use super::{Phase, Session, Socket, Stop, Subscription};
 use crate::store::ReadQuery;
-use app::protocol::{validate_topic, ErrorCode, Notification, Position, ServerFrame};
+use app::protocol::{validate_readable_topic, ErrorCode, Notification, Position, ServerFrame};
 use axum::extract::ws::Message;
 use std::sync::Arc;
 
@@ -52,7 +52,7 @@ impl<S: Socket> Session<S> {
         since: Option<Position>,
         id: Option<u64>,
     ) -> Result<(), Stop> {
-        if let Err(e) = validate_topic(&topic) {
+        if let Err(e) = validate_readable_topic(&topic) {
             return self.error(e.code, &e.message, id).await;
         }
         if let Err(e) = self.permit(crate::auth::Action::Read, &topic) {
@@ -260,6 +260,7 @@ mod tests {
             priority: 3,
             tags: vec![],
             link: None,
+            category: None,
         }
     }
 

@@ -108,6 +108,11 @@ every_store!(
     retention_by_count_keeps_the_newest_and_never_reuses_offsets,
     retention_by_age_drops_what_is_older,
     the_epoch_is_the_same_for_every_topic_of_one_store,
+    an_inbox_counts_arrivals_and_every_state_change_exactly,
+    read_all_up_to_an_offset_leaves_a_newer_arrival_unread,
+    an_inbox_lists_newest_first_by_filter_and_category,
+    pruned_unread_notifications_leave_the_count,
+    concurrent_changes_and_arrivals_keep_the_count_exact,
 );
 
 type Make = fn(Retention) -> Harness;
@@ -508,5 +513,323 @@ async fn memory_store_bounds_topics_and_idempotency_keys() {
             .await
             .unwrap()
             .duplicate
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Inboxes.
+
+use app::protocol::{InboxFilter, InboxQuery, InboxUpdate};
+
+/// What the inbox really holds unread (listed), to hold the kept count against.
+async fn listed_unread(h: &Harness, topic: &str) -> (u64, InboxCount) {
+    let q = InboxQuery {
+        filter: InboxFilter::Unread,
+        ..Default::default()
+    };
+    let (items, count) = h.store.inbox_list(topic, q, 100_000).await.unwrap();
+    assert!(items.iter().all(|i| !i.read && !i.archived));
+    (items.len() as u64, count)
+}
+
+fn offsets(o: &[u64]) -> Vec<u64> {
+    o.to_vec()
+}
+
+async fn an_inbox_counts_arrivals_and_every_state_change_exactly(make: Make) {
+    let h = make(retention());
+    let mut seqs = Vec::new();
+    for i in 1..=5u64 {
+        let s = append(&h, "@ana", "hi").await;
+        let count = s
+            .inbox
+            .expect("an inbox arrival carries the count after it");
+        assert_eq!(count.unread, i);
+        seqs.push(count.seq);
+    }
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "seq rises: {seqs:?}");
+    assert!(
+        append(&h, "ops", "x").await.inbox.is_none(),
+        "topics have no count"
+    );
+    let up = |u: InboxUpdate| {
+        let store = h.store.clone();
+        async move { store.inbox_update("@ana", u).await.unwrap() }
+    };
+    let c = up(InboxUpdate::Read {
+        offsets: offsets(&[1, 2, 2, 99]),
+    })
+    .await;
+    assert_eq!(
+        (c.changed, c.count.unread),
+        (2, 3),
+        "a repeat and an unknown offset change nothing"
+    );
+    assert!(c.count.seq > seqs[4]);
+    let again = up(InboxUpdate::Read {
+        offsets: offsets(&[1]),
+    })
+    .await;
+    assert_eq!(
+        (again.changed, again.count),
+        (0, c.count),
+        "no change, no new seq"
+    );
+    assert_eq!(
+        up(InboxUpdate::Archive {
+            offsets: offsets(&[1, 3])
+        })
+        .await
+        .count
+        .unread,
+        2
+    );
+    assert_eq!(
+        up(InboxUpdate::Unread {
+            offsets: offsets(&[1])
+        })
+        .await
+        .count
+        .unread,
+        2,
+        "archived: not counted"
+    );
+    assert_eq!(
+        up(InboxUpdate::Unarchive {
+            offsets: offsets(&[1])
+        })
+        .await
+        .count
+        .unread,
+        3
+    );
+    assert_eq!(
+        up(InboxUpdate::Unread {
+            offsets: offsets(&[2])
+        })
+        .await
+        .count
+        .unread,
+        4
+    );
+    let (listed, count) = listed_unread(&h, "@ana").await;
+    assert_eq!((listed, count.unread), (4, 4));
+    // Another user's inbox is separate.
+    append(&h, "@bo", "x").await;
+    assert_eq!(listed_unread(&h, "@bo").await.1.unread, 1);
+    assert_eq!(listed_unread(&h, "@ana").await.1.unread, 4);
+    // Changes to a topic that is not an inbox, or an inbox never written to, change nothing.
+    assert_eq!(
+        h.store
+            .inbox_update("@nobody", InboxUpdate::ReadAll { up_to: 9 })
+            .await
+            .unwrap()
+            .changed,
+        0
+    );
+}
+
+async fn read_all_up_to_an_offset_leaves_a_newer_arrival_unread(make: Make) {
+    let h = make(retention());
+    for _ in 0..3 {
+        append(&h, "@ana", "seen").await;
+    }
+    // The client saw up to 3 and clicks "mark all read" while offset 4 arrives.
+    append(&h, "@ana", "new").await;
+    let c = h
+        .store
+        .inbox_update("@ana", InboxUpdate::ReadAll { up_to: 3 })
+        .await
+        .unwrap();
+    assert_eq!((c.changed, c.count.unread), (3, 1));
+    let (items, _) = h
+        .store
+        .inbox_list(
+            "@ana",
+            InboxQuery {
+                filter: InboxFilter::Unread,
+                ..Default::default()
+            },
+            10,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        items
+            .iter()
+            .map(|i| i.notification.offset)
+            .collect::<Vec<_>>(),
+        vec![4]
+    );
+    let huge = h
+        .store
+        .inbox_update("@ana", InboxUpdate::ReadAll { up_to: u64::MAX })
+        .await
+        .unwrap();
+    assert_eq!((huge.changed, huge.count.unread), (1, 0));
+}
+
+async fn an_inbox_lists_newest_first_by_filter_and_category(make: Make) {
+    let h = make(retention());
+    for i in 1..=6u64 {
+        let category = (i % 2 == 0).then(|| "mention".to_owned());
+        let new = NewNotification {
+            body: format!("n{i}"),
+            category,
+            ..Default::default()
+        };
+        h.store.append("@ana", new, None).await.unwrap();
+    }
+    h.store
+        .inbox_update(
+            "@ana",
+            InboxUpdate::Read {
+                offsets: vec![1, 2],
+            },
+        )
+        .await
+        .unwrap();
+    h.store
+        .inbox_update("@ana", InboxUpdate::Archive { offsets: vec![6] })
+        .await
+        .unwrap();
+    let list = |filter, category: Option<&str>, before, limit| {
+        let store = h.store.clone();
+        let q = InboxQuery {
+            filter,
+            category: category.map(str::to_owned),
+            before,
+            limit: None,
+        };
+        async move {
+            let (items, count) = store.inbox_list("@ana", q, limit).await.unwrap();
+            (
+                items
+                    .iter()
+                    .map(|i| (i.notification.offset, i.read, i.archived))
+                    .collect::<Vec<_>>(),
+                count.unread,
+            )
+        }
+    };
+    assert_eq!(
+        list(InboxFilter::All, None, None, 10).await,
+        (
+            vec![
+                (5, false, false),
+                (4, false, false),
+                (3, false, false),
+                (2, true, false),
+                (1, true, false)
+            ],
+            3
+        )
+    );
+    assert_eq!(
+        list(InboxFilter::Unread, None, None, 10)
+            .await
+            .0
+            .iter()
+            .map(|x| x.0)
+            .collect::<Vec<_>>(),
+        vec![5, 4, 3]
+    );
+    assert_eq!(
+        list(InboxFilter::Archived, None, None, 10).await.0,
+        vec![(6, false, true)]
+    );
+    assert_eq!(
+        list(InboxFilter::All, Some("mention"), None, 10)
+            .await
+            .0
+            .iter()
+            .map(|x| x.0)
+            .collect::<Vec<_>>(),
+        vec![4, 2]
+    );
+    // Paging: `before` is exclusive.
+    assert_eq!(
+        list(InboxFilter::All, None, None, 2)
+            .await
+            .0
+            .iter()
+            .map(|x| x.0)
+            .collect::<Vec<_>>(),
+        vec![5, 4]
+    );
+    assert_eq!(
+        list(InboxFilter::All, None, Some(4), 2)
+            .await
+            .0
+            .iter()
+            .map(|x| x.0)
+            .collect::<Vec<_>>(),
+        vec![3, 2]
+    );
+    let (items, _) = h
+        .store
+        .inbox_list("@ana", InboxQuery::default(), 1)
+        .await
+        .unwrap();
+    assert_eq!(items[0].notification.category, None);
+    assert_eq!(items[0].notification.body, "n5");
+}
+
+async fn pruned_unread_notifications_leave_the_count(make: Make) {
+    let h = make(Retention {
+        max_count: 3,
+        ..retention()
+    });
+    for _ in 0..5 {
+        append(&h, "@ana", "x").await;
+    }
+    h.store
+        .inbox_update("@ana", InboxUpdate::Read { offsets: vec![4] })
+        .await
+        .unwrap();
+    h.store.prune().await.unwrap();
+    let (listed, count) = listed_unread(&h, "@ana").await;
+    assert_eq!(
+        (listed, count.unread),
+        (2, 2),
+        "3, 5 were left unread; 1, 2 were pruned"
+    );
+}
+
+async fn concurrent_changes_and_arrivals_keep_the_count_exact(make: Make) {
+    let h = make(retention());
+    for _ in 0..20 {
+        append(&h, "@ana", "x").await;
+    }
+    let mut tasks = Vec::new();
+    for i in 0..40u64 {
+        let store = h.store.clone();
+        tasks.push(tokio::spawn(async move {
+            let o = i % 20 + 1;
+            let u = match i % 5 {
+                0 => InboxUpdate::Read {
+                    offsets: vec![o, o + 1],
+                },
+                1 => InboxUpdate::Unread { offsets: vec![o] },
+                2 => InboxUpdate::Archive { offsets: vec![o] },
+                3 => InboxUpdate::ReadAll { up_to: o },
+                _ => InboxUpdate::Unarchive {
+                    offsets: vec![o, 1],
+                },
+            };
+            store.inbox_update("@ana", u).await.unwrap();
+        }));
+        let store = h.store.clone();
+        tasks.push(tokio::spawn(async move {
+            store.append("@ana", note("racing"), None).await.unwrap();
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let (listed, count) = listed_unread(&h, "@ana").await;
+    assert_eq!(
+        count.unread, listed,
+        "the kept count is what the inbox holds unread"
     );
 }

@@ -11,10 +11,10 @@
 //! forgotten first).
 
 use super::{
-    materialize, now_ms, random_id, Appended, Feed, Head, ReadQuery, Retention, Store, StoreError,
-    Stored, TopicPosition,
+    is_inbox, materialize, now_ms, random_id, Appended, Feed, Head, InboxChange, InboxCount,
+    ReadQuery, Retention, Store, StoreError, Stored, TopicPosition,
 };
-use app::protocol::NewNotification;
+use app::protocol::{InboxFilter, InboxItem, InboxQuery, InboxUpdate, NewNotification};
 use async_trait::async_trait;
 use lru::LruCache;
 use std::collections::{HashMap, VecDeque};
@@ -63,9 +63,28 @@ struct TopicLog {
     last: u64,
     /// Contiguous offsets, oldest first; pruning only pops the front.
     log: VecDeque<Arc<Stored>>,
+    /// For an inbox: each notification's (read, archived), beside `log`, and the count.
+    state: VecDeque<(bool, bool)>,
+    count: InboxCount,
 }
 
 impl TopicLog {
+    /// Drops the oldest notification, taking it off the inbox count if it was unread.
+    fn pop_front(&mut self) {
+        self.log.pop_front();
+        if let Some((read, archived)) = self.state.pop_front() {
+            if !read && !archived {
+                self.count.unread -= 1;
+                self.count.seq += 1;
+            }
+        }
+    }
+
+    fn index(&self, offset: u64) -> Option<usize> {
+        let first = self.first();
+        (offset >= first && offset <= self.last).then(|| (offset - first) as usize)
+    }
+
     fn first(&self) -> u64 {
         self.log
             .front()
@@ -152,10 +171,19 @@ impl Store for MemoryStore {
             None => inner.topics.entry(topic.to_owned()).or_default(),
         };
         log.last += 1;
-        let stored = Stored::new(materialize(topic, &self.epoch, log.last, now_ms(), new));
+        let n = materialize(topic, &self.epoch, log.last, now_ms(), new);
+        let count = if is_inbox(topic) {
+            log.state.push_back((false, false));
+            log.count.unread += 1;
+            log.count.seq += 1;
+            Some(log.count)
+        } else {
+            None
+        };
+        let stored = Stored::with_inbox(n, count);
         log.log.push_back(stored.clone());
         while log.log.len() as u64 > self.retention.max_count {
-            log.log.pop_front();
+            log.pop_front();
         }
         if let Some(k) = key {
             inner.idempotency.put(k, (Instant::now(), stored.clone()));
@@ -199,6 +227,87 @@ impl Store for MemoryStore {
         Ok((pos, items))
     }
 
+    async fn inbox_update(
+        &self,
+        topic: &str,
+        update: InboxUpdate,
+    ) -> Result<InboxChange, StoreError> {
+        let mut inner = self.lock();
+        let Some(log) = inner.topics.get_mut(topic).filter(|_| is_inbox(topic)) else {
+            return Ok(InboxChange::default());
+        };
+        let offsets: Vec<u64> = match &update {
+            InboxUpdate::Read { offsets }
+            | InboxUpdate::Unread { offsets }
+            | InboxUpdate::Archive { offsets }
+            | InboxUpdate::Unarchive { offsets } => {
+                let mut o = offsets.clone();
+                o.sort_unstable();
+                o.dedup();
+                o
+            }
+            InboxUpdate::ReadAll { up_to } => (log.first()..=(*up_to).min(log.last)).collect(),
+        };
+        let mut change = InboxChange::default();
+        let mut delta = 0i64;
+        for offset in offsets {
+            let Some(i) = log.index(offset) else { continue };
+            let (read, archived) = log.state[i];
+            let (mut r, mut a) = (read, archived);
+            update.apply(offset, &mut r, &mut a);
+            if (r, a) != (read, archived) {
+                change.changed += 1;
+                delta += i64::from(!r && !a) - i64::from(!read && !archived);
+                log.state[i] = (r, a);
+            }
+        }
+        if change.changed > 0 {
+            log.count.unread = (log.count.unread as i64 + delta).max(0) as u64;
+            log.count.seq += 1;
+        }
+        change.count = log.count;
+        Ok(change)
+    }
+
+    async fn inbox_list(
+        &self,
+        topic: &str,
+        query: InboxQuery,
+        limit: usize,
+    ) -> Result<(Vec<InboxItem>, InboxCount), StoreError> {
+        let inner = self.lock();
+        let Some(log) = inner.topics.get(topic).filter(|_| is_inbox(topic)) else {
+            return Ok((Vec::new(), InboxCount::default()));
+        };
+        let before = query.before.unwrap_or(u64::MAX);
+        let items = log
+            .log
+            .iter()
+            .zip(log.state.iter())
+            .rev()
+            .filter(|(s, &(read, archived))| {
+                let n = &s.notification;
+                n.offset < before
+                    && query
+                        .category
+                        .as_ref()
+                        .is_none_or(|c| n.category.as_ref() == Some(c))
+                    && match query.filter {
+                        InboxFilter::Unread => !read && !archived,
+                        InboxFilter::All => !archived,
+                        InboxFilter::Archived => archived,
+                    }
+            })
+            .take(limit)
+            .map(|(s, &(read, archived))| InboxItem {
+                notification: s.notification.clone(),
+                read,
+                archived,
+            })
+            .collect();
+        Ok((items, log.count))
+    }
+
     async fn head(&self, topic: &str) -> Result<Head, StoreError> {
         let inner = self.lock();
         Ok(Head {
@@ -230,7 +339,7 @@ impl Store for MemoryStore {
                             .front()
                             .is_some_and(|s| s.notification.time < cutoff)
                     {
-                        log.log.pop_front();
+                        log.pop_front();
                         dropped += 1;
                         budget -= 1;
                     }

@@ -25,6 +25,14 @@
 //! - **Failure is visible**: a store that can no longer work (its writer died) says so through
 //!   `fatal`, and never acknowledges what it did not store.
 //!
+//! - **Inboxes**: a topic named `@<user>` is that user's inbox. Its notifications also carry
+//!   read state (read, archived), and the store keeps the inbox's unread count (unread and not
+//!   archived) and a change counter `seq` beside them, changed in the same transaction as
+//!   every arrival, state change and pruned notification, so the count is always exact, is
+//!   read in O(1), and survives a crash. State changes are applied in the order they were
+//!   submitted relative to appends. An arrival's notification carries the count after it
+//!   ([`Stored::inbox`]).
+//!
 //! Every store passes the same conformance tests (`conformance.rs`).
 
 mod memory;
@@ -36,7 +44,7 @@ mod conformance;
 pub use memory::{MemoryLimits, MemoryStore};
 pub use sqlite::{SqliteOptions, SqliteStore};
 
-use app::protocol::{NewNotification, Notification};
+use app::protocol::{InboxItem, InboxQuery, InboxUpdate, NewNotification, Notification};
 use async_trait::async_trait;
 use axum::extract::ws::Utf8Bytes;
 use std::sync::Arc;
@@ -68,6 +76,23 @@ pub struct Stored {
     /// `ServerFrame::Notification` as JSON text, made on first use: a notification nobody
     /// is subscribed to (or replaying) never needs it. See [`Stored::frame`].
     frame: std::sync::OnceLock<Utf8Bytes>,
+    /// For an inbox arrival: the inbox's count right after it (live arrivals only; a read
+    /// from the store has none).
+    pub inbox: Option<InboxCount>,
+}
+
+/// An inbox's unread count (unread and not archived) and its change counter.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct InboxCount {
+    pub unread: u64,
+    pub seq: u64,
+}
+
+/// What an inbox update did: how many notifications changed state, and the count after.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct InboxChange {
+    pub changed: u64,
+    pub count: InboxCount,
 }
 
 /// What an internally tagged `ServerFrame::Notification` starts with; the rest of the frame
@@ -79,6 +104,11 @@ impl Stored {
     /// bytes. It is serialized once; the frame is that JSON with the tag spliced in front,
     /// which is byte for byte what serializing `ServerFrame::Notification` gives (tested).
     pub fn new(notification: Notification) -> Arc<Self> {
+        Self::with_inbox(notification, None)
+    }
+
+    /// [`Stored::new`] for an inbox arrival, with the inbox's count after it.
+    pub fn with_inbox(notification: Notification, inbox: Option<InboxCount>) -> Arc<Self> {
         // Serializing plain structs of strings and integers cannot fail.
         let n = &notification;
         // Sized up front: growing the buffer while serializing would copy it again.
@@ -96,6 +126,7 @@ impl Stored {
             notification,
             json: bytes::Bytes::from(json),
             frame: std::sync::OnceLock::new(),
+            inbox,
         })
     }
 
@@ -209,6 +240,23 @@ pub trait Store: Send + Sync + 'static {
     /// Applies retention now, in bounded chunks; returns how many notifications were dropped.
     async fn prune(&self) -> Result<u64, StoreError>;
 
+    /// Changes read state in the inbox `topic` (`@<user>`); offsets that name nothing (never
+    /// stored, pruned) or are already in the asked state change nothing.
+    async fn inbox_update(
+        &self,
+        topic: &str,
+        update: InboxUpdate,
+    ) -> Result<InboxChange, StoreError>;
+
+    /// A page of the inbox `topic`, newest first, with its count at the same moment.
+    /// `limit` is the caller's, already bounded.
+    async fn inbox_list(
+        &self,
+        topic: &str,
+        query: InboxQuery,
+        limit: usize,
+    ) -> Result<(Vec<InboxItem>, InboxCount), StoreError>;
+
     fn stats(&self) -> StoreStats {
         StoreStats::default()
     }
@@ -267,7 +315,13 @@ pub(crate) fn materialize(
         priority: new.priority.unwrap_or(app::protocol::DEFAULT_PRIORITY),
         tags: new.tags,
         link: new.link.filter(|l| !l.is_empty()),
+        category: new.category.filter(|c| !c.is_empty()),
     }
+}
+
+/// Whether `topic` is an inbox (`@<user>`).
+pub fn is_inbox(topic: &str) -> bool {
+    topic.starts_with('@')
 }
 
 #[cfg(test)]
@@ -286,6 +340,7 @@ mod tests {
             priority: 4,
             tags: vec!["a".into()],
             link: None,
+            category: None,
         }
     }
 

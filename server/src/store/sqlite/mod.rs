@@ -17,12 +17,14 @@
 mod writer;
 
 use super::{
-    random_id, Appended, Feed, Head, ReadQuery, Retention, Store, StoreError, StoreStats, Stored,
-    TopicPosition,
+    random_id, Appended, Feed, Head, InboxChange, InboxCount, ReadQuery, Retention, Store,
+    StoreError, StoreStats, Stored, TopicPosition,
 };
 use crate::config::SyncMode;
 use crate::hooks::Hooks;
-use app::protocol::{NewNotification, Notification};
+use app::protocol::{
+    InboxFilter, InboxItem, InboxQuery, InboxUpdate, NewNotification, Notification,
+};
 use async_trait::async_trait;
 use lru::LruCache;
 use rusqlite::{params, Connection, OptionalExtension};
@@ -65,7 +67,26 @@ const MIGRATIONS: &[&str] = &[
 "#,
     // Expired idempotency keys are pruned in chunks, oldest first.
     "CREATE INDEX idempotency_time ON idempotency (time);",
+    // Inboxes (topics named `@<user>`): read state per notification, and per inbox its unread
+    // count and change counter, kept in the same transactions as the changes. The partial
+    // index holds only unread inbox items (every `@` name sorts in ['@', 'A')), so topic
+    // publishes never maintain it.
+    r#"
+    ALTER TABLE notifications ADD COLUMN category TEXT;
+    ALTER TABLE notifications ADD COLUMN read INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE notifications ADD COLUMN archived INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE inbox (
+        topic TEXT PRIMARY KEY,
+        unread INTEGER NOT NULL,
+        seq INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX notifications_inbox_unread ON notifications (topic, offset)
+        WHERE topic >= '@' AND topic < 'A' AND read = 0 AND archived = 0;
+"#,
 ];
+
+/// The SQL condition that an inbox row's topic satisfies, matching the partial index.
+pub(super) const INBOX_RANGE: &str = "topic >= '@' AND topic < 'A'";
 
 /// Appends waiting for the writer; publishers wait (backpressure) beyond this.
 const WRITE_QUEUE: usize = 8192;
@@ -322,6 +343,20 @@ fn position(
     })
 }
 
+/// An inbox's count as committed (zero for an inbox that never received anything).
+pub(super) fn inbox_count(conn: &Connection, topic: &str) -> Result<InboxCount, StoreError> {
+    let row: Option<(u64, u64)> = conn
+        .prepare_cached("SELECT unread, seq FROM inbox WHERE topic = ?1")?
+        .query_row([topic], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    Ok(
+        row.map_or_else(InboxCount::default, |(unread, seq)| InboxCount {
+            unread,
+            seq,
+        }),
+    )
+}
+
 fn row_to_notification(r: &rusqlite::Row<'_>) -> rusqlite::Result<Notification> {
     let tags: String = r.get(7)?;
     Ok(Notification {
@@ -335,8 +370,12 @@ fn row_to_notification(r: &rusqlite::Row<'_>) -> rusqlite::Result<Notification> 
         priority: r.get(6)?,
         tags: serde_json::from_str(&tags).unwrap_or_default(),
         link: r.get(8)?,
+        category: r.get(9)?,
     })
 }
+
+/// The columns [`row_to_notification`] reads, in order.
+const COLUMNS: &str = "topic, offset, id, time, title, body, priority, tags, link, category";
 
 #[async_trait]
 impl Store for SqliteStore {
@@ -375,14 +414,12 @@ impl Store for SqliteStore {
                 // One read transaction, so the position and the rows agree.
                 let tx = conn.transaction()?;
                 let pos = position(&tx, &topic, &epoch)?;
-                let sql = if q.newest_first {
-                    "SELECT topic, offset, id, time, title, body, priority, tags, link FROM notifications
-                     WHERE topic = ?1 AND offset > ?2 AND offset < ?3 ORDER BY offset DESC LIMIT ?4"
-                } else {
-                    "SELECT topic, offset, id, time, title, body, priority, tags, link FROM notifications
-                     WHERE topic = ?1 AND offset > ?2 AND offset < ?3 ORDER BY offset ASC LIMIT ?4"
-                };
-                let mut stmt = tx.prepare_cached(sql)?;
+                let order = if q.newest_first { "DESC" } else { "ASC" };
+                let sql = format!(
+                    "SELECT {COLUMNS} FROM notifications
+                     WHERE topic = ?1 AND offset > ?2 AND offset < ?3 ORDER BY offset {order} LIMIT ?4"
+                );
+                let mut stmt = tx.prepare_cached(&sql)?;
                 let rows = stmt.query_map(params![topic, after, before, limit], row_to_notification)?;
                 let mut out = Vec::new();
                 for r in rows {
@@ -425,6 +462,70 @@ impl Store for SqliteStore {
             .await
             .map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    async fn inbox_update(
+        &self,
+        topic: &str,
+        update: InboxUpdate,
+    ) -> Result<InboxChange, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        let cmd = Command::Inbox {
+            topic: topic.to_owned(),
+            update,
+            reply,
+        };
+        self.writer
+            .send(cmd)
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    async fn inbox_list(
+        &self,
+        topic: &str,
+        query: InboxQuery,
+        limit: usize,
+    ) -> Result<(Vec<InboxItem>, InboxCount), StoreError> {
+        let (topic, epoch) = (topic.to_owned(), self.epoch.clone());
+        self.readers
+            .run(move |conn| {
+                // One read transaction, so the page and the count agree.
+                let tx = conn.transaction()?;
+                let (epoch, _) = head_on_disk(&tx, &topic, &epoch)?;
+                let count = inbox_count(&tx, &topic)?;
+                let state = match query.filter {
+                    // Spelled as the partial index's condition, so SQLite uses it.
+                    InboxFilter::Unread => {
+                        format!("AND {INBOX_RANGE} AND read = 0 AND archived = 0")
+                    }
+                    InboxFilter::All => "AND archived = 0".to_owned(),
+                    InboxFilter::Archived => "AND archived = 1".to_owned(),
+                };
+                let sql = format!(
+                    "SELECT {COLUMNS}, read, archived FROM notifications
+                     WHERE topic = ?1 AND offset < ?2 AND (?3 IS NULL OR category = ?3) {state}
+                     ORDER BY offset DESC LIMIT ?4"
+                );
+                let before = query.before.unwrap_or(MAX_OFFSET).min(MAX_OFFSET);
+                let mut stmt = tx.prepare_cached(&sql)?;
+                let rows =
+                    stmt.query_map(params![topic, before, query.category, limit as u64], |r| {
+                        let mut notification = row_to_notification(r)?;
+                        notification.epoch.clone_from(&epoch);
+                        Ok(InboxItem {
+                            notification,
+                            read: r.get(10)?,
+                            archived: r.get(11)?,
+                        })
+                    })?;
+                let items = rows.collect::<Result<Vec<_>, _>>()?;
+                drop(stmt);
+                tx.finish()?;
+                Ok((items, count))
+            })
+            .await
     }
 
     fn stats(&self) -> StoreStats {

@@ -6,10 +6,13 @@
 //! appends up for longer than one chunk (`prune_chunk` rows, a few milliseconds), however much
 //! it has to delete.
 
-use super::{head_on_disk, PositionCache, SqliteOptions};
+use super::{head_on_disk, inbox_count, PositionCache, SqliteOptions, INBOX_RANGE};
 use crate::hooks::Hooks;
-use crate::store::{materialize, now_ms, Appended, Feed, Retention, StoreError, Stored};
-use app::protocol::{NewNotification, Notification};
+use crate::store::{
+    is_inbox, materialize, now_ms, Appended, Feed, InboxChange, InboxCount, Retention, StoreError,
+    Stored,
+};
+use app::protocol::{InboxUpdate, NewNotification, Notification};
 use rusqlite::{params, Connection, OptionalExtension};
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
@@ -18,6 +21,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 type AppendReply = oneshot::Sender<Result<Appended, StoreError>>;
 type PruneReply = oneshot::Sender<Result<u64, StoreError>>;
+type InboxReply = oneshot::Sender<Result<InboxChange, StoreError>>;
 
 pub(super) enum Command {
     Append {
@@ -29,10 +33,19 @@ pub(super) enum Command {
     Prune {
         reply: PruneReply,
     },
+    Inbox {
+        topic: String,
+        update: InboxUpdate,
+        reply: InboxReply,
+    },
 }
 
-/// One queued append: topic, notification, idempotency key, where to answer.
-type AppendRequest = (String, NewNotification, Option<String>, AppendReply);
+/// Work committed in one group transaction, in the order it was queued: appends, and inbox
+/// state changes (which must see every append queued before them).
+enum Work {
+    Append(String, NewNotification, Option<String>, AppendReply),
+    Inbox(String, InboxUpdate, InboxReply),
+}
 
 /// Topics examined per prune chunk when pruning by count.
 const PRUNE_TOPICS_PER_CHUNK: usize = 256;
@@ -54,6 +67,7 @@ enum Pending {
     New(Arc<Stored>, AppendReply),
     Duplicate(Arc<Stored>, AppendReply),
     Failed(StoreError, AppendReply),
+    Inbox(InboxChange, InboxReply),
 }
 
 /// A prune in progress: which stage it is in, and who waits for its result.
@@ -151,7 +165,12 @@ impl Writer {
                         new,
                         key,
                         reply,
-                    } => appends.push((topic, new, key, reply)),
+                    } => appends.push(Work::Append(topic, new, key, reply)),
+                    Command::Inbox {
+                        topic,
+                        update,
+                        reply,
+                    } => appends.push(Work::Inbox(topic, update, reply)),
                     Command::Prune { reply } => match &mut prune {
                         // One prune at a time; a second request shares the running one's result.
                         Some(job) => job.replies.push(reply),
@@ -194,7 +213,7 @@ impl Writer {
         tracing::debug!("sqlite writer stopped");
     }
 
-    fn append_batch(&mut self, appends: Vec<AppendRequest>) {
+    fn append_batch(&mut self, appends: Vec<Work>) {
         // Topic -> (epoch, last offset) as this batch leaves it; published to the cache only
         // after the commit, so nobody sees an offset that could still be rolled back.
         let mut touched: HashMap<String, (Arc<str>, u64)> = HashMap::new();
@@ -204,7 +223,15 @@ impl Writer {
             let now = now_ms();
             let idem_cutoff = now - self.retention.idempotency_window.as_millis() as i64;
             let mut batch_keys: HashMap<(String, String), Arc<Stored>> = HashMap::new();
-            for (topic, new, key, reply) in appends {
+            for work in appends {
+                let (topic, new, key, reply) = match work {
+                    Work::Append(topic, new, key, reply) => (topic, new, key, reply),
+                    Work::Inbox(topic, update, reply) => {
+                        let change = inbox_update(&tx, &topic, &update)?;
+                        results.push(Pending::Inbox(change, reply));
+                        continue;
+                    }
+                };
                 if let Some(k) = &key {
                     let hit = match batch_keys.get(&(topic.clone(), k.clone())) {
                         Some(s) => Some(s.clone()),
@@ -231,18 +258,23 @@ impl Writer {
                 // Cached statements: preparing costs more than the insert itself.
                 let inserted = tx
                     .prepare_cached(
-                        "INSERT INTO notifications (topic, offset, id, time, title, body, priority, tags, link)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                        "INSERT INTO notifications (topic, offset, id, time, title, body, priority, tags, link, category)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
                     )
                     .and_then(|mut st| {
-                        st.execute(params![n.topic, n.offset, n.id, n.time, n.title, n.body, n.priority, tags, n.link])
+                        st.execute(params![n.topic, n.offset, n.id, n.time, n.title, n.body, n.priority, tags, n.link, n.category])
                     });
                 if let Err(e) = inserted {
                     results.push(Pending::Failed(StoreError::Backend(e.to_string()), reply));
                     continue;
                 }
                 touched.insert(topic.clone(), (epoch, offset));
-                let stored = Stored::new(n);
+                let count = if is_inbox(&topic) {
+                    Some(bump_inbox(&tx, &topic, 1)?)
+                } else {
+                    None
+                };
+                let stored = Stored::with_inbox(n, count);
                 if let Some(k) = key {
                     let json = serde_json::to_string(&stored.notification)
                         .map_err(|e| StoreError::Backend(e.to_string()))?;
@@ -294,16 +326,24 @@ impl Writer {
                         Pending::Failed(e, reply) => {
                             let _ = reply.send(Err(e));
                         }
+                        Pending::Inbox(change, reply) => {
+                            let _ = reply.send(Ok(change));
+                        }
                     }
                 }
             }
             Err(e) => {
                 tracing::error!(error = %e, "group commit failed; nothing in the batch was acknowledged");
                 for p in results {
-                    let reply = match p {
-                        Pending::New(_, r) | Pending::Duplicate(_, r) | Pending::Failed(_, r) => r,
-                    };
-                    let _ = reply.send(Err(StoreError::Backend(e.to_string())));
+                    let err = StoreError::Backend(e.to_string());
+                    match p {
+                        Pending::New(_, r) | Pending::Duplicate(_, r) | Pending::Failed(_, r) => {
+                            let _ = r.send(Err(err));
+                        }
+                        Pending::Inbox(_, r) => {
+                            let _ = r.send(Err(err));
+                        }
+                    }
                 }
             }
         }
@@ -327,12 +367,13 @@ impl Writer {
         let tx = self.conn.transaction()?;
         let done = match &mut job.stage {
             Stage::Age => {
-                let n = tx
-                    .prepare_cached(
-                        "DELETE FROM notifications WHERE (topic, offset) IN
-                         (SELECT topic, offset FROM notifications WHERE time < ?1 LIMIT ?2)",
-                    )?
-                    .execute(params![job.cutoff, chunk])? as u64;
+                let n = delete_counting_unread(
+                    &tx,
+                    "DELETE FROM notifications WHERE (topic, offset) IN
+                     (SELECT topic, offset FROM notifications WHERE time < ?1 LIMIT ?2)
+                     RETURNING topic, read, archived",
+                    params![job.cutoff, chunk],
+                )?;
                 job.dropped += n;
                 if n < chunk {
                     job.stage = Stage::Count {
@@ -371,14 +412,14 @@ impl Writer {
                             break;
                         }
                         visited += 1;
-                        let n = tx
-                            .prepare_cached(
-                                "DELETE FROM notifications WHERE topic = ?1 AND offset IN
-                                 (SELECT offset FROM notifications WHERE topic = ?1 AND offset <= ?2
-                                  ORDER BY offset LIMIT ?3)",
-                            )?
-                            .execute(params![topic, last - max_count, budget])?
-                            as u64;
+                        let n = delete_counting_unread(
+                            &tx,
+                            "DELETE FROM notifications WHERE topic = ?1 AND offset IN
+                             (SELECT offset FROM notifications WHERE topic = ?1 AND offset <= ?2
+                              ORDER BY offset LIMIT ?3)
+                             RETURNING topic, read, archived",
+                            params![topic, last - max_count, budget],
+                        )?;
                         job.dropped += n;
                         if n < budget {
                             queue.pop();
@@ -401,6 +442,120 @@ impl Writer {
         tx.commit()?;
         Ok(done)
     }
+}
+
+/// Runs a `DELETE ... RETURNING topic, read, archived` and takes every unread, unarchived
+/// inbox notification it removed off its inbox's count. Returns how many rows went.
+fn delete_counting_unread(
+    tx: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+) -> Result<u64, StoreError> {
+    let mut st = tx.prepare_cached(sql)?;
+    let mut rows = st.query(params)?;
+    let mut n = 0u64;
+    let mut unread: HashMap<String, i64> = HashMap::new();
+    while let Some(r) = rows.next()? {
+        n += 1;
+        let topic: String = r.get(0)?;
+        let (read, archived): (bool, bool) = (r.get(1)?, r.get(2)?);
+        if is_inbox(&topic) && !read && !archived {
+            *unread.entry(topic).or_default() -= 1;
+        }
+    }
+    drop(rows);
+    drop(st);
+    for (topic, delta) in unread {
+        bump_inbox(tx, &topic, delta)?;
+    }
+    Ok(n)
+}
+
+/// Adds `delta` to an inbox's unread count and one to its change counter.
+fn bump_inbox(tx: &Connection, topic: &str, delta: i64) -> Result<InboxCount, StoreError> {
+    let (unread, seq): (i64, u64) = tx
+        .prepare_cached(
+            "INSERT INTO inbox (topic, unread, seq) VALUES (?1, max(?2, 0), 1)
+             ON CONFLICT (topic) DO UPDATE SET unread = max(unread + ?2, 0), seq = seq + 1
+             RETURNING unread, seq",
+        )?
+        .query_row(params![topic, delta], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(InboxCount {
+        unread: unread.max(0) as u64,
+        seq,
+    })
+}
+
+/// Applies one inbox state change inside the writer's transaction.
+fn inbox_update(
+    tx: &Connection,
+    topic: &str,
+    update: &InboxUpdate,
+) -> Result<InboxChange, StoreError> {
+    // (SQL that changes one notification and returns the other flag, whether the change makes
+    // it count as unread (+1) or not (-1) when that other flag is clear.)
+    let one = |sql: &str, offsets: &[u64], delta: i64| -> Result<(u64, i64), StoreError> {
+        let mut st = tx.prepare_cached(sql)?;
+        let (mut changed, mut unread) = (0u64, 0i64);
+        let mut seen = std::collections::HashSet::new();
+        for &offset in offsets {
+            if offset > i64::MAX as u64 || !seen.insert(offset) {
+                continue;
+            }
+            let other: Option<bool> = st
+                .query_row(params![topic, offset], |r| r.get(0))
+                .optional()?;
+            if let Some(other) = other {
+                changed += 1;
+                if !other {
+                    unread += delta;
+                }
+            }
+        }
+        Ok((changed, unread))
+    };
+    let (changed, delta) = match update {
+        InboxUpdate::Read { offsets } => one(
+            "UPDATE notifications SET read = 1 WHERE topic = ?1 AND offset = ?2 AND read = 0
+             RETURNING archived",
+            offsets,
+            -1,
+        )?,
+        InboxUpdate::Unread { offsets } => one(
+            "UPDATE notifications SET read = 0 WHERE topic = ?1 AND offset = ?2 AND read = 1
+             RETURNING archived",
+            offsets,
+            1,
+        )?,
+        InboxUpdate::Archive { offsets } => one(
+            "UPDATE notifications SET archived = 1 WHERE topic = ?1 AND offset = ?2 AND archived = 0
+             RETURNING read",
+            offsets,
+            -1,
+        )?,
+        InboxUpdate::Unarchive { offsets } => one(
+            "UPDATE notifications SET archived = 0 WHERE topic = ?1 AND offset = ?2 AND archived = 1
+             RETURNING read",
+            offsets,
+            1,
+        )?,
+        InboxUpdate::ReadAll { up_to } => {
+            let sql = format!(
+                "UPDATE notifications SET read = 1
+                 WHERE topic = ?1 AND {INBOX_RANGE} AND read = 0 AND archived = 0 AND offset <= ?2"
+            );
+            let n = tx
+                .prepare_cached(&sql)?
+                .execute(params![topic, (*up_to).min(i64::MAX as u64)])? as u64;
+            (n, -(n as i64))
+        }
+    };
+    let count = if changed > 0 {
+        bump_inbox(tx, topic, delta)?
+    } else {
+        inbox_count(tx, topic)?
+    };
+    Ok(InboxChange { changed, count })
 }
 
 fn lookup_key(

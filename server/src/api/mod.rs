@@ -10,10 +10,13 @@
 //! | `POST /api/dev/token`                   | development mode only: a token for a user name |
 //! | `GET`/`POST /api/keys`, `DELETE /api/keys/{id}` | list, create, revoke API keys (admin key) |
 //! | `GET /ws`                               | the WebSocket (see `app::protocol`)           |
+//! | inbox routes                            | see [`inbox`]                                 |
 //!
 //! Every route but health takes `Authorization: Bearer <API key or user token>`; what each
 //! identity may do is decided by [`crate::auth::Authority::check`], the same check the socket
 //! and the rendered page use.
+
+pub mod inbox;
 
 use crate::auth::{Action, Grants, Pattern};
 use crate::error::ApiError;
@@ -124,6 +127,24 @@ where
     // Before the body is read: an unauthorized client gets its answer without sending it.
     let who = state.auth.from_request(headers, query)?;
     state.auth.check(&who, Action::Publish, topic)?;
+    publish_rate(state, &who, peer)?;
+    let (new, key) = read_notification(state, headers, body).await?;
+    let appended = state.store.append(topic, new, key).await?;
+    tracing::debug!(
+        topic,
+        offset = appended.stored.notification.offset,
+        duplicate = appended.duplicate,
+        "published"
+    );
+    Ok(created(&appended))
+}
+
+/// The per-address and per-credential publish rates, for every route that stores.
+pub(crate) fn publish_rate(
+    state: &AppState,
+    who: &crate::auth::Identity,
+    peer: Option<std::net::IpAddr>,
+) -> Result<(), ApiError> {
     if let Some(ip) = peer {
         state
             .limits
@@ -133,8 +154,21 @@ where
     }
     state
         .limits
-        .publish(&who)
-        .map_err(|wait| ApiError::RateLimited(wait, "too many publishes with these credentials"))?;
+        .publish(who)
+        .map_err(|wait| ApiError::RateLimited(wait, "too many publishes with these credentials"))
+}
+
+/// Reads and validates a publish body: JSON ([`NewNotification`]) or plain text with the
+/// ntfy-style headers; with the request's `Idempotency-Key`.
+pub(crate) async fn read_notification<B>(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: B,
+) -> Result<(NewNotification, Option<String>), ApiError>
+where
+    B: http_body::Body<Data = bytes::Bytes>,
+    B::Error: Into<axum::BoxError>,
+{
     let max = state.config.max_body_bytes;
     // A JSON envelope around a maximal body is allowed some room for the other fields.
     let limit = max + 8 * 1024;
@@ -155,14 +189,12 @@ where
         fields.into_notification(body)?
     };
     new.validate(max)?;
-    let appended = state.store.append(topic, new, key).await?;
-    tracing::debug!(
-        topic,
-        offset = appended.stored.notification.offset,
-        duplicate = appended.duplicate,
-        "published"
-    );
-    // The stored notification's JSON, encoded once when it was stored.
+    Ok((new, key))
+}
+
+/// `201 Created` with the stored notification's JSON (encoded once, when it was stored), and
+/// `Idempotent-Replayed: true` for a repeated idempotency key.
+pub(crate) fn created(appended: &crate::store::Appended) -> Response {
     let mut resp = (
         StatusCode::CREATED,
         [(
@@ -176,7 +208,7 @@ where
         resp.headers_mut()
             .insert("idempotent-replayed", HeaderValue::from_static("true"));
     }
-    Ok(resp)
+    resp
 }
 
 /// The request headers a publish reads, found in one pass over the headers (a lookup by a
@@ -188,6 +220,7 @@ pub(crate) struct PublishHeaders<'a> {
     priority: Option<&'a str>,
     tags: Option<&'a str>,
     link: Option<&'a str>,
+    category: Option<&'a str>,
     idempotency_key: Option<String>,
 }
 
@@ -206,6 +239,7 @@ impl<'a> PublishHeaders<'a> {
                 "priority" | "x-priority" => &mut h.priority,
                 "tags" | "x-tags" => &mut h.tags,
                 "link" | "x-link" => &mut h.link,
+                "category" | "x-category" => &mut h.category,
                 "idempotency-key" => {
                     let key = visible(name, value)?;
                     if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY {
@@ -256,6 +290,7 @@ impl<'a> PublishHeaders<'a> {
             priority,
             tags,
             link: self.link.map(str::to_owned),
+            category: self.category.map(str::to_owned),
         })
     }
 }
@@ -277,7 +312,10 @@ pub struct HistoryParams {
     order: Option<String>,
 }
 
-fn parse_param<T: std::str::FromStr>(name: &str, v: Option<&str>) -> Result<Option<T>, ApiError> {
+pub(crate) fn parse_param<T: std::str::FromStr>(
+    name: &str,
+    v: Option<&str>,
+) -> Result<Option<T>, ApiError> {
     v.map(|s| {
         s.parse::<T>().map_err(|_| {
             ApiError::Invalid(
@@ -300,7 +338,7 @@ pub async fn history(
     headers: HeaderMap,
     Query(p): Query<HistoryParams>,
 ) -> Result<Json<HistoryPage>, ApiError> {
-    validate_topic(&topic)?;
+    app::protocol::validate_readable_topic(&topic)?;
     let who = state.auth.from_request(&headers, uri.query())?;
     state.auth.check(&who, Action::Read, &topic)?;
     let since = parse_param::<u64>("since", p.since.as_deref())?.unwrap_or(0);

@@ -1,0 +1,202 @@
+//! The inbox routes: send to people, list an inbox, change its read state.
+//!
+//! | route                                   | what                                             |
+//! |-----------------------------------------|--------------------------------------------------|
+//! | `POST /api/users/{user}/notifications`  | send to one user; body as a topic publish (+ `category`) |
+//! | `POST /api/notifications`               | send to up to 1,000 `users` (JSON); per-user results |
+//! | `GET /api/users/{user}/inbox`           | a page, newest first (`filter`, `category`, `before`, `limit`) |
+//! | `POST /api/users/{user}/inbox`          | an [`InboxUpdate`] (`{"op":"read","offsets":[3]}`) |
+//!
+//! Sending needs `publish` on the user's inbox (`publish:@*` for every user); listing and
+//! updating need `read` on it, which the user's own token always has.
+
+use super::{created, publish_rate, read_notification, ApiError};
+use crate::auth::Action;
+use crate::AppState;
+use app::protocol::{
+    inbox_topic, ErrorCode, InboxFilter, InboxPage, InboxQuery, InboxUpdate, NewNotification,
+    Notification,
+};
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+
+fn peer(ip: Option<axum::Extension<crate::listener::ClientIp>>) -> Option<std::net::IpAddr> {
+    ip.map(|axum::Extension(crate::listener::ClientIp(ip))| ip)
+}
+
+/// `POST /api/users/{user}/notifications`.
+pub async fn send(
+    State(state): State<AppState>,
+    Path(user): Path<String>,
+    uri: axum::http::Uri,
+    ip: Option<axum::Extension<crate::listener::ClientIp>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    app::protocol::validate_user(&user)?;
+    let who = state.auth.from_request(&headers, uri.query())?;
+    state
+        .auth
+        .check(&who, Action::Publish, &inbox_topic(&user))?;
+    publish_rate(&state, &who, peer(ip))?;
+    let (new, key) = read_notification(&state, &headers, body).await?;
+    let appended = crate::inbox::send(&state, &user, new, key).await?;
+    tracing::debug!(
+        offset = appended.stored.notification.offset,
+        duplicate = appended.duplicate,
+        "sent to a user"
+    );
+    Ok(created(&appended))
+}
+
+/// The body of `POST /api/notifications`: the users, and the notification as for a topic.
+#[derive(Debug, Deserialize)]
+pub struct Bulk {
+    pub users: Vec<String>,
+    #[serde(flatten)]
+    pub message: NewNotification,
+}
+
+/// What happened for one user of a bulk send.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct BulkResult {
+    pub user: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notification: Option<Notification>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub duplicate: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<app::protocol::ErrorDetail>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct BulkReply {
+    pub results: Vec<BulkResult>,
+}
+
+/// `POST /api/notifications` with `{"users": [...], "body": ..., ...}`: stored for each user
+/// (all at once, so they share group commits). Every user must be within the caller's grants
+/// before anything is stored; the reply lists, per user, the stored notification or the error.
+pub async fn send_many(
+    State(state): State<AppState>,
+    uri: axum::http::Uri,
+    ip: Option<axum::Extension<crate::listener::ClientIp>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let who = state.auth.from_request(&headers, uri.query())?;
+    publish_rate(&state, &who, peer(ip))?;
+    // Room for 1,000 user ids beside the largest notification.
+    let limit = state.config.max_body_bytes
+        + 8 * 1024
+        + app::protocol::MAX_BULK_USERS * (app::protocol::MAX_USER_LEN + 8);
+    let bytes = http_body_util::BodyExt::collect(http_body_util::Limited::new(body, limit))
+        .await
+        .map_err(|_| ApiError::TooLarge(limit))?
+        .to_bytes();
+    let bulk: Bulk = serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::Invalid(ErrorCode::BadFrame, format!("invalid JSON body: {e}")))?;
+    bulk.message.validate(state.config.max_body_bytes)?;
+    for user in &bulk.users {
+        app::protocol::validate_user(user)?;
+        state
+            .auth
+            .check(&who, Action::Publish, &inbox_topic(user))?;
+    }
+    let key = super::PublishHeaders::read(&headers)?.idempotency_key;
+    let results = crate::inbox::send_many(&state, &bulk.users, &bulk.message, key.as_deref())
+        .await?
+        .into_iter()
+        .map(|(user, r)| match r {
+            Ok(a) => BulkResult {
+                user,
+                notification: Some(a.stored.notification.clone()),
+                duplicate: a.duplicate,
+                error: None,
+            },
+            Err(e) => BulkResult {
+                user,
+                notification: None,
+                duplicate: false,
+                error: Some(app::protocol::ErrorDetail {
+                    code: e.code(),
+                    message: e.to_string(),
+                }),
+            },
+        })
+        .collect();
+    Ok((StatusCode::OK, Json(BulkReply { results })).into_response())
+}
+
+/// Query of `GET /api/users/{user}/inbox` (strings, so a bad value gets our JSON error).
+#[derive(Debug, Deserialize)]
+pub struct ListParams {
+    filter: Option<String>,
+    category: Option<String>,
+    before: Option<String>,
+    limit: Option<String>,
+}
+
+/// `GET /api/users/{user}/inbox?filter=unread|all|archived&category=&before=&limit=`.
+pub async fn list(
+    State(state): State<AppState>,
+    Path(user): Path<String>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    Query(p): Query<ListParams>,
+) -> Result<Json<InboxPage>, ApiError> {
+    app::protocol::validate_user(&user)?;
+    let who = state.auth.from_request(&headers, uri.query())?;
+    state.auth.check(&who, Action::Read, &inbox_topic(&user))?;
+    let filter = match p.filter.as_deref() {
+        None | Some("all") => InboxFilter::All,
+        Some("unread") => InboxFilter::Unread,
+        Some("archived") => InboxFilter::Archived,
+        Some(_) => {
+            return Err(ApiError::Invalid(
+                ErrorCode::BadQuery,
+                "filter must be unread, all or archived".into(),
+            ))
+        }
+    };
+    let query = InboxQuery {
+        filter,
+        category: p.category.filter(|c| !c.is_empty()),
+        before: super::parse_param("before", p.before.as_deref())?,
+        limit: super::parse_param("limit", p.limit.as_deref())?,
+    };
+    Ok(Json(crate::inbox::list(&state, &user, query).await?))
+}
+
+/// The answer to an inbox update.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Updated {
+    pub changed: u64,
+    pub unread: u64,
+    pub seq: u64,
+}
+
+/// `POST /api/users/{user}/inbox` with an [`InboxUpdate`].
+pub async fn update(
+    State(state): State<AppState>,
+    Path(user): Path<String>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Json<Updated>, ApiError> {
+    app::protocol::validate_user(&user)?;
+    let who = state.auth.from_request(&headers, uri.query())?;
+    state.auth.check(&who, Action::Read, &inbox_topic(&user))?;
+    let update: InboxUpdate = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::Invalid(ErrorCode::BadFrame, format!("invalid JSON body: {e}")))?;
+    let change = crate::inbox::update(&state, &user, update).await?;
+    Ok(Json(Updated {
+        changed: change.changed,
+        unread: change.count.unread,
+        seq: change.count.seq,
+    }))
+}

@@ -471,6 +471,21 @@ impl Store for PausingStore {
     async fn prune(&self) -> Result<u64, StoreError> {
         self.inner.prune().await
     }
+    async fn inbox_update(
+        &self,
+        topic: &str,
+        update: app::protocol::InboxUpdate,
+    ) -> Result<herald::store::InboxChange, StoreError> {
+        self.inner.inbox_update(topic, update).await
+    }
+    async fn inbox_list(
+        &self,
+        topic: &str,
+        query: app::protocol::InboxQuery,
+        limit: usize,
+    ) -> Result<(Vec<app::protocol::InboxItem>, herald::store::InboxCount), StoreError> {
+        self.inner.inbox_list(topic, query, limit).await
+    }
 }
 
 async fn resume_survives_publishes_around_every_read(config: Config) {

@@ -1,0 +1,524 @@
+//! Per-user inboxes end to end: delivery to every socket of one user and nobody else, read
+//! state kept by the server across restarts, exact unread counts under racing changes and
+//! arrivals, mark-all-read bounded by an offset, resume after being offline.
+
+mod common;
+
+use app::protocol::{ClientFrame, InboxQuery, InboxUpdate, Notification, ServerFrame};
+use common::*;
+use herald::RunningServer;
+
+/// A user socket subscribed to its own inbox.
+async fn inbox_socket(server: &RunningServer, user: &str) -> Client {
+    let token = user_token(server, user, &[], &[], 3600);
+    let mut c = Client::connect_with(server, &token).await;
+    c.subscribe(&format!("@{user}"), None).await;
+    c
+}
+
+/// Sends to a user over HTTP with a key allowed to reach every user.
+async fn send(server: &RunningServer, key: &str, user: &str, body: &str) -> Notification {
+    let auth = format!("Bearer {key}");
+    let r = http(
+        server.addr,
+        "POST",
+        &format!("/api/users/{user}/notifications"),
+        &[("Authorization", &auth), ("Category", "mention")],
+        body.as_bytes(),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    r.notification()
+}
+
+/// The next inbox arrival on `c`: the notification, then the count after it.
+async fn arrival(c: &mut Client) -> (Notification, u64) {
+    let n = c.notification().await;
+    match c.next().await {
+        ServerFrame::InboxCount { unread, .. } => (n, unread),
+        other => panic!("expected inbox_count, got {other:?}"),
+    }
+}
+
+async fn update(c: &mut Client, update: InboxUpdate) -> u64 {
+    c.send(&ClientFrame::InboxUpdate {
+        update,
+        id: Some(7),
+    })
+    .await;
+    loop {
+        match c.next().await {
+            ServerFrame::InboxUpdated { unread, id, .. } => {
+                assert_eq!(id, Some(7));
+                return unread;
+            }
+            // Its own change, pushed to every subscribed socket of the user, and arrivals.
+            ServerFrame::InboxChanged { .. }
+            | ServerFrame::Notification(_)
+            | ServerFrame::InboxCount { .. } => continue,
+            other => panic!("expected inbox_updated, got {other:?}"),
+        }
+    }
+}
+
+async fn list(c: &mut Client, query: InboxQuery) -> app::protocol::InboxPage {
+    c.send(&ClientFrame::InboxList { query, id: Some(3) }).await;
+    loop {
+        match c.next().await {
+            ServerFrame::InboxPage { page, id } => {
+                assert_eq!(id, Some(3));
+                return page;
+            }
+            ServerFrame::InboxChanged { .. } | ServerFrame::InboxCount { .. } => continue,
+            other => panic!("expected inbox_page, got {other:?}"),
+        }
+    }
+}
+
+/// A ping round trip: everything queued for `c` before it has arrived.
+async fn settle(c: &mut Client) -> Vec<ServerFrame> {
+    c.send(&ClientFrame::Ping { id: Some(99) }).await;
+    let mut before = Vec::new();
+    loop {
+        match c.next().await {
+            ServerFrame::Pong { id: Some(99) } => return before,
+            f => before.push(f),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_users_notification_reaches_both_their_sockets_and_nobody_else() {
+    let server = server(memory_config()).await;
+    let key = key_with(&server, &["publish:@*"]);
+    let (mut ana1, mut ana2) = (
+        inbox_socket(&server, "ana").await,
+        inbox_socket(&server, "ana").await,
+    );
+    let mut bo = inbox_socket(&server, "bo").await;
+    // A key following every topic it may read (all of them) still gets no inbox.
+    let mut admin = Client::connect(&server).await;
+    admin.subscribe("general", None).await;
+
+    let sent = send(&server, &key, "ana", "your order shipped").await;
+    assert_eq!(sent.topic, "@ana");
+    assert_eq!(sent.category.as_deref(), Some("mention"));
+    for c in [&mut ana1, &mut ana2] {
+        let (n, unread) = arrival(c).await;
+        assert_eq!((n.id.as_str(), n.offset, unread), (sent.id.as_str(), 1, 1));
+    }
+    assert!(
+        settle(&mut bo).await.is_empty(),
+        "bo got something of ana's"
+    );
+    assert!(settle(&mut admin).await.is_empty());
+
+    // Mark read in one tab: the other follows.
+    assert_eq!(
+        update(&mut ana1, InboxUpdate::Read { offsets: vec![1] }).await,
+        0
+    );
+    match ana2.next().await {
+        ServerFrame::InboxChanged { update, unread, .. } => {
+            assert_eq!(update, InboxUpdate::Read { offsets: vec![1] });
+            assert_eq!(unread, 0);
+        }
+        other => panic!("expected inbox_changed, got {other:?}"),
+    }
+    assert!(settle(&mut bo).await.is_empty());
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_second_user_sees_nothing_of_the_first_ones_inbox() {
+    let server = server(memory_config()).await;
+    let key = key_with(&server, &["publish:@*"]);
+    send(&server, &key, "ana", "private").await;
+    let bo_token = user_token(&server, "bo", &["*"], &["*"], 3600);
+    // Socket: no subscription to another user's inbox, even with read:*.
+    let mut bo = Client::connect_with(&server, &bo_token).await;
+    bo.send(&ClientFrame::Subscribe {
+        topic: "@ana".into(),
+        since: None,
+        id: Some(1),
+    })
+    .await;
+    match bo.next().await {
+        ServerFrame::Error { code, .. } => assert_eq!(code.as_str(), "forbidden"),
+        other => panic!("expected forbidden, got {other:?}"),
+    }
+    // The socket's inbox frames only ever reach the connection's own inbox.
+    let page = list(&mut bo, InboxQuery::default()).await;
+    assert_eq!((page.user.as_str(), page.items.len()), ("bo", 0));
+    // API: the inbox, the topic history of @ana, and sending to her as a user.
+    let auth = format!("Bearer {bo_token}");
+    for (method, path) in [
+        ("GET", "/api/users/ana/inbox"),
+        ("GET", "/api/topics/@ana/notifications"),
+        ("POST", "/api/users/ana/notifications"),
+    ] {
+        let r = http(server.addr, method, path, &[("Authorization", &auth)], b"x").await;
+        assert_eq!(
+            (r.status, r.error_code()),
+            (403, "forbidden".into()),
+            "{method} {path}"
+        );
+    }
+    let r = http(
+        server.addr,
+        "POST",
+        "/api/users/ana/inbox",
+        &[("Authorization", &auth)],
+        br#"{"op":"read_all","up_to":10}"#,
+    )
+    .await;
+    assert_eq!(r.status, 403);
+    // The admin key (admin:*) does not reach people either; anonymous gets 401.
+    let r = http(server.addr, "GET", "/api/users/ana/inbox", &[], b"").await;
+    assert_eq!(r.status, 403);
+    let r = http_as(server.addr, "GET", "/api/users/ana/inbox", &[], b"").await;
+    assert_eq!(r.status, 401);
+    // Ana herself can.
+    let ana = user_token(&server, "ana", &[], &[], 3600);
+    let auth = format!("Bearer {ana}");
+    let r = http(
+        server.addr,
+        "GET",
+        "/api/users/ana/inbox?filter=unread",
+        &[("Authorization", &auth)],
+        b"",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["unread"], 1);
+    assert_eq!(r.json()["items"][0]["notification"]["body"], "private");
+    // A topic publish cannot reach an inbox.
+    let r = http(server.addr, "POST", "/api/topics/@ana", &[], b"x").await;
+    assert_eq!((r.status, r.error_code()), (400, "bad_topic".into()));
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn read_state_and_the_count_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let server1 = server(sqlite_config(&dir)).await;
+    let key = key_with(&server1, &["publish:@*"]);
+    for i in 0..5 {
+        send(&server1, &key, "ana", &format!("n{i}")).await;
+    }
+    let mut ana = inbox_socket(&server1, "ana").await;
+    assert_eq!(
+        update(
+            &mut ana,
+            InboxUpdate::Read {
+                offsets: vec![2, 4]
+            }
+        )
+        .await,
+        3
+    );
+    assert_eq!(
+        update(&mut ana, InboxUpdate::Archive { offsets: vec![5] }).await,
+        2
+    );
+    drop(ana);
+    server1.stop().await.unwrap();
+
+    // The test key is in the database already.
+    let server2 = herald::start(sqlite_config(&dir)).await.unwrap();
+    let mut ana = inbox_socket(&server2, "ana").await;
+    let page = list(&mut ana, InboxQuery::default()).await;
+    let state: Vec<_> = page
+        .items
+        .iter()
+        .map(|i| (i.notification.offset, i.read))
+        .collect();
+    assert_eq!(state, vec![(4, true), (3, false), (2, true), (1, false)]);
+    assert_eq!(page.unread, 2);
+    server2.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_count_is_exact_after_two_sockets_race_marks_against_arrivals() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = server(sqlite_config(&dir)).await;
+    let key = key_with(&server, &["publish:@*"]);
+    for i in 0..10 {
+        send(&server, &key, "ana", &format!("n{i}")).await;
+    }
+    let token = user_token(&server, "ana", &[], &[], 3600);
+    let mut marks = Vec::new();
+    for tab in 0..2u64 {
+        let token = token.clone();
+        let srv = server.addr;
+        let url = server.ws_url();
+        marks.push(tokio::spawn(async move {
+            let _ = srv;
+            let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+            let mut c = Client { ws };
+            c.next().await; // welcome
+            c.send(&ClientFrame::Auth { token }).await;
+            c.next().await; // authenticated
+            for i in 0..30u64 {
+                let o = (i * 7 + tab) % 25 + 1;
+                let u = match (i + tab) % 4 {
+                    0 => InboxUpdate::Read { offsets: vec![o] },
+                    1 => InboxUpdate::Unread {
+                        offsets: vec![o, o + 1],
+                    },
+                    2 => InboxUpdate::ReadAll { up_to: o },
+                    _ => InboxUpdate::Archive { offsets: vec![o] },
+                };
+                update(&mut c, u).await;
+            }
+        }));
+    }
+    let arrivals = tokio::spawn({
+        let key = key.clone();
+        let addr = server.addr;
+        async move {
+            for i in 0..15 {
+                let auth = format!("Bearer {key}");
+                let r = http(
+                    addr,
+                    "POST",
+                    "/api/users/ana/notifications",
+                    &[("Authorization", &auth)],
+                    format!("r{i}").as_bytes(),
+                )
+                .await;
+                assert_eq!(r.status, 201);
+            }
+        }
+    });
+    for m in marks {
+        m.await.unwrap();
+    }
+    arrivals.await.unwrap();
+    let mut ana = inbox_socket(&server, "ana").await;
+    let page = list(
+        &mut ana,
+        InboxQuery {
+            filter: app::protocol::InboxFilter::Unread,
+            limit: Some(200),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(
+        page.unread,
+        page.items.len() as u64,
+        "the count is what is unread"
+    );
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn mark_all_read_up_to_an_offset_leaves_a_newer_arrival_unread() {
+    let server = server(memory_config()).await;
+    let key = key_with(&server, &["publish:@*"]);
+    let mut ana = inbox_socket(&server, "ana").await;
+    for i in 0..3 {
+        send(&server, &key, "ana", &format!("n{i}")).await;
+        arrival(&mut ana).await;
+    }
+    // Arrives after the client last looked, before its click lands.
+    send(&server, &key, "ana", "late").await;
+    assert_eq!(update(&mut ana, InboxUpdate::ReadAll { up_to: 3 }).await, 1);
+    let page = list(
+        &mut ana,
+        InboxQuery {
+            filter: app::protocol::InboxFilter::Unread,
+            ..Default::default()
+        },
+    )
+    .await;
+    let unread: Vec<_> = page
+        .items
+        .iter()
+        .map(|i| i.notification.body.as_str())
+        .collect();
+    assert_eq!(unread, ["late"]);
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_resume_after_being_offline_delivers_the_missed_items_once_with_the_right_count() {
+    let server = server(memory_config()).await;
+    let key = key_with(&server, &["publish:@*"]);
+    let mut ana = inbox_socket(&server, "ana").await;
+    send(&server, &key, "ana", "seen").await;
+    let (seen, _) = arrival(&mut ana).await;
+    drop(ana);
+    for i in 0..3 {
+        send(&server, &key, "ana", &format!("missed{i}")).await;
+    }
+    let token = user_token(&server, "ana", &[], &[], 3600);
+    let mut ana = Client::connect_with(&server, &token).await;
+    ana.send(&ClientFrame::Subscribe {
+        topic: "@ana".into(),
+        since: Some(seen.position()),
+        id: Some(1),
+    })
+    .await;
+    let mut got = Vec::new();
+    for f in settle(&mut ana).await {
+        match f {
+            ServerFrame::Notification(n) => got.push(n.body),
+            ServerFrame::Subscribed { .. } => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(got, ["missed0", "missed1", "missed2"]);
+    let page = list(&mut ana, InboxQuery::default()).await;
+    assert_eq!(page.unread, 4);
+    // Live again: the next one comes with its count.
+    send(&server, &key, "ana", "live").await;
+    let (n, unread) = arrival(&mut ana).await;
+    assert_eq!((n.offset, unread), (5, 5));
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn bulk_sends_store_one_copy_per_user_and_say_what_happened() {
+    let server = server(memory_config()).await;
+    let key = key_with(&server, &["publish:@*"]);
+    let mut bo = inbox_socket(&server, "bo").await;
+    let auth = format!("Bearer {key}");
+    let users: Vec<String> = (0..50)
+        .map(|i| format!("u{i}"))
+        .chain(["bo".into(), "bo".into()])
+        .collect();
+    let body = serde_json::json!({"users": users, "title": "Maintenance", "body": "tonight", "category": "ops"});
+    let r = http(
+        server.addr,
+        "POST",
+        "/api/notifications",
+        &[
+            ("Authorization", &auth),
+            ("Content-Type", "application/json"),
+            ("Idempotency-Key", "m-1"),
+        ],
+        body.to_string().as_bytes(),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let results = r.json()["results"].as_array().unwrap().clone();
+    assert_eq!(results.len(), 51, "a user named twice gets one copy");
+    assert!(results.iter().all(|x| x["notification"]["offset"] == 1));
+    let (n, unread) = arrival(&mut bo).await;
+    assert_eq!((n.title.as_deref(), unread), (Some("Maintenance"), 1));
+    // A retry with the same key stores nothing new.
+    let r = http(
+        server.addr,
+        "POST",
+        "/api/notifications",
+        &[
+            ("Authorization", &auth),
+            ("Content-Type", "application/json"),
+            ("Idempotency-Key", "m-1"),
+        ],
+        body.to_string().as_bytes(),
+    )
+    .await;
+    assert!(r.json()["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|x| x["duplicate"] == true));
+    assert!(settle(&mut bo).await.is_empty());
+    // Too many users, a bad id, a key that may not reach one of them: refused before storing.
+    let many: Vec<String> = (0..1001).map(|i| format!("u{i}")).collect();
+    let r = http(
+        server.addr,
+        "POST",
+        "/api/notifications",
+        &[
+            ("Authorization", &auth),
+            ("Content-Type", "application/json"),
+        ],
+        serde_json::json!({"users": many, "body": "x"})
+            .to_string()
+            .as_bytes(),
+    )
+    .await;
+    assert_eq!((r.status, r.error_code()), (400, "bad_field".into()));
+    let narrow = key_with(&server, &["publish:@u*"]);
+    let r = http(
+        server.addr,
+        "POST",
+        "/api/notifications",
+        &[
+            ("Authorization", &format!("Bearer {narrow}")),
+            ("Content-Type", "application/json"),
+        ],
+        serde_json::json!({"users": ["u1", "bo"], "body": "x"})
+            .to_string()
+            .as_bytes(),
+    )
+    .await;
+    assert_eq!(r.status, 403);
+    assert!(settle(&mut bo).await.is_empty());
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn bad_inbox_requests_get_typed_errors() {
+    let server = server(memory_config()).await;
+    let ana = user_token(&server, "ana", &[], &[], 3600);
+    let auth = format!("Bearer {ana}");
+    let cases: [(&str, &str, &[u8], u16, &str); 5] = [
+        (
+            "GET",
+            "/api/users/ana/inbox?filter=new",
+            b"",
+            400,
+            "bad_query",
+        ),
+        ("GET", "/api/users/ana/inbox?limit=0", b"", 400, "bad_query"),
+        (
+            "POST",
+            "/api/users/ana/inbox",
+            b"{\"op\":\"read\",\"offsets\":[]}",
+            400,
+            "bad_field",
+        ),
+        (
+            "POST",
+            "/api/users/ana/inbox",
+            b"{\"op\":\"explode\"}",
+            400,
+            "bad_frame",
+        ),
+        (
+            "GET",
+            "/api/users/ana/inbox?category=a%20b",
+            b"",
+            400,
+            "bad_query",
+        ),
+    ];
+    for (method, path, body, status, code) in cases {
+        let r = http(server.addr, method, path, &[("Authorization", &auth)], body).await;
+        assert_eq!(
+            (r.status, r.error_code()),
+            (status, code.into()),
+            "{method} {path}"
+        );
+    }
+    // A key socket has no inbox.
+    let mut key_socket = Client::connect(&server).await;
+    key_socket
+        .send(&ClientFrame::InboxList {
+            query: InboxQuery::default(),
+            id: Some(1),
+        })
+        .await;
+    match key_socket.next().await {
+        ServerFrame::Error { code, id, .. } => {
+            assert_eq!((code.as_str(), id), ("forbidden", Some(1)))
+        }
+        other => panic!("expected an error, got {other:?}"),
+    }
+    server.stop().await.unwrap();
+}

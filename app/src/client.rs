@@ -9,8 +9,16 @@
 //! fresh token sent in-band on the same socket; a close for an expired or refused token (4005,
 //! 4003) gets a fresh token and reconnects at once, resuming from the last positions. Without a
 //! token the loop waits for the user to sign in.
+//!
+//! Inbox: once signed in, the socket also follows the user's inbox (`@<user>`, resumed like
+//! any topic) and lists it; arrivals, changes from other tabs and the server's unread count
+//! are applied to [`crate::inbox::Inbox`]. A desktop notification is shown for an arrival
+//! while the tab is hidden, if the user allowed them.
 
-use crate::protocol::{close_code, ClientFrame, HistoryPage, Notification, Position, ServerFrame};
+use crate::protocol::{
+    close_code, inbox_owner, inbox_topic, ClientFrame, HistoryPage, InboxQuery, InboxUpdate,
+    Notification, Position, ServerFrame,
+};
 use crate::state::{insert, is_new, replace_topic, Center, ConnState, ToastKind};
 use futures::channel::mpsc::{unbounded, UnboundedReceiver, UnboundedSender};
 use futures::{FutureExt, SinkExt, StreamExt};
@@ -41,7 +49,33 @@ pub enum Command {
     SignOut,
     /// A fresh token for the same user: send it in-band.
     Refresh(String),
+    /// List the inbox again (filter or category changed), or its next page.
+    InboxList {
+        more: bool,
+    },
+    /// Change read state in the inbox.
+    InboxUpdate(InboxUpdate),
 }
+
+/// The inbox listing the page wants: its filter and category, from the first page or after
+/// the last one listed.
+fn inbox_query(center: Center, more: bool) -> InboxQuery {
+    let inbox = center.inbox;
+    InboxQuery {
+        filter: inbox.filter.get_untracked(),
+        category: inbox.category.get_untracked(),
+        before: if more {
+            inbox.more.get_untracked()
+        } else {
+            None
+        },
+        limit: Some(50),
+    }
+}
+
+/// Ids on `inbox_list` frames: a first page (replace) or a later one (append).
+const LIST_FIRST: u64 = 1;
+const LIST_MORE: u64 = 2;
 
 /// A handle the page keeps to talk to the running connection.
 #[derive(Clone)]
@@ -266,7 +300,7 @@ async fn session(
                     continue;
                 }
                 if let ServerFrame::Authenticated { user, .. } = frame {
-                    center.user.set(Some(user));
+                    center.user.set(Some(user.clone()));
                     if end.authenticated {
                         // A refresh on the same socket: nothing else changes.
                         continue;
@@ -282,6 +316,24 @@ async fn session(
                         }
                     }
                     let positions = center.positions.get_untracked();
+                    // The user's own inbox: resumed like a topic, then listed with its state.
+                    let inbox = inbox_topic(&user);
+                    let frames = [
+                        ClientFrame::Subscribe {
+                            since: positions.get(&inbox).cloned(),
+                            topic: inbox,
+                            id: None,
+                        },
+                        ClientFrame::InboxList {
+                            query: inbox_query(center, false),
+                            id: Some(LIST_FIRST),
+                        },
+                    ];
+                    for f in &frames {
+                        if write.send(send_frame(f)).await.is_err() {
+                            return end;
+                        }
+                    }
                     for topic in topics {
                         let since = positions.get(&topic).cloned();
                         let sub = ClientFrame::Subscribe {
@@ -295,7 +347,11 @@ async fn session(
                     }
                     continue;
                 }
-                apply(center, frame);
+                if let Some(reply) = apply(center, frame) {
+                    if write.send(send_frame(&reply)).await.is_err() {
+                        return end;
+                    }
+                }
             }
             Ok(Some(Ok(Message::Bytes(_)))) => {}
             Ok(Some(Err(gloo_net::websocket::WebSocketError::ConnectionClose(ev)))) => {
@@ -315,6 +371,11 @@ async fn session(
                     }
                     Command::Unsubscribe(topic) => ClientFrame::Unsubscribe { topic, id: None },
                     Command::Refresh(token) => ClientFrame::Auth { token },
+                    Command::InboxList { more } => ClientFrame::InboxList {
+                        query: inbox_query(center, more),
+                        id: Some(if more { LIST_MORE } else { LIST_FIRST }),
+                    },
+                    Command::InboxUpdate(update) => ClientFrame::InboxUpdate { update, id: None },
                     Command::Offline => return end,
                     Command::SignOut => {
                         end.signed_out = true;
@@ -338,9 +399,38 @@ fn set_position(center: Center, topic: &str, pos: Position) {
     });
 }
 
-/// Applies one server frame to the page.
-fn apply(center: Center, frame: ServerFrame) {
+/// Applies one server frame to the page; returns a frame to answer with, if any.
+fn apply(center: Center, frame: ServerFrame) -> Option<ClientFrame> {
+    // After a gap or reset in the inbox, the listing is read again (it holds read state,
+    // which history does not).
+    let relist = || ClientFrame::InboxList {
+        query: inbox_query(center, false),
+        id: Some(LIST_FIRST),
+    };
     match frame {
+        ServerFrame::InboxPage { page, id } => center.inbox.page(page, id != Some(LIST_MORE)),
+        ServerFrame::InboxCount { unread, seq } => center.inbox.count(unread, seq),
+        ServerFrame::InboxUpdated { unread, seq, .. } => center.inbox.count(unread, seq),
+        ServerFrame::InboxChanged {
+            update,
+            unread,
+            seq,
+        } => center.inbox.changed(&update, unread, seq),
+        ServerFrame::Gap { ref topic, .. } if inbox_owner(topic).is_some() => {
+            return Some(relist());
+        }
+        ServerFrame::Reset {
+            ref topic,
+            ref epoch,
+            first_available,
+        } if inbox_owner(topic).is_some() => {
+            let position = Position {
+                epoch: epoch.clone(),
+                offset: first_available.saturating_sub(1),
+            };
+            set_position(center, topic, position);
+            return Some(relist());
+        }
         ServerFrame::Subscribed {
             topic, position, ..
         } => {
@@ -395,6 +485,7 @@ fn apply(center: Center, frame: ServerFrame) {
         }
         _ => {}
     }
+    None
 }
 
 fn on_notification(center: Center, n: Notification) {
@@ -402,6 +493,9 @@ fn on_notification(center: Center, n: Notification) {
         return;
     }
     set_position(center, &n.topic, n.position());
+    if inbox_owner(&n.topic).is_some() {
+        return on_inbox_arrival(center, n);
+    }
     let title = n.title.clone().unwrap_or_else(|| n.topic.clone());
     let (body, priority) = (n.body.clone(), n.priority);
     let added = center
@@ -416,6 +510,24 @@ fn on_notification(center: Center, n: Notification) {
             center.dismiss(id);
         });
     }
+}
+
+/// An arrival in the user's inbox: listed (the count follows from the server), toasted, and
+/// shown as a desktop notification while the tab is hidden.
+fn on_inbox_arrival(center: Center, n: Notification) {
+    let title = n
+        .title
+        .clone()
+        .unwrap_or_else(|| "New in your inbox".to_owned());
+    let (body, priority, offset) = (n.body.clone(), n.priority, n.offset);
+    // Listed only if it fits the current filter; announced either way.
+    center.inbox.arrive(n);
+    crate::desktop::notify(center, &title, &body, offset);
+    let id = center.toast(ToastKind::Notification, title, body, priority);
+    spawn_local(async move {
+        TimeoutFuture::new(TOAST_MS).await;
+        center.dismiss(id);
+    });
 }
 
 /// Reloads a topic's recent history over HTTP (after a gap or a reset).

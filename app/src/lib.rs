@@ -4,9 +4,11 @@
 //! - [`state`]: the page's reactive state and the pure rules that update it.
 //! - `client` (browser only): the WebSocket client with reconnect, backoff and resume.
 //! - `auth` (browser only): the stored token, the development sign-in, refreshes.
-//! - [`components`]: the notification center.
+//! - [`inbox`]: the signed-in user's inbox in the page, and its rules.
+//! - [`components`]: the notification center and the inbox.
 
 pub mod components;
+pub mod inbox;
 pub mod protocol;
 pub mod state;
 pub mod time;
@@ -15,6 +17,8 @@ pub mod time;
 pub mod auth;
 #[cfg(feature = "hydrate")]
 pub mod client;
+#[cfg(feature = "hydrate")]
+pub mod desktop;
 
 use components::NotificationCenter;
 use leptos::prelude::*;

@@ -746,6 +746,7 @@ mod tests {
             priority: 4,
             tags: vec!["rocket".into()],
             link: Some("https://example.com".into()),
+            category: Some("deploys".into()),
         }
     }
 
@@ -778,6 +779,29 @@ mod tests {
             id: Some(2),
         });
         round_trip_client(ClientFrame::Ping { id: None });
+        round_trip_client(ClientFrame::InboxList {
+            query: InboxQuery {
+                filter: InboxFilter::Unread,
+                category: Some("mention".into()),
+                before: Some(9),
+                limit: Some(20),
+            },
+            id: Some(2),
+        });
+        round_trip_client(ClientFrame::InboxUpdate {
+            update: InboxUpdate::ReadAll { up_to: 7 },
+            id: None,
+        });
+        let wire: ClientFrame =
+            serde_json::from_str(r#"{"type":"inbox_update","update":{"op":"read","offsets":[3]}}"#)
+                .unwrap();
+        assert_eq!(
+            wire,
+            ClientFrame::InboxUpdate {
+                update: InboxUpdate::Read { offsets: vec![3] },
+                id: None
+            }
+        );
     }
 
     #[test]
@@ -835,6 +859,34 @@ mod tests {
             id: None,
         });
         round_trip_server(ServerFrame::Pong { id: Some(4) });
+        round_trip_server(ServerFrame::InboxPage {
+            page: InboxPage {
+                user: "ana".into(),
+                items: vec![InboxItem {
+                    notification: sample(),
+                    read: true,
+                    archived: false,
+                }],
+                unread: 3,
+                seq: 12,
+                next: Some(7),
+            },
+            id: Some(1),
+        });
+        round_trip_server(ServerFrame::InboxChanged {
+            update: InboxUpdate::Archive {
+                offsets: vec![1, 2],
+            },
+            unread: 0,
+            seq: 13,
+        });
+        round_trip_server(ServerFrame::InboxCount { unread: 1, seq: 14 });
+        round_trip_server(ServerFrame::InboxUpdated {
+            changed: 2,
+            unread: 1,
+            seq: 15,
+            id: Some(8),
+        });
     }
 
     #[test]

@@ -70,6 +70,8 @@ pub struct Center {
     pub positions: RwSignal<HashMap<String, Position>>,
     /// The signed-in user (the token itself stays in the browser's storage).
     pub user: RwSignal<Option<String>>,
+    /// The signed-in user's inbox.
+    pub inbox: crate::inbox::Inbox,
     next_toast: StoredValue<u64>,
 }
 
@@ -83,6 +85,7 @@ impl Center {
             conn: RwSignal::new(ConnState::Connecting),
             positions: RwSignal::new(HashMap::new()),
             user: RwSignal::new(None),
+            inbox: crate::inbox::Inbox::new(),
             next_toast: StoredValue::new(1),
         }
     }
@@ -194,6 +197,7 @@ mod tests {
             priority: 3,
             tags: vec![],
             link: None,
+            category: None,
         }
     }
 

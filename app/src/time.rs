@@ -14,6 +14,19 @@ pub fn format_utc(ms: i64) -> String {
     )
 }
 
+/// "just now", "5 min ago", "3 h ago" for a time up to a day before `now` (both Unix
+/// milliseconds); `None` for anything older (show the date) or in the future beyond a
+/// minute of clock skew.
+pub fn relative(ms: i64, now: i64) -> Option<String> {
+    let ago = now - ms;
+    match ago {
+        -60_000..60_000 => Some("just now".into()),
+        60_000..3_600_000 => Some(format!("{} min ago", ago / 60_000)),
+        3_600_000..86_400_000 => Some(format!("{} h ago", ago / 3_600_000)),
+        _ => None,
+    }
+}
+
 /// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's algorithm).
 fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let z = z + 719_468;
@@ -38,5 +51,19 @@ mod tests {
         assert_eq!(format_utc(951_782_400_000), "2000-02-29 00:00:00 UTC");
         assert_eq!(format_utc(1_795_000_000_123), "2026-11-18 11:06:40 UTC");
         assert_eq!(format_utc(-1000), "1969-12-31 23:59:59 UTC");
+    }
+
+    #[test]
+    fn recent_times_are_relative() {
+        let now = 1_795_000_000_000;
+        assert_eq!(relative(now - 5_000, now).as_deref(), Some("just now"));
+        assert_eq!(relative(now + 5_000, now).as_deref(), Some("just now"));
+        assert_eq!(relative(now - 150_000, now).as_deref(), Some("2 min ago"));
+        assert_eq!(
+            relative(now - 3 * 3_600_000, now).as_deref(),
+            Some("3 h ago")
+        );
+        assert_eq!(relative(now - 86_400_000, now), None);
+        assert_eq!(relative(now + 3_600_000, now), None);
     }
 }

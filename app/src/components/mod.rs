@@ -1,12 +1,15 @@
 //! The notification center page: header (connection state, unread bell), followed topics,
 //! the live list, a publish form and toasts.
 
+mod inbox;
 mod publish;
 
 use crate::protocol::{validate_topic, Notification};
 use crate::state::{Center, ToastKind};
 use crate::time::format_utc;
+use inbox::{InboxBell, InboxPanel};
 use leptos::prelude::*;
+use leptos_meta::Title;
 use publish::PublishForm;
 use serde::{Deserialize, Serialize};
 
@@ -135,10 +138,74 @@ impl ClientHandle {
     fn unsubscribe(&self, _: &str, _: Center) {}
 }
 
+/// The time the page's relative times count from: `None` on the server and until the page
+/// is live, so the server-rendered text (UTC) and the hydrated one agree; then the browser's
+/// clock, every 30 seconds.
+#[derive(Clone, Copy)]
+struct Clock(RwSignal<Option<i64>>);
+
+/// A time as people read it: "2 min ago" when recent, else the date and time in the reader's
+/// own time zone (full local time on hover).
+#[component]
+fn When(ms: i64) -> impl IntoView {
+    let clock = expect_context::<Clock>().0;
+    let text = move || match clock.get() {
+        None => format_utc(ms),
+        Some(now) => crate::time::relative(ms, now).unwrap_or_else(|| local_time(ms)),
+    };
+    let title = move || match clock.get() {
+        None => format_utc(ms),
+        Some(_) => local_time(ms),
+    };
+    view! { <time class="time" title=title>{text}</time> }
+}
+
+fn local_time(ms: i64) -> String {
+    #[cfg(feature = "hydrate")]
+    {
+        let date = js_sys::Date::new(&wasm_bindgen::JsValue::from_f64(ms as f64));
+        date.to_locale_string("default", &wasm_bindgen::JsValue::UNDEFINED)
+            .into()
+    }
+    #[cfg(not(feature = "hydrate"))]
+    format_utc(ms)
+}
+
+/// The page title: the inbox's unread count (the server's, the same in every tab) first,
+/// as mail and chat apps show it.
+fn page_title(unread: u64) -> String {
+    if unread == 0 {
+        "Herald".to_owned()
+    } else {
+        format!("({unread}) Herald")
+    }
+}
+
 #[component]
 fn CenterView(init: InitialView) -> impl IntoView {
     let center = Center::new(init.topics, init.notifications);
     provide_context(center);
+    let clock = Clock(RwSignal::new(None));
+    provide_context(clock);
+    #[cfg(feature = "hydrate")]
+    Effect::new(move |started: Option<()>| {
+        if started.is_some() {
+            return;
+        }
+        leptos::task::spawn_local(async move {
+            loop {
+                clock.0.set(Some(js_sys::Date::now() as i64));
+                gloo_timers::future::TimeoutFuture::new(30_000).await;
+            }
+        });
+    });
+    let inbox = center.inbox;
+    // A clicked desktop notification opens the inbox at its item.
+    Effect::new(move |_| {
+        if inbox.focus.get().is_some() {
+            inbox.open.set(true);
+        }
+    });
 
     #[cfg(feature = "hydrate")]
     let client = {
@@ -175,6 +242,7 @@ fn CenterView(init: InitialView) -> impl IntoView {
     };
 
     view! {
+        <Title text=move || page_title(inbox.unread.get())/>
         <div class="app">
             <header class="topbar">
                 <div class="brand">
@@ -183,6 +251,7 @@ fn CenterView(init: InitialView) -> impl IntoView {
                 </div>
                 <div class="topbar-right">
                     <SignIn/>
+                    <InboxBell/>
                     <span class=move || center.conn.get().class() data-testid="conn-state" role="status">
                         <span class="dot" aria-hidden="true"></span>
                         {move || center.conn.get().label()}
@@ -205,14 +274,38 @@ fn CenterView(init: InitialView) -> impl IntoView {
                     <TopicManager/>
                     <PublishForm/>
                 </aside>
-                <section class="panel list-panel" node_ref=list_ref on:click=move |_| center.mark_read()>
-                    <div class="panel-head">
-                        <h2>"Notifications"</h2>
-                        <button class="link-button" data-testid="mark-read" on:click=move |_| center.mark_read()>
-                            "Mark all read"
-                        </button>
+                <section class="panel list-panel" node_ref=list_ref>
+                    <div class="tabs" role="tablist">
+                        <button role="tab" class="tab" data-testid="tab-topics"
+                            aria-selected=move || (!inbox.open.get()).to_string()
+                            on:click=move |_| inbox.open.set(false)>"Topics"</button>
+                        <Show when=move || center.user.get().is_some()>
+                            <button role="tab" class="tab" data-testid="tab-inbox"
+                                aria-selected=move || inbox.open.get().to_string()
+                                on:click=move |_| inbox.open.set(true)>
+                                "Inbox"
+                                <Show when=move || { inbox.unread.get() > 0 }>
+                                    " (" {move || inbox.unread.get()} ")"
+                                </Show>
+                            </button>
+                        </Show>
                     </div>
-                    <NotificationList/>
+                    <Show
+                        when=move || inbox.open.get() && center.user.get().is_some()
+                        fallback=move || view! {
+                            <div on:click=move |_| center.mark_read()>
+                                <div class="panel-head">
+                                    <h2>"Notifications"</h2>
+                                    <button class="link-button" data-testid="mark-read" on:click=move |_| center.mark_read()>
+                                        "Mark all read"
+                                    </button>
+                                </div>
+                                <NotificationList/>
+                            </div>
+                        }
+                    >
+                        <InboxPanel/>
+                    </Show>
                 </section>
             </main>
             <Toasts/>
@@ -389,7 +482,6 @@ fn origin() -> String {
 #[component]
 fn NotificationItem(n: Notification) -> impl IntoView {
     let class = format!("notification prio-{}", n.priority);
-    let time = format_utc(n.time);
     let tags = n.tags.clone();
     view! {
         <li class=class data-testid="notification" data-topic=n.topic.clone() data-offset=n.offset>
@@ -398,7 +490,7 @@ fn NotificationItem(n: Notification) -> impl IntoView {
                 <span class=format!("chip prio prio-chip-{}", n.priority) title="priority">
                     {format!("P{} {}", n.priority, priority_label(n.priority))}
                 </span>
-                <time class="time">{time}</time>
+                <When ms=n.time/>
             </div>
             {n.title.clone().map(|t| view! { <h3 class="title">{t}</h3> })}
             <p class="body">{n.body.clone()}</p>

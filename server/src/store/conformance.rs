@@ -672,7 +672,7 @@ async fn read_all_up_to_an_offset_leaves_a_newer_arrival_unread(make: Make) {
 async fn an_inbox_lists_newest_first_by_filter_and_category(make: Make) {
     let h = make(retention());
     for i in 1..=6u64 {
-        let category = (i % 2 == 0).then(|| "mention".to_owned());
+        let category = i.is_multiple_of(2).then(|| "mention".to_owned());
         let new = NewNotification {
             body: format!("n{i}"),
             category,

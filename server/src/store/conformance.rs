@@ -466,6 +466,69 @@ async fn sqlite_writer_death_is_reported_and_nothing_more_is_acknowledged() {
     assert_eq!(read_all(&h, "t").await.1, vec![1]);
 }
 
+/// An arrival and a change to the same inbox committed in one group transaction: the change
+/// sees the arrival, and the count written at the end of the batch keeps the change. Forced:
+/// the first commit is held until both are queued behind it.
+#[tokio::test]
+async fn sqlite_an_inbox_change_in_the_same_batch_as_an_arrival_keeps_the_count() {
+    let (held_tx, held_rx) = std::sync::mpsc::channel::<()>();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let release_rx = std::sync::Mutex::new(release_rx);
+    let first = AtomicBool::new(true);
+    let hooks = Hooks {
+        before_commit: Some(Arc::new(move || {
+            if first.swap(false, Ordering::SeqCst) {
+                let _ = held_tx.send(());
+                let _ = release_rx.lock().unwrap().recv();
+            }
+        })),
+        ..Hooks::default()
+    };
+    let options = SqliteOptions {
+        sync: SyncMode::Normal,
+        ..SqliteOptions::default()
+    };
+    let h = sqlite_with(retention(), options, hooks);
+    let store = h.store.clone();
+    let first_append = tokio::spawn(async move { store.append("@ana", note("1"), None).await });
+    tokio::task::spawn_blocking(move || held_rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    // The writer is inside its first commit: these two queue up for the next batch together.
+    let store = h.store.clone();
+    let second = tokio::spawn(async move { store.append("@ana", note("2"), None).await });
+    let store = h.store.clone();
+    let change = tokio::spawn(async move {
+        // Queued after the append (the writer takes commands in order).
+        tokio::task::yield_now().await;
+        store
+            .inbox_update("@ana", InboxUpdate::Read { offsets: vec![2] })
+            .await
+    });
+    while h.store.stats().queued_writes < 2 {
+        tokio::task::yield_now().await;
+    }
+    release_tx.send(()).unwrap();
+    first_append.await.unwrap().unwrap();
+    assert_eq!(
+        second.await.unwrap().unwrap().stored.inbox.unwrap().unread,
+        2
+    );
+    let c = change.await.unwrap().unwrap();
+    assert_eq!(
+        (c.changed, c.count.unread),
+        (1, 1),
+        "the change saw the arrival"
+    );
+    let (listed, count) = listed_unread(&h, "@ana").await;
+    assert_eq!(
+        (listed, count.unread),
+        (1, 1),
+        "the batch's end kept the change"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // Memory
 

@@ -11,6 +11,9 @@ pub struct HttpConn {
     auth: String,
     stream: TcpStream,
     buf: Vec<u8>,
+    /// Whether the next response's body is kept (in `last_body`).
+    keep_body: bool,
+    last_body: Vec<u8>,
 }
 
 impl HttpConn {
@@ -22,6 +25,8 @@ impl HttpConn {
             auth: key.map_or_else(String::new, |k| format!("Authorization: Bearer {k}\r\n")),
             stream,
             buf: Vec::with_capacity(4096),
+            keep_body: false,
+            last_body: Vec::new(),
         })
     }
 
@@ -38,6 +43,24 @@ impl HttpConn {
         req.extend_from_slice(body);
         self.stream.write_all(&req).await?;
         self.read_response().await
+    }
+
+    /// POSTs a JSON `body`; returns the status code and the response body.
+    pub async fn post_json(&mut self, path: &str, body: &[u8]) -> std::io::Result<(u16, Vec<u8>)> {
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: {}\r\n{}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            self.addr,
+            self.auth,
+            body.len()
+        );
+        let mut req = Vec::with_capacity(head.len() + body.len());
+        req.extend_from_slice(head.as_bytes());
+        req.extend_from_slice(body);
+        self.stream.write_all(&req).await?;
+        self.keep_body = true;
+        let status = self.read_response().await;
+        self.keep_body = false;
+        Ok((status?, std::mem::take(&mut self.last_body)))
     }
 
     async fn read_response(&mut self) -> std::io::Result<u16> {
@@ -60,6 +83,9 @@ impl HttpConn {
                 let total = end + 4 + len;
                 while self.buf.len() < total {
                     self.fill().await?;
+                }
+                if self.keep_body {
+                    self.last_body = self.buf[end + 4..total].to_vec();
                 }
                 self.buf.drain(..total);
                 return Ok(status);

@@ -6,6 +6,8 @@
 //! herald-bench fanout --subscribers 1000 --rate 20 --messages 400 --server-pid $PID
 //! herald-bench publish --concurrency 32 --requests 200000 --server-pid $PID
 //! herald-bench capacity --subscribers 1000 --server-pid $PID  # highest clean publish rate
+//! herald-bench inbox --users 10000 --rate 30000 --server-pid $PID  # targeted delivery
+//! herald-bench inbox-ops --bulk-requests 100 --bulk-users 1000   # bulk sends, mark-all-read
 //! ```
 //!
 //! It also measures the reference peers (`bench/peers/`): they speak the same benchmark
@@ -17,6 +19,7 @@
 //! keep-alive HTTP/1.1. Pin it to another core than the server (`taskset -c 1`).
 
 mod http;
+mod inbox;
 mod raw_ws;
 
 use anyhow::{bail, Context};
@@ -64,23 +67,30 @@ struct Cli {
 impl Cli {
     /// What socket `i` sends in its `auth` frame, if anything.
     fn credential(&self, i: usize) -> anyhow::Result<Option<String>> {
-        if let Some(secret) = &self.token_secret {
-            let tokens = match self.signer.get() {
-                Some(t) => t,
-                None => {
-                    let t = herald::auth::Tokens::hs256(secret.as_bytes(), None, None, 30)
-                        .map_err(anyhow::Error::msg)?;
-                    self.signer.get_or_init(|| t)
-                }
-            };
-            let grants =
-                herald::auth::Grants::from_scopes(&["read:*"]).map_err(anyhow::Error::msg)?;
-            let claims = tokens
-                .mint(&format!("bench-{i}"), &grants, 24 * 3600)
-                .map_err(anyhow::Error::msg)?;
-            return Ok(Some(tokens.sign(&claims).map_err(anyhow::Error::msg)?));
+        if self.token_secret.is_some() {
+            return self.token_for(&format!("bench-{i}")).map(Some);
         }
         Ok(self.key.clone())
+    }
+
+    /// A token for `user` (read:*), signed with --token-secret.
+    fn token_for(&self, user: &str) -> anyhow::Result<String> {
+        let Some(secret) = &self.token_secret else {
+            bail!("no --token-secret");
+        };
+        let tokens = match self.signer.get() {
+            Some(t) => t,
+            None => {
+                let t = herald::auth::Tokens::hs256(secret.as_bytes(), None, None, 30)
+                    .map_err(anyhow::Error::msg)?;
+                self.signer.get_or_init(|| t)
+            }
+        };
+        let grants = herald::auth::Grants::from_scopes(&["read:*"]).map_err(anyhow::Error::msg)?;
+        let claims = tokens
+            .mint(user, &grants, 24 * 3600)
+            .map_err(anyhow::Error::msg)?;
+        tokens.sign(&claims).map_err(anyhow::Error::msg)
     }
 
     /// Global flags a child load generator needs too.
@@ -111,6 +121,10 @@ enum Cmd {
     Publish(PublishArgs),
     /// The highest publish rate a fan-out sustains with zero loss and p99 under a limit.
     Capacity(CapacityArgs),
+    /// Targeted delivery: many distinct online users, each sent its own notifications.
+    Inbox(inbox::TargetedArgs),
+    /// Bulk sends to many users, then mark-all-read on the inboxes they filled.
+    InboxOps(inbox::OpsArgs),
 }
 
 #[derive(Args, Clone)]
@@ -1073,6 +1087,14 @@ fn main() -> anyhow::Result<()> {
             Cmd::Capacity(a) => {
                 let r = capacity(&cli, a).await?;
                 print(cli.json, "capacity", &r)
+            }
+            Cmd::Inbox(a) => {
+                let r = inbox::targeted(&cli, a).await?;
+                print(cli.json, "inbox", &r)
+            }
+            Cmd::InboxOps(a) => {
+                let r = inbox::ops(&cli, a).await?;
+                print(cli.json, "inbox-ops", &r)
             }
         }
     })

@@ -6,7 +6,7 @@
 //! appends up for longer than one chunk (`prune_chunk` rows, a few milliseconds), however much
 //! it has to delete.
 
-use super::{head_on_disk, inbox_count, PositionCache, SqliteOptions, INBOX_RANGE};
+use super::{head_on_disk, inbox_count, PositionCache, SqliteOptions};
 use crate::hooks::Hooks;
 use crate::store::{
     is_inbox, materialize, now_ms, Appended, Feed, InboxChange, InboxCount, Retention, StoreError,
@@ -216,7 +216,7 @@ impl Writer {
     fn append_batch(&mut self, appends: Vec<Work>) {
         // Topic -> (epoch, last offset) as this batch leaves it; published to the cache only
         // after the commit, so nobody sees an offset that could still be rolled back.
-        let mut touched: HashMap<String, (Arc<str>, u64)> = HashMap::new();
+        let mut touched: HashMap<String, Touched> = HashMap::new();
         let mut results = Vec::with_capacity(appends.len());
         let outcome = (|| -> Result<(), StoreError> {
             let tx = self.conn.transaction()?;
@@ -227,7 +227,14 @@ impl Writer {
                 let (topic, new, key, reply) = match work {
                     Work::Append(topic, new, key, reply) => (topic, new, key, reply),
                     Work::Inbox(topic, update, reply) => {
+                        // Arrivals earlier in this batch first, so the change sees them.
+                        if let Some(t) = touched.get(&topic) {
+                            write_topic(&tx, &topic, t)?;
+                        }
                         let change = inbox_update(&tx, &topic, &update)?;
+                        if let Some(t) = touched.get_mut(&topic) {
+                            t.count = Some(change.count);
+                        }
                         results.push(Pending::Inbox(change, reply));
                         continue;
                     }
@@ -243,7 +250,7 @@ impl Writer {
                     }
                 }
                 let (epoch, last) = match touched.get(&topic) {
-                    Some(m) => m.clone(),
+                    Some(t) => (t.epoch.clone(), t.last),
                     None => match self.cache.get(&topic) {
                         Some(m) => m,
                         None => {
@@ -268,12 +275,27 @@ impl Writer {
                     results.push(Pending::Failed(StoreError::Backend(e.to_string()), reply));
                     continue;
                 }
-                touched.insert(topic.clone(), (epoch, offset));
                 let count = if is_inbox(&topic) {
-                    Some(bump_inbox(&tx, &topic, 1)?)
+                    // The count before this batch is read once per inbox per batch.
+                    let before = match touched.get(&topic).and_then(|t| t.count) {
+                        Some(c) => c,
+                        None => inbox_count(&tx, &topic)?,
+                    };
+                    Some(InboxCount {
+                        unread: before.unread + 1,
+                        seq: before.seq + 1,
+                    })
                 } else {
                     None
                 };
+                touched.insert(
+                    topic.clone(),
+                    Touched {
+                        epoch,
+                        last: offset,
+                        count,
+                    },
+                );
                 let stored = Stored::with_inbox(n, count);
                 if let Some(k) = key {
                     let json = serde_json::to_string(&stored.notification)
@@ -286,12 +308,8 @@ impl Writer {
                 }
                 results.push(Pending::New(stored, reply));
             }
-            for (name, (epoch, last)) in &touched {
-                tx.prepare_cached(
-                    "INSERT INTO topics (name, epoch, last_offset) VALUES (?1, ?2, ?3)
-                     ON CONFLICT (name) DO UPDATE SET last_offset = excluded.last_offset",
-                )?
-                .execute(params![name, epoch.as_ref(), last])?;
+            for (name, t) in &touched {
+                write_topic(&tx, name, t)?;
             }
             if let Some(hook) = &self.hooks.before_commit {
                 hook();
@@ -304,8 +322,8 @@ impl Writer {
             Ok(()) => {
                 // Cache first, feed second: a head read never lags the feed (see the store's
                 // contract), and never runs ahead of what is committed.
-                for (name, (epoch, last)) in touched {
-                    self.cache.set(&name, epoch, last);
+                for (name, t) in touched {
+                    self.cache.set(&name, t.epoch, t.last);
                 }
                 for p in results {
                     match p {
@@ -471,19 +489,50 @@ fn delete_counting_unread(
     Ok(n)
 }
 
-/// Adds `delta` to an inbox's unread count and one to its change counter.
+/// A topic as this batch leaves it, written to its row once, at the end of the batch.
+struct Touched {
+    epoch: Arc<str>,
+    last: u64,
+    /// An inbox's count after the batch's changes so far.
+    count: Option<InboxCount>,
+}
+
+/// Writes a topic's row: its last offset and, for an inbox, its count.
+fn write_topic(tx: &Connection, name: &str, t: &Touched) -> Result<(), StoreError> {
+    let count = t.count.unwrap_or_default();
+    tx.prepare_cached(
+        "INSERT INTO topics (name, epoch, last_offset, unread, seq) VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (name) DO UPDATE SET last_offset = excluded.last_offset,
+             unread = CASE WHEN ?6 THEN excluded.unread ELSE unread END,
+             seq = CASE WHEN ?6 THEN excluded.seq ELSE seq END",
+    )?
+    .execute(params![
+        name,
+        t.epoch.as_ref(),
+        t.last,
+        count.unread,
+        count.seq,
+        t.count.is_some()
+    ])?;
+    Ok(())
+}
+
+/// Adds `delta` to an inbox's unread count and one to its change counter. An inbox that
+/// never received anything has no row and nothing to change.
 fn bump_inbox(tx: &Connection, topic: &str, delta: i64) -> Result<InboxCount, StoreError> {
-    let (unread, seq): (i64, u64) = tx
+    let row: Option<(i64, u64)> = tx
         .prepare_cached(
-            "INSERT INTO inbox (topic, unread, seq) VALUES (?1, max(?2, 0), 1)
-             ON CONFLICT (topic) DO UPDATE SET unread = max(unread + ?2, 0), seq = seq + 1
+            "UPDATE topics SET unread = max(unread + ?2, 0), seq = seq + 1 WHERE name = ?1
              RETURNING unread, seq",
         )?
-        .query_row(params![topic, delta], |r| Ok((r.get(0)?, r.get(1)?)))?;
-    Ok(InboxCount {
-        unread: unread.max(0) as u64,
-        seq,
-    })
+        .query_row(params![topic, delta], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    Ok(
+        row.map_or_else(InboxCount::default, |(unread, seq)| InboxCount {
+            unread: unread.max(0) as u64,
+            seq,
+        }),
+    )
 }
 
 /// Applies one inbox state change inside the writer's transaction.
@@ -540,12 +589,11 @@ fn inbox_update(
             1,
         )?,
         InboxUpdate::ReadAll { up_to } => {
-            let sql = format!(
-                "UPDATE notifications SET read = 1
-                 WHERE topic = ?1 AND {INBOX_RANGE} AND read = 0 AND archived = 0 AND offset <= ?2"
-            );
             let n = tx
-                .prepare_cached(&sql)?
+                .prepare_cached(
+                    "UPDATE notifications SET read = 1
+                     WHERE topic = ?1 AND offset <= ?2 AND read = 0 AND archived = 0",
+                )?
                 .execute(params![topic, (*up_to).min(i64::MAX as u64)])? as u64;
             (n, -(n as i64))
         }

@@ -68,7 +68,7 @@ start_server() { # name -> sets PID, AUTH
   case $1 in
     herald-*)
       local key
-      key=$(./target/release/herald keys add --db "$OUT/bench.db" --name bench --allow 'admin:*' 2>/dev/null)
+      key=$(./target/release/herald keys add --db "$OUT/bench.db" --name bench --allow 'admin:*' --allow 'admin:@*' 2>/dev/null)
       AUTH=(--key "$key")
       ;;
   esac
@@ -136,5 +136,13 @@ scenario publish-32         "$RUNS" all publish --concurrency 32 --requests 2000
 scenario capacity-1000        1 all capacity --subscribers 1000 --start-rate 100 --p99-ms 100
 scenario capacity-5000        1 all capacity --subscribers 5000 --start-rate 20 --p99-ms 100
 scenario capacity-5000-p200   1 all capacity --subscribers 5000 --start-rate 20 --p99-ms 200
+# Inboxes (Herald only: the peers have none). 10,000 users online, one socket each on its own
+# inbox; sends spread over them at the target rate (offered load), then as fast as 64 senders
+# go (what it sustains). SQLite fsyncs every group commit; memory for the cost without it.
+scenario inbox-10000-30k    "$RUNS" "$H" inbox --users 10000 --rate 30000 --messages 300000 --publishers 64 --token-secret "$SECRET"
+scenario inbox-10000-max    "$RUNS" "$H" inbox --users 10000 --rate 0 --messages 300000 --publishers 64 --token-secret "$SECRET"
+# Bulk sends of 1,000 users each, 1,000 of them (every inbox then holds 1,000 unread, the
+# retention limit), then mark-all-read on 200 of those inboxes.
+scenario inbox-ops          "$RUNS" herald-sqlite inbox-ops --bulk-requests 1000 --bulk-users 1000 --mark-users 200
 
 python3 scripts/bench_summary.py "$RESULTS"

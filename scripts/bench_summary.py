@@ -68,6 +68,18 @@ def describe(name, rs):
                 f"p50 {fmt(med(rs, 'latency', 'p50_ms'), 2)} / p99 {fmt(med(rs, 'latency', 'p99_ms'), 2)} ms, "
                 f"errors (worst) {fmt(worst(rs, 'errors'))}, "
                 f"server CPU {fmt(med(rs, 'server_cpu_secs'), 2)} s")
+    if name.startswith("inbox-ops"):
+        return (f"bulk of {fmt(med(rs, 'bulk_users'))} users: p50 {fmt(med(rs, 'bulk_latency', 'p50_ms'), 1)} / "
+                f"p99 {fmt(med(rs, 'bulk_latency', 'p99_ms'), 1)} ms per request, "
+                f"{fmt(med(rs, 'bulk_notifications_per_sec'), 0)} stored/s, errors (worst) {fmt(worst(rs, 'bulk_errors'))}; "
+                f"mark-all-read of {fmt(med(rs, 'unread_per_inbox'))} unread: p50 {fmt(med(rs, 'mark_all_latency', 'p50_ms'), 2)} / "
+                f"p99 {fmt(med(rs, 'mark_all_latency', 'p99_ms'), 2)} ms, marked {fmt(med(rs, 'marked_per_request'), 0)} each")
+    if name.startswith("inbox"):
+        return (f"{fmt(med(rs, 'users'))} users, offered {fmt(med(rs, 'rate'), 0)}/s: "
+                f"sent {fmt(med(rs, 'sends_per_sec'), 0)}/s, delivered {fmt(med(rs, 'deliveries_per_sec'), 0)}/s, "
+                f"p50 {fmt(med(rs, 'latency', 'p50_ms'), 2)} / p99 {fmt(med(rs, 'latency', 'p99_ms'), 2)} ms, "
+                f"lost/dup/ooo (worst) {fmt(worst(rs, 'lost'))}/{fmt(worst(rs, 'duplicated'))}/{fmt(worst(rs, 'out_of_order'))}, "
+                f"send errors (worst) {fmt(worst(rs, 'send_errors'))}, server CPU {fmt(med(rs, 'server_cpu_secs'), 2)} s")
     if name.startswith("capacity"):
         r = rs[0] or {}
         if not r:

@@ -138,7 +138,11 @@ pub fn authority(config: &Config, addr: SocketAddr) -> anyhow::Result<Authority>
 /// Makes sure a development admin key exists and prints it.
 fn dev_key(config: &Config, keys: &Keys, addr: SocketAddr) -> anyhow::Result<()> {
     let path = beside(&config.db, DEV_KEY_FILE);
-    let known = read_trimmed(&path).filter(|k| keys.verify(k).is_ok());
+    // A key from before inboxes existed cannot reach people: replaced like a lost one.
+    let known = read_trimmed(&path).filter(|k| {
+        keys.verify(k)
+            .is_ok_and(|rec| rec.grants.allows(super::Action::Publish, "@anyone"))
+    });
     let key = match known {
         Some(k) => k,
         None => {

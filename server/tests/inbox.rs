@@ -522,3 +522,102 @@ async fn bad_inbox_requests_get_typed_errors() {
     }
     server.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn the_count_is_exact_after_a_crash_in_the_middle_of_arrivals_and_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("crash.db");
+    let (mut child, addr) = spawn_binary(&db).await;
+    let auth = format!("Bearer {TEST_KEY}");
+    // Arrivals and changes racing each other, in several group commits.
+    let tasks: Vec<_> = (0..8u64)
+        .map(|t| {
+            let auth = auth.clone();
+            tokio::spawn(async move {
+                for i in 0..10u64 {
+                    let r = http(
+                        addr,
+                        "POST",
+                        "/api/users/ana/notifications",
+                        &[("Authorization", &auth)],
+                        format!("{t}-{i}").as_bytes(),
+                    )
+                    .await;
+                    assert_eq!(r.status, 201, "{}", r.body);
+                    let change = match (t + i) % 3 {
+                        0 => format!(r#"{{"op":"read","offsets":[{}]}}"#, t * 10 + i + 1),
+                        1 => format!(r#"{{"op":"archive","offsets":[{}]}}"#, i + 1),
+                        _ => format!(r#"{{"op":"read_all","up_to":{}}}"#, t * 5),
+                    };
+                    let r = http(
+                        addr,
+                        "POST",
+                        "/api/users/ana/inbox",
+                        &[("Authorization", &auth)],
+                        change.as_bytes(),
+                    )
+                    .await;
+                    assert_eq!(r.status, 200, "{}", r.body);
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let before = http(
+        addr,
+        "GET",
+        "/api/users/ana/inbox?filter=unread&limit=200",
+        &[("Authorization", &auth)],
+        b"",
+    )
+    .await
+    .json();
+    // SIGKILL: nothing flushed, nothing shut down.
+    child.kill().await.unwrap();
+    child.wait().await.unwrap();
+
+    let (_child, addr) = spawn_binary(&db).await;
+    let after = http(
+        addr,
+        "GET",
+        "/api/users/ana/inbox?filter=unread&limit=200",
+        &[("Authorization", &auth)],
+        b"",
+    )
+    .await
+    .json();
+    let listed = after["items"].as_array().unwrap().len() as u64;
+    assert_eq!(
+        after["unread"].as_u64(),
+        Some(listed),
+        "the kept count is what is unread"
+    );
+    assert_eq!(
+        after["unread"], before["unread"],
+        "every acknowledged change survived"
+    );
+    assert_eq!(after["items"], before["items"]);
+    let all = http(
+        addr,
+        "GET",
+        "/api/users/ana/inbox?filter=all&limit=200",
+        &[("Authorization", &auth)],
+        b"",
+    )
+    .await
+    .json();
+    let archived = http(
+        addr,
+        "GET",
+        "/api/users/ana/inbox?filter=archived&limit=200",
+        &[("Authorization", &auth)],
+        b"",
+    )
+    .await
+    .json();
+    let total =
+        all["items"].as_array().unwrap().len() + archived["items"].as_array().unwrap().len();
+    assert_eq!(total, 80, "every acknowledged arrival survived");
+}

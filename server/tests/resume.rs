@@ -8,11 +8,8 @@ use common::*;
 use herald::config::Config;
 use herald::hooks::Hooks;
 use herald::store::{Appended, Head, ReadQuery, Store, StoreError, Stored, TopicPosition};
-use std::process::Stdio;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
 
 async fn resume_gets_exactly_what_was_missed(config: Config) {
     let srv = server(config).await;
@@ -314,53 +311,6 @@ async fn history_pages_both_ways() {
         ),
         (Some(0), Some(1))
     );
-}
-
-/// Starts the real binary on an ephemeral port; returns it and its address.
-async fn spawn_binary(db: &std::path::Path) -> (Child, std::net::SocketAddr) {
-    // The test key, put in the database as `herald keys add` would.
-    let keys = herald::auth::Keys::open(db).unwrap();
-    if keys.verify(TEST_KEY).is_err() {
-        let grants = herald::auth::Grants::from_scopes(&["admin:*"]).unwrap();
-        keys.add_existing("test", TEST_KEY, grants, false).unwrap();
-    }
-    drop(keys);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
-        .args([
-            "--addr",
-            "127.0.0.1:0",
-            "--store",
-            "sqlite",
-            "--mode",
-            "production",
-        ])
-        .args([
-            "--token-secret",
-            herald::config::Config::TEST_TOKEN_SECRET,
-            "--db",
-        ])
-        .arg(db)
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("herald binary starts");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let addr = tokio::time::timeout(WAIT, async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if let Some(rest) = line.split("listening on http://").nth(1) {
-                return rest.split_whitespace().next().unwrap().parse().unwrap();
-            }
-        }
-        panic!("server exited before listening");
-    })
-    .await
-    .expect("server announces its address");
-    // Keep draining its output so it never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, addr)
 }
 
 #[tokio::test]

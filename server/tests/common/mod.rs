@@ -7,9 +7,11 @@ use futures::{SinkExt, StreamExt};
 use herald::config::{Config, StoreKind};
 use herald::RunningServer;
 use std::net::SocketAddr;
+use std::process::Stdio;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
+use tokio::process::{Child, Command};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
@@ -464,4 +466,51 @@ impl RawWs {
         }
         None
     }
+}
+
+/// Starts the real binary on an ephemeral port; returns it and its address.
+pub async fn spawn_binary(db: &std::path::Path) -> (Child, std::net::SocketAddr) {
+    // The test key, put in the database as `herald keys add` would.
+    let keys = herald::auth::Keys::open(db).unwrap();
+    if keys.verify(TEST_KEY).is_err() {
+        let grants = herald::auth::Grants::from_scopes(&["admin:*", "admin:@*"]).unwrap();
+        keys.add_existing("test", TEST_KEY, grants, false).unwrap();
+    }
+    drop(keys);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args([
+            "--addr",
+            "127.0.0.1:0",
+            "--store",
+            "sqlite",
+            "--mode",
+            "production",
+        ])
+        .args([
+            "--token-secret",
+            herald::config::Config::TEST_TOKEN_SECRET,
+            "--db",
+        ])
+        .arg(db)
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("herald binary starts");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let addr = tokio::time::timeout(WAIT, async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(rest) = line.split("listening on http://").nth(1) {
+                return rest.split_whitespace().next().unwrap().parse().unwrap();
+            }
+        }
+        panic!("server exited before listening");
+    })
+    .await
+    .expect("server announces its address");
+    // Keep draining its output so it never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, addr)
 }

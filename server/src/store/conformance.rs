@@ -529,6 +529,31 @@ async fn sqlite_an_inbox_change_in_the_same_batch_as_an_arrival_keeps_the_count(
     );
 }
 
+/// The WAL is copied back into the database by the checkpoint thread, not only by the
+/// writer's own (backstop) checkpoint, which these appends (a few thousand WAL pages) do not
+/// reach.
+#[tokio::test]
+async fn sqlite_checkpoints_run_beside_the_writer() {
+    let h = sqlite(retention());
+    let db = h._dir.as_ref().unwrap().path().join("t.db");
+    let before = std::fs::metadata(&db).unwrap().len();
+    let body = "x".repeat(10_000);
+    for i in 0..300 {
+        h.store
+            .append(&format!("t{}", i % 10), note(&body), None)
+            .await
+            .unwrap();
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::fs::metadata(&db).unwrap().len() < before + 2_000_000 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nothing was checkpointed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Memory
 

@@ -13,6 +13,11 @@
 //!   topic not in it costs a disk read.
 //! - If the writer thread dies, the store reports it through `fatal` once and for all; every
 //!   append from then on fails with `Closed` (503), never with a false acknowledgement.
+//! - Checkpoints (copying the WAL back into the database) run on a thread of their own every
+//!   [`CHECKPOINT_EVERY`], not inside the writer's commits: SQLite's automatic checkpoint
+//!   makes the commit that crosses its threshold pay for it, which was every tail latency
+//!   of the inbox benchmarks (a mark-all-read p99 of 11 ms against a p50 of 0.9 ms). The
+//!   automatic one stays, at a larger threshold, as a backstop.
 
 mod writer;
 
@@ -81,6 +86,11 @@ const MIGRATIONS: &[&str] = &[
 "#,
 ];
 
+/// How often the checkpoint thread copies the WAL back into the database.
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
+/// The writer checkpoints by itself only beyond this many WAL pages (about 40 MB): a
+/// backstop for a checkpoint thread that cannot keep up.
+const BACKSTOP_CHECKPOINT_PAGES: i64 = 10_000;
 /// Appends waiting for the writer; publishers wait (backpressure) beyond this.
 const WRITE_QUEUE: usize = 8192;
 /// No offset can exceed SQLite's largest integer; larger query bounds mean "no bound".
@@ -233,6 +243,8 @@ pub struct SqliteStore {
     epoch: Arc<str>,
     /// `Some(reason)` once the writer thread has died.
     fatal: watch::Receiver<Option<String>>,
+    /// Dropped with the store: the checkpoint thread then stops.
+    _checkpoints: std::sync::mpsc::Sender<()>,
 }
 
 impl SqliteStore {
@@ -254,6 +266,12 @@ impl SqliteStore {
             SyncMode::Normal => "NORMAL",
         };
         conn.pragma_update(None, "synchronous", sync)?;
+        let pages: i64 = conn.query_row(
+            &format!("PRAGMA wal_autocheckpoint = {BACKSTOP_CHECKPOINT_PAGES}"),
+            [],
+            |r| r.get(0),
+        )?;
+        debug_assert_eq!(pages, BACKSTOP_CHECKPOINT_PAGES);
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         migrate(&mut conn)?;
         let epoch: String = match conn
@@ -286,13 +304,34 @@ impl SqliteStore {
         std::thread::Builder::new()
             .name("herald-sqlite-writer".into())
             .spawn(move || writer::run_guarded(writer, rx, fatal_tx))?;
+        let checkpointer = open_reader(path)?;
+        let (checkpoints, stop) = std::sync::mpsc::channel::<()>();
+        std::thread::Builder::new()
+            .name("herald-sqlite-checkpoint".into())
+            .spawn(move || checkpoint_loop(&checkpointer, &stop))?;
         Ok(Self {
             writer: tx,
             readers,
             cache,
             epoch,
             fatal,
+            _checkpoints: checkpoints,
         })
+    }
+}
+
+/// Copies what the WAL holds back into the database every [`CHECKPOINT_EVERY`] (PASSIVE:
+/// never waits for the writer or readers, and the writer goes on appending meanwhile), until
+/// the store is dropped.
+fn checkpoint_loop(conn: &Connection, stop: &std::sync::mpsc::Receiver<()>) {
+    while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(CHECKPOINT_EVERY)
+    {
+        let done = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+            Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+        });
+        if let Err(e) = done {
+            tracing::warn!(error = %e, "checkpoint failed; the writer's own will take over");
+        }
     }
 }
 

@@ -379,29 +379,42 @@ async fn a_resume_after_being_offline_delivers_the_missed_items_once_with_the_ri
     server.stop().await.unwrap();
 }
 
+/// `POST /api/notifications` with `key`, and an Idempotency-Key when given.
+async fn bulk(
+    server: &RunningServer,
+    key: &str,
+    body: serde_json::Value,
+    idem: Option<&str>,
+) -> HttpResponse {
+    let auth = format!("Bearer {key}");
+    let mut headers = vec![
+        ("Authorization", auth.as_str()),
+        ("Content-Type", "application/json"),
+    ];
+    if let Some(k) = idem {
+        headers.push(("Idempotency-Key", k));
+    }
+    http(
+        server.addr,
+        "POST",
+        "/api/notifications",
+        &headers,
+        body.to_string().as_bytes(),
+    )
+    .await
+}
+
 #[tokio::test]
 async fn bulk_sends_store_one_copy_per_user_and_say_what_happened() {
     let server = server(memory_config()).await;
     let key = key_with(&server, &["publish:@*"]);
     let mut bo = inbox_socket(&server, "bo").await;
-    let auth = format!("Bearer {key}");
     let users: Vec<String> = (0..50)
         .map(|i| format!("u{i}"))
         .chain(["bo".into(), "bo".into()])
         .collect();
     let body = serde_json::json!({"users": users, "title": "Maintenance", "body": "tonight", "category": "ops"});
-    let r = http(
-        server.addr,
-        "POST",
-        "/api/notifications",
-        &[
-            ("Authorization", &auth),
-            ("Content-Type", "application/json"),
-            ("Idempotency-Key", "m-1"),
-        ],
-        body.to_string().as_bytes(),
-    )
-    .await;
+    let r = bulk(&server, &key, body.clone(), Some("m-1")).await;
     assert_eq!(r.status, 200, "{}", r.body);
     let results = r.json()["results"].as_array().unwrap().clone();
     assert_eq!(results.len(), 51, "a user named twice gets one copy");
@@ -409,52 +422,26 @@ async fn bulk_sends_store_one_copy_per_user_and_say_what_happened() {
     let (n, unread) = arrival(&mut bo).await;
     assert_eq!((n.title.as_deref(), unread), (Some("Maintenance"), 1));
     // A retry with the same key stores nothing new.
-    let r = http(
-        server.addr,
-        "POST",
-        "/api/notifications",
-        &[
-            ("Authorization", &auth),
-            ("Content-Type", "application/json"),
-            ("Idempotency-Key", "m-1"),
-        ],
-        body.to_string().as_bytes(),
-    )
-    .await;
-    assert!(r.json()["results"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .all(|x| x["duplicate"] == true));
+    let r = bulk(&server, &key, body, Some("m-1")).await;
+    let results = r.json()["results"].as_array().unwrap().clone();
+    assert!(results.iter().all(|x| x["duplicate"] == true));
     assert!(settle(&mut bo).await.is_empty());
-    // Too many users, a bad id, a key that may not reach one of them: refused before storing.
+    // Too many users, or a key that may not reach one of them: refused before storing.
     let many: Vec<String> = (0..1001).map(|i| format!("u{i}")).collect();
-    let r = http(
-        server.addr,
-        "POST",
-        "/api/notifications",
-        &[
-            ("Authorization", &auth),
-            ("Content-Type", "application/json"),
-        ],
-        serde_json::json!({"users": many, "body": "x"})
-            .to_string()
-            .as_bytes(),
+    let r = bulk(
+        &server,
+        &key,
+        serde_json::json!({"users": many, "body": "x"}),
+        None,
     )
     .await;
     assert_eq!((r.status, r.error_code()), (400, "bad_field".into()));
     let narrow = key_with(&server, &["publish:@u*"]);
-    let r = http(
-        server.addr,
-        "POST",
-        "/api/notifications",
-        &[
-            ("Authorization", &format!("Bearer {narrow}")),
-            ("Content-Type", "application/json"),
-        ],
-        serde_json::json!({"users": ["u1", "bo"], "body": "x"})
-            .to_string()
-            .as_bytes(),
+    let r = bulk(
+        &server,
+        &narrow,
+        serde_json::json!({"users": ["u1", "bo"], "body": "x"}),
+        None,
     )
     .await;
     assert_eq!(r.status, 403);

@@ -32,23 +32,22 @@ impl HttpConn {
 
     /// POSTs `body` to `path` and returns the status code (the response body is discarded).
     pub async fn post(&mut self, path: &str, body: &[u8]) -> std::io::Result<u16> {
-        let head = format!(
-            "POST {path} HTTP/1.1\r\nHost: {}\r\n{}Content-Type: text/plain\r\nContent-Length: {}\r\n\r\n",
-            self.addr,
-            self.auth,
-            body.len()
-        );
-        let mut req = Vec::with_capacity(head.len() + body.len());
-        req.extend_from_slice(head.as_bytes());
-        req.extend_from_slice(body);
-        self.stream.write_all(&req).await?;
+        self.send(path, "text/plain", body).await?;
         self.read_response().await
     }
 
     /// POSTs a JSON `body`; returns the status code and the response body.
     pub async fn post_json(&mut self, path: &str, body: &[u8]) -> std::io::Result<(u16, Vec<u8>)> {
+        self.send(path, "application/json", body).await?;
+        self.keep_body = true;
+        let status = self.read_response().await;
+        self.keep_body = false;
+        Ok((status?, std::mem::take(&mut self.last_body)))
+    }
+
+    async fn send(&mut self, path: &str, content_type: &str, body: &[u8]) -> std::io::Result<()> {
         let head = format!(
-            "POST {path} HTTP/1.1\r\nHost: {}\r\n{}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            "POST {path} HTTP/1.1\r\nHost: {}\r\n{}Content-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
             self.addr,
             self.auth,
             body.len()
@@ -56,11 +55,7 @@ impl HttpConn {
         let mut req = Vec::with_capacity(head.len() + body.len());
         req.extend_from_slice(head.as_bytes());
         req.extend_from_slice(body);
-        self.stream.write_all(&req).await?;
-        self.keep_body = true;
-        let status = self.read_response().await;
-        self.keep_body = false;
-        Ok((status?, std::mem::take(&mut self.last_body)))
+        self.stream.write_all(&req).await
     }
 
     async fn read_response(&mut self) -> std::io::Result<u16> {

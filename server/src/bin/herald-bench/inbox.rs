@@ -9,8 +9,7 @@
 //! as `bench-<n>` with tokens signed here (`--token-secret`) and follow their own inbox.
 
 use super::{
-    histogram, http, next_message, percentiles, proc_stats, raw_ws, source_for, spawn_progress,
-    Cli, Percentiles,
+    histogram, http, percentiles, proc_stats, raw_ws, source_for, spawn_progress, Cli, Percentiles,
 };
 use anyhow::{bail, Context};
 use clap::Args;
@@ -62,15 +61,6 @@ pub struct TargetedReport {
     send_latency: Percentiles,
     server_cpu_secs: Option<f64>,
     server_rss_kib: Option<u64>,
-}
-
-#[derive(Default)]
-struct Received {
-    delivered: u64,
-    duplicated: u64,
-    out_of_order: u64,
-    last: u64,
-    latencies: Vec<u32>,
 }
 
 /// `users` sockets, each on its own inbox; sends spread round-robin over them at `rate`.
@@ -132,45 +122,18 @@ pub async fn targeted(cli: &Cli, a: &TargetedArgs) -> anyhow::Result<TargetedRep
     let body_key = memchr::memmem::Finder::new(b"\"body\":\"").into_owned();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut readers = Vec::with_capacity(users);
-    for mut ws in sockets {
+    for ws in sockets {
         let (delivered, last_delivery) = (delivered.clone(), last_delivery.clone());
-        let (offset_key, body_key) = (offset_key.clone(), body_key.clone());
-        let mut stop = stop_rx.clone();
-        readers.push(tokio::spawn(async move {
-            let mut r = Received {
-                latencies: Vec::with_capacity(per_user as usize),
-                ..Default::default()
-            };
-            while r.delivered < per_user {
-                let next = tokio::select! {
-                    biased;
-                    _ = stop.wait_for(|s| *s) => break,
-                    next = ws.next() => next,
-                };
-                let Ok(Some(frame)) = next else { break };
-                let hay = ws.bytes(&frame);
-                // `inbox_count` frames carry no offset: skipped here.
-                let Some((offset, sent, _)) = next_message(hay, &offset_key, &body_key) else {
-                    continue;
-                };
-                let now = super::now_micros();
-                if offset <= r.last {
-                    if offset == r.last {
-                        r.duplicated += 1;
-                    } else {
-                        r.out_of_order += 1;
-                    }
-                    continue;
-                }
-                r.last = offset;
-                r.delivered += 1;
-                r.latencies
-                    .push(now.saturating_sub(sent).min(u32::MAX as u64) as u32);
-                delivered.fetch_add(1, Ordering::Relaxed);
-                last_delivery.fetch_max(now, Ordering::Relaxed);
-            }
-            r
-        }));
+        let keys = (offset_key.clone(), body_key.clone());
+        let stop = stop_rx.clone();
+        readers.push(tokio::spawn(super::receive(
+            ws,
+            per_user,
+            stop,
+            keys,
+            delivered,
+            last_delivery,
+        )));
     }
 
     let cpu_before = cli.server_pid.and_then(proc_stats::cpu_secs);

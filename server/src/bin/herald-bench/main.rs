@@ -548,7 +548,7 @@ struct FanoutReport {
 
 /// What one subscriber saw.
 #[derive(Default)]
-struct SubResult {
+pub(crate) struct SubResult {
     delivered: u64,
     duplicated: u64,
     out_of_order: u64,
@@ -583,6 +583,62 @@ fn next_message(
     let (offset, after_offset) = number_after(hay, offset_key)?;
     let (sent, after_body) = number_after(&hay[after_offset..], body_key)?;
     Some((offset, sent, after_offset + after_body))
+}
+
+/// Reads one subscriber's deliveries until it has `expected` of them or `stop` is set:
+/// offsets must arrive 1 apart (anything else is counted as duplicated or out of order),
+/// latency is now minus the send time in the body. Frames without a notification (an inbox's
+/// `inbox_count`) are skipped; a frame may carry several (the Go peer joins queued ones).
+async fn receive(
+    mut ws: raw_ws::RawWs,
+    expected: u64,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    (offset_key, body_key): (
+        memchr::memmem::Finder<'static>,
+        memchr::memmem::Finder<'static>,
+    ),
+    delivered: Arc<AtomicU64>,
+    last_delivery: Arc<AtomicU64>,
+) -> SubResult {
+    let mut r = SubResult {
+        latencies: Vec::with_capacity(expected as usize),
+        ..Default::default()
+    };
+    while r.delivered < expected {
+        let next = tokio::select! {
+            biased;
+            _ = stop.wait_for(|s| *s) => break,
+            next = ws.next() => next,
+        };
+        let Ok(Some(frame)) = next else {
+            break;
+        };
+        if frame.opcode != 0x1 {
+            continue;
+        }
+        let mut hay = ws.bytes(&frame);
+        let now = now_micros();
+        while let Some((offset, sent, used)) = next_message(hay, &offset_key, &body_key) {
+            hay = &hay[used..];
+            if r.first == 0 {
+                r.first = offset;
+            } else if offset <= r.last {
+                if offset == r.last {
+                    r.duplicated += 1
+                } else {
+                    r.out_of_order += 1
+                }
+                continue;
+            }
+            r.last = offset;
+            r.delivered += 1;
+            r.latencies
+                .push(now.saturating_sub(sent).min(u32::MAX as u64) as u32);
+            delivered.fetch_add(1, Ordering::Relaxed);
+            last_delivery.fetch_max(now, Ordering::Relaxed);
+        }
+    }
+    r
 }
 
 async fn fanout(cli: &Cli, a: &FanoutArgs) -> anyhow::Result<FanoutReport> {
@@ -653,51 +709,13 @@ async fn fanout(cli: &Cli, a: &FanoutArgs) -> anyhow::Result<FanoutReport> {
     // When the drain ends, subscribers still waiting hand in what they got.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut readers = Vec::with_capacity(sockets.len());
-    for mut ws in sockets {
+    for ws in sockets {
         let (delivered, last_delivery, done_tx) =
             (delivered.clone(), last_delivery.clone(), done_tx.clone());
-        let (offset_key, body_key) = (offset_key.clone(), body_key.clone());
-        let mut stop = stop_rx.clone();
+        let keys = (offset_key.clone(), body_key.clone());
+        let stop = stop_rx.clone();
         readers.push(tokio::spawn(async move {
-            let mut r = SubResult {
-                latencies: Vec::with_capacity(expected as usize),
-                ..Default::default()
-            };
-            while r.delivered < expected {
-                let next = tokio::select! {
-                    biased;
-                    _ = stop.wait_for(|s| *s) => break,
-                    next = ws.next() => next,
-                };
-                let Ok(Some(frame)) = next else {
-                    break;
-                };
-                if frame.opcode != 0x1 {
-                    continue;
-                }
-                let mut hay = ws.bytes(&frame);
-                let now = now_micros();
-                // A frame may carry several notifications (the Go peer joins queued ones).
-                while let Some((offset, sent, used)) = next_message(hay, &offset_key, &body_key) {
-                    hay = &hay[used..];
-                    if r.first == 0 {
-                        r.first = offset;
-                    } else if offset <= r.last {
-                        if offset == r.last {
-                            r.duplicated += 1
-                        } else {
-                            r.out_of_order += 1
-                        }
-                        continue;
-                    }
-                    r.last = offset;
-                    r.delivered += 1;
-                    r.latencies
-                        .push(now.saturating_sub(sent).min(u32::MAX as u64) as u32);
-                    delivered.fetch_add(1, Ordering::Relaxed);
-                    last_delivery.fetch_max(now, Ordering::Relaxed);
-                }
-            }
+            let r = receive(ws, expected, stop, keys, delivered, last_delivery).await;
             let _ = done_tx.send(r);
         }));
     }

@@ -335,6 +335,22 @@ fn checkpoint_loop(conn: &Connection, stop: &std::sync::mpsc::Receiver<()>) {
     }
 }
 
+impl SqliteStore {
+    /// Queues a command for the writer and waits for its answer. A dropped reply means the
+    /// writer died mid-batch: nothing is acknowledged.
+    async fn ask<T>(
+        &self,
+        command: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Command,
+    ) -> Result<T, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.writer
+            .send(command(reply))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+}
+
 fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     let version: usize = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
@@ -417,19 +433,13 @@ impl Store for SqliteStore {
         new: NewNotification,
         idempotency_key: Option<String>,
     ) -> Result<Appended, StoreError> {
-        let (reply, rx) = oneshot::channel();
-        let cmd = Command::Append {
+        self.ask(|reply| Command::Append {
             topic: topic.to_owned(),
             new,
             key: idempotency_key,
             reply,
-        };
-        self.writer
-            .send(cmd)
-            .await
-            .map_err(|_| StoreError::Closed)?;
-        // A dropped reply means the writer died mid-batch: nothing is acknowledged.
-        rx.await.map_err(|_| StoreError::Closed)?
+        })
+        .await
     }
 
     async fn read(
@@ -488,12 +498,7 @@ impl Store for SqliteStore {
     }
 
     async fn prune(&self) -> Result<u64, StoreError> {
-        let (reply, rx) = oneshot::channel();
-        self.writer
-            .send(Command::Prune { reply })
-            .await
-            .map_err(|_| StoreError::Closed)?;
-        rx.await.map_err(|_| StoreError::Closed)?
+        self.ask(|reply| Command::Prune { reply }).await
     }
 
     async fn inbox_update(
@@ -501,17 +506,12 @@ impl Store for SqliteStore {
         topic: &str,
         update: InboxUpdate,
     ) -> Result<InboxChange, StoreError> {
-        let (reply, rx) = oneshot::channel();
-        let cmd = Command::Inbox {
+        self.ask(|reply| Command::Inbox {
             topic: topic.to_owned(),
             update,
             reply,
-        };
-        self.writer
-            .send(cmd)
-            .await
-            .map_err(|_| StoreError::Closed)?;
-        rx.await.map_err(|_| StoreError::Closed)?
+        })
+        .await
     }
 
     async fn inbox_list(

@@ -44,6 +44,11 @@ pub enum Command {
     /// Manage API keys in the database (`--db`); a running server sees changes at once.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Publish a notification to a topic (the API key from HERALD_KEY).
+    Publish(crate::cli::PublishArgs),
+    /// Follow topics and print notifications as they arrive; resumes after a dropped
+    /// connection (and, with --state, after a restart). Ctrl-C ends it.
+    Subscribe(crate::cli::SubscribeArgs),
 }
 
 #[derive(Clone, Debug, Subcommand)]

@@ -1,5 +1,6 @@
 //! `herald`: parse the configuration, set up logging, and run the server until SIGINT/SIGTERM;
-//! or, with `herald keys ...`, manage API keys in the database.
+//! or, with `herald keys ...`, manage API keys in the database; or, with `herald publish` and
+//! `herald subscribe`, be a command-line client of a running server.
 
 use clap::Parser;
 use herald::config::{Command, Config};
@@ -19,8 +20,11 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     let config = Config::parse();
-    if let Some(Command::Keys(cmd)) = &config.command {
-        return herald::auth::cli::keys(&config.db, cmd);
+    match &config.command {
+        Some(Command::Keys(cmd)) => return herald::auth::cli::keys(&config.db, cmd),
+        Some(Command::Publish(args)) => return herald::cli::publish(args).await,
+        Some(Command::Subscribe(args)) => return herald::cli::subscribe(args).await,
+        None => {}
     }
     let addr = herald::listen_addr(&config);
     let listener = herald::listener::bind(addr)?;

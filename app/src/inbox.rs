@@ -163,6 +163,7 @@ mod tests {
                 tags: vec![],
                 link: None,
                 category: offset.is_multiple_of(2).then(|| "mention".into()),
+                author: None,
             },
             read,
             archived,

@@ -13,6 +13,7 @@
 //! | `ping`         | application-level liveness check; answered with `pong`                |
 //! | `inbox_list`   | a page of the user's own inbox, with read state; answered `inbox_page`|
 //! | `inbox_update` | mark read/unread, archive/unarchive, read all up to an offset         |
+//! | `typing`       | the user is typing in a room (ephemeral, rate-limited)                |
 //!
 //! | server frame   | purpose                                                               |
 //! |----------------|-----------------------------------------------------------------------|
@@ -25,7 +26,8 @@
 //! | `gap`          | the requested resume position is older than what is retained         |
 //! | `reset`        | the topic's history was reset (epoch changed) since the position      |
 //! | `ack`          | a client `publish` with an `id` was stored                            |
-//! | `presence`     | someone joined or left a topic (reserved for presence)               |
+//! | `presence`     | a user joined or left a room with presence (by user, not socket)     |
+//! | `typing`       | a user is typing in a room (ephemeral: never stored)                 |
 //! | `error`        | a typed error; the connection stays up unless a close follows         |
 //! | `pong`         | answer to `ping`                                                      |
 //! | `inbox_page`   | answer to `inbox_list`                                                |
@@ -96,6 +98,10 @@ pub struct NewNotification {
     /// What kind of notification this is, for the inbox's filters (`mention`, `billing`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub category: Option<String>,
+    /// Who sent it: set by the server from the sender's credentials (a user's id for a
+    /// message from a user's socket), never taken from what a client sends.
+    #[serde(default, skip_deserializing, skip_serializing_if = "Option::is_none")]
+    pub author: Option<String>,
 }
 
 /// A stored notification, as every reader sees it.
@@ -119,6 +125,9 @@ pub struct Notification {
     pub link: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub category: Option<String>,
+    /// The sender, as the server established it (see [`NewNotification::author`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub author: Option<String>,
 }
 
 impl Notification {
@@ -151,14 +160,21 @@ pub enum ClientFrame {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         id: Option<u64>,
     },
-    /// Publish from the socket (chat). Acknowledged with `ack` carrying the same `id`.
+    /// Publish from the socket (chat). Acknowledged with `ack` carrying the same `id`. A
+    /// `client_id` makes it idempotent for this sender: a retry (after a reconnect) with the
+    /// same one is stored once and acknowledged with the original position.
     Publish {
         topic: String,
         #[serde(flatten)]
         message: NewNotification,
         #[serde(default, skip_serializing_if = "Option::is_none")]
+        client_id: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         id: Option<u64>,
     },
+    /// "I am typing" in a room: passed on to its subscribers, never stored. Send it again
+    /// every few seconds while typing; it expires by itself.
+    Typing { topic: String },
     Ping {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         id: Option<u64>,
@@ -357,6 +373,12 @@ pub enum ServerFrame {
         position: Position,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         id: Option<u64>,
+        /// In a room with presence: who is in it now (users, each once), or only how many
+        /// when they are more than the server lists.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        members: Option<Vec<String>>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        member_count: Option<u64>,
     },
     Unsubscribed {
         topic: String,
@@ -422,6 +444,12 @@ pub enum ServerFrame {
     InboxCount {
         unread: u64,
         seq: u64,
+    },
+    /// `user` is typing in `topic`; forget it after `expires_ms` without another.
+    Typing {
+        topic: String,
+        user: String,
+        expires_ms: u64,
     },
 }
 
@@ -747,6 +775,7 @@ mod tests {
             tags: vec!["rocket".into()],
             link: Some("https://example.com".into()),
             category: Some("deploys".into()),
+            author: Some("ana".into()),
         }
     }
 
@@ -776,8 +805,17 @@ mod tests {
                 body: "hi".into(),
                 ..Default::default()
             },
+            client_id: Some("m-1".into()),
             id: Some(2),
         });
+        round_trip_client(ClientFrame::Typing {
+            topic: "chat".into(),
+        });
+        // A client cannot name the author: the field is not read.
+        let forged: ClientFrame =
+            serde_json::from_str(r#"{"type":"publish","topic":"c","body":"x","author":"bo"}"#)
+                .unwrap();
+        assert!(matches!(forged, ClientFrame::Publish { message, .. } if message.author.is_none()));
         round_trip_client(ClientFrame::Ping { id: None });
         round_trip_client(ClientFrame::InboxList {
             query: InboxQuery {
@@ -827,6 +865,20 @@ mod tests {
             topic: "a".into(),
             position: pos.clone(),
             id: Some(1),
+            members: None,
+            member_count: None,
+        });
+        round_trip_server(ServerFrame::Subscribed {
+            topic: "chat-a".into(),
+            position: pos.clone(),
+            id: None,
+            members: Some(vec!["ana".into(), "bo".into()]),
+            member_count: None,
+        });
+        round_trip_server(ServerFrame::Typing {
+            topic: "chat-a".into(),
+            user: "ana".into(),
+            expires_ms: 5000,
         });
         round_trip_server(ServerFrame::Unsubscribed {
             topic: "a".into(),

@@ -198,6 +198,7 @@ mod tests {
             tags: vec![],
             link: None,
             category: None,
+            author: None,
         }
     }
 

@@ -177,6 +177,7 @@ pub async fn publish(args: &PublishArgs) -> anyhow::Result<()> {
         tags: args.tags.clone(),
         link: args.link.clone(),
         category: None,
+        author: None,
     };
     // The server checks these too; checking here gives the same message without a round trip.
     app::protocol::validate_topic(&args.topic).map_err(|e| anyhow::anyhow!(e.message))?;

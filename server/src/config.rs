@@ -143,6 +143,20 @@ pub struct Config {
     #[arg(long, env = "HERALD_PUBLIC_TOPICS", value_delimiter = ',')]
     pub public_topics: Vec<String>,
 
+    /// Topic patterns that are rooms with presence (who is in them, by user) and typing
+    /// indicators (comma separated).
+    #[arg(
+        long,
+        env = "HERALD_PRESENCE_TOPICS",
+        value_delimiter = ',',
+        default_value = "chat-*"
+    )]
+    pub presence_topics: Vec<String>,
+
+    /// A room with more members than this tells a joiner only how many.
+    #[arg(long, env = "HERALD_PRESENCE_LIST_MAX", default_value_t = 100)]
+    pub presence_list_max: usize,
+
     /// Publishes per second per API key or user (HTTP and socket), bursts of twice that;
     /// beyond it 429 with Retry-After. 0: no limit.
     #[arg(

@@ -38,6 +38,7 @@ fn client_frame() -> impl Strategy<Value = ClientFrame> {
                 tags,
                 link,
                 category,
+                author: None,
             },
         );
     prop_oneof![
@@ -46,8 +47,19 @@ fn client_frame() -> impl Strategy<Value = ClientFrame> {
             .prop_map(|(topic, since, id)| ClientFrame::Subscribe { topic, since, id }),
         (topic(), proptest::option::of(any::<u64>()))
             .prop_map(|(topic, id)| ClientFrame::Unsubscribe { topic, id }),
-        (topic(), message, proptest::option::of(any::<u64>()))
-            .prop_map(|(topic, message, id)| ClientFrame::Publish { topic, message, id }),
+        (
+            topic(),
+            message,
+            proptest::option::of(".{0,70}"),
+            proptest::option::of(any::<u64>())
+        )
+            .prop_map(|(topic, message, client_id, id)| ClientFrame::Publish {
+                topic,
+                message,
+                client_id,
+                id
+            }),
+        topic().prop_map(|topic| ClientFrame::Typing { topic }),
         proptest::option::of(any::<u64>()).prop_map(|id| ClientFrame::Ping { id }),
     ]
 }
@@ -83,7 +95,7 @@ proptest! {
                                         tags in proptest::collection::vec(".{0,40}", 0..12),
                                         link in proptest::option::of(".{0,60}"),
                                         category in proptest::option::of(".{0,40}")) {
-        let n = NewNotification { title, body, priority, tags, link, category };
+        let n = NewNotification { title, body, priority, tags, link, category, author: None };
         if n.validate(64).is_ok() {
             prop_assert!(!n.body.trim().is_empty() && n.body.len() <= 64);
             prop_assert!(n.priority.is_none_or(|p| (1..=5).contains(&p)));

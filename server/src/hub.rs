@@ -290,16 +290,20 @@ impl Hub {
         }
     }
 
-    /// Queues `frame` for every subscriber of `topic`, beside (not in) the ordered stream of
-    /// stored notifications. Never waits; a full queue is a slow consumer as for `broadcast`.
-    pub fn send_frame(&self, topic: &str, frame: Utf8Bytes) {
+    /// Queues `frame` for every subscriber of `topic` (but the connection `except`), beside
+    /// (not in) the ordered stream of stored notifications. Never waits; a full queue is a
+    /// slow consumer as for `broadcast`.
+    pub fn send_frame(&self, topic: &str, frame: Utf8Bytes, except: Option<u64>) {
         let frame = Arc::new(frame);
         let mut shard = lock(self.shard(topic));
         let Some(subs) = shard.get_mut(topic) else {
             return;
         };
-        subs.retain(
-            |s| match s.conn.tx.try_send(Outbound::Frame(frame.clone())) {
+        subs.retain(|s| {
+            if Some(s.conn.id) == except {
+                return true;
+            }
+            match s.conn.tx.try_send(Outbound::Frame(frame.clone())) {
                 Ok(()) => true,
                 Err(mpsc::error::TrySendError::Full(_)) => {
                     if s.conn.close(close_code::SLOW_CONSUMER) {
@@ -309,8 +313,8 @@ impl Hub {
                     false
                 }
                 Err(mpsc::error::TrySendError::Closed(_)) => false,
-            },
-        );
+            }
+        });
         if subs.is_empty() {
             shard.remove(topic);
         }
@@ -456,6 +460,7 @@ mod tests {
             tags: vec![],
             link: None,
             category: None,
+            author: None,
         })
     }
 

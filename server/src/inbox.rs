@@ -76,7 +76,7 @@ pub async fn update(
             seq: change.count.seq,
         };
         if let Ok(text) = serde_json::to_string(&frame) {
-            state.hub.send_frame(&topic, text.into());
+            state.hub.send_frame(&topic, text.into(), None);
         }
     }
     Ok(change)

@@ -26,6 +26,7 @@ pub mod hub;
 pub mod inbox;
 pub mod limits;
 pub mod listener;
+pub mod presence;
 pub mod session;
 pub mod store;
 
@@ -71,6 +72,8 @@ pub struct Shared {
     pub auth: Arc<auth::Authority>,
     /// Rates and connection caps per credential, address and user.
     pub limits: limits::EdgeLimits,
+    /// Who is in which room.
+    pub presence: Arc<presence::Presence>,
     pub leptos_options: LeptosOptions,
     /// Every connection task and session; shutdown waits on it.
     pub tracker: TaskTracker,
@@ -243,7 +246,9 @@ fn build(
     let leptos_options = leptos_options(&config, addr);
     let request_timeout = config.request_timeout();
     let limits = limits::EdgeLimits::new(&config);
+    let presence = presence::Presence::from_config(&config)?;
     let state = AppState(Arc::new(Shared {
+        presence,
         config,
         hub,
         store,

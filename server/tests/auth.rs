@@ -303,6 +303,7 @@ async fn a_socket_without_auth_is_refused_unless_anonymous_reading_is_configured
             body: "x".into(),
             ..Default::default()
         },
+        client_id: None,
         id: Some(8),
     })
     .await;
@@ -418,6 +419,7 @@ async fn a_token_grants_what_its_claims_say_and_a_refresh_keeps_the_socket() {
             body: "x".into(),
             ..Default::default()
         },
+        client_id: None,
         id: Some(2),
     })
     .await;
@@ -613,6 +615,7 @@ async fn publishes_over_the_rate_get_429_with_retry_after() {
             body: "x".into(),
             ..Default::default()
         },
+        client_id: None,
         id: Some(9),
     })
     .await;

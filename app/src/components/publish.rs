@@ -45,6 +45,7 @@ pub fn PublishForm() -> impl IntoView {
                 .collect(),
             link: None,
             category: None,
+            author: None,
         };
         if let Err(e) = crate::protocol::validate_topic(&t).and_then(|()| new.validate(usize::MAX))
         {

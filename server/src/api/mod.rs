@@ -291,6 +291,7 @@ impl<'a> PublishHeaders<'a> {
             tags,
             link: self.link.map(str::to_owned),
             category: self.category.map(str::to_owned),
+            author: None,
         })
     }
 }
@@ -754,6 +755,7 @@ mod tests {
         );
         let config = crate::config::Config::for_tests();
         let state = AppState(Arc::new(crate::Shared {
+            presence: crate::presence::Presence::from_config(&config).unwrap(),
             limits: crate::limits::EdgeLimits::new(&config),
             hub: crate::hub::Hub::new(1, 1),
             store: store.clone(),

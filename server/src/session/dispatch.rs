@@ -7,7 +7,7 @@
 
 use super::{Session, Socket, Stop};
 use crate::limits::Verdict;
-use app::protocol::{close_code, validate_topic, ClientFrame, ErrorCode, ServerFrame};
+use app::protocol::{close_code, ClientFrame, ErrorCode, ServerFrame};
 use axum::extract::ws::Message;
 use tokio_tungstenite::tungstenite;
 
@@ -93,41 +93,13 @@ impl<S: Socket> Session<S> {
                 self.drop_sub(slot);
                 self.io.send(&ServerFrame::Unsubscribed { topic, id }).await
             }
-            ClientFrame::Publish { topic, message, id } => {
-                if let Err(e) = validate_topic(&topic)
-                    .and_then(|()| message.validate(self.state.config.max_body_bytes))
-                {
-                    return self.error(e.code, &e.message, id).await;
-                }
-                if let Err(e) = self.permit(crate::auth::Action::Publish, &topic) {
-                    return self.refuse(&e, id).await;
-                }
-                if let Some(who) = self.identity.as_ref() {
-                    let limits = &self.state.limits;
-                    if let Err(wait) = limits.publish(who) {
-                        let msg = format!("too many publishes; retry in {} ms", wait.as_millis());
-                        return self.error(ErrorCode::RateLimited, &msg, id).await;
-                    }
-                }
-                match self.state.store.append(&topic, message, None).await {
-                    Ok(a) => match id {
-                        Some(id) => {
-                            let position = a.stored.notification.position();
-                            self.io.send(&ServerFrame::Ack { id, position }).await
-                        }
-                        None => Ok(()),
-                    },
-                    Err(e) => {
-                        tracing::error!(error = %e, topic, "publish from socket failed");
-                        self.error(
-                            ErrorCode::Internal,
-                            "the notification could not be stored",
-                            id,
-                        )
-                        .await
-                    }
-                }
-            }
+            ClientFrame::Publish {
+                topic,
+                message,
+                client_id,
+                id,
+            } => self.publish(topic, message, client_id, id).await,
+            ClientFrame::Typing { topic } => self.typing(topic).await,
             ClientFrame::Ping { id } => self.io.send(&ServerFrame::Pong { id }).await,
             ClientFrame::InboxList { query, id } => self.inbox_list(query, id).await,
             ClientFrame::InboxUpdate { update, id } => self.inbox_update(update, id).await,
@@ -182,6 +154,7 @@ pub(crate) fn classify_parse_error(text: &str, err: &serde_json::Error) -> (Erro
         "ping",
         "inbox_list",
         "inbox_update",
+        "typing",
     ];
     match serde_json::from_str::<serde_json::Value>(text) {
         Ok(v) => match v.get("type").and_then(|t| t.as_str()) {

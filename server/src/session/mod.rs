@@ -30,6 +30,7 @@
 //! heartbeats and live topics keep flowing during a replay.
 
 mod auth;
+mod chat;
 mod connection;
 mod dispatch;
 mod inbox;
@@ -81,6 +82,8 @@ struct Subscription {
     /// Last offset written to the client.
     delivered: u64,
     phase: Phase,
+    /// In a room with presence, this socket's membership (dropped with the subscription).
+    member: Option<Box<crate::presence::Member>>,
 }
 
 impl Subscription {

@@ -68,6 +68,8 @@ impl<S: Socket> Session<S> {
                 topic,
                 position,
                 id,
+                members: None,
+                member_count: None,
             };
             return self.io.send(&frame).await;
         }
@@ -123,13 +125,31 @@ impl<S: Socket> Session<S> {
             }
             Some(p) => (p.epoch, p.offset, Phase::CatchingUp { registered: false }),
         };
+        // A user subscribing to a room with presence becomes a member of it.
+        let (member, members) = match self.presence_user() {
+            Some(user) if self.state.presence.applies(&topic) => {
+                let conn = self.reg.conn.id;
+                let (m, list) = self
+                    .state
+                    .presence
+                    .join(&self.state.hub, &topic, &user, conn);
+                (Some(Box::new(m)), Some(list))
+            }
+            _ => (None, None),
+        };
         self.subs.push(Subscription {
             slot,
             topic: topic.clone(),
             epoch,
             delivered,
             phase,
+            member,
         });
+        let (members, member_count) = match members {
+            Some(crate::presence::Members::List(l)) => (Some(l), None),
+            Some(crate::presence::Members::Count(n)) => (None, Some(n)),
+            None => (None, None),
+        };
         let subscribed = ServerFrame::Subscribed {
             topic: topic.to_string(),
             position: Position {
@@ -137,6 +157,8 @@ impl<S: Socket> Session<S> {
                 offset: head.last,
             },
             id,
+            members,
+            member_count,
         };
         self.io.send(&subscribed).await
     }
@@ -245,6 +267,7 @@ mod tests {
             epoch: "e".into(),
             delivered,
             phase,
+            member: None,
         }
     }
 
@@ -261,6 +284,7 @@ mod tests {
             tags: vec![],
             link: None,
             category: None,
+            author: None,
         }
     }
 

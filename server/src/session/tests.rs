@@ -125,6 +125,7 @@ fn fixture(config: Config) -> Fixture {
         Arc::new(crate::auth::setup::authority(&config, "127.0.0.1:0".parse().unwrap()).unwrap());
     let limits = crate::limits::EdgeLimits::new(&config);
     let state = AppState(Arc::new(crate::Shared {
+        presence: crate::presence::Presence::from_config(&config).unwrap(),
         limits,
         config,
         hub,

@@ -316,6 +316,7 @@ pub(crate) fn materialize(
         tags: new.tags,
         link: new.link.filter(|l| !l.is_empty()),
         category: new.category.filter(|c| !c.is_empty()),
+        author: new.author,
     }
 }
 
@@ -341,6 +342,7 @@ mod tests {
             tags: vec!["a".into()],
             link: None,
             category: None,
+            author: None,
         }
     }
 

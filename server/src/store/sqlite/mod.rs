@@ -84,6 +84,8 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE topics ADD COLUMN unread INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE topics ADD COLUMN seq INTEGER NOT NULL DEFAULT 0;
 "#,
+    // Chat: who sent a message, as the server established it.
+    "ALTER TABLE notifications ADD COLUMN author TEXT;",
 ];
 
 /// How often the checkpoint thread copies the WAL back into the database.
@@ -419,11 +421,13 @@ fn row_to_notification(r: &rusqlite::Row<'_>) -> rusqlite::Result<Notification> 
         tags: serde_json::from_str(&tags).unwrap_or_default(),
         link: r.get(8)?,
         category: r.get(9)?,
+        author: r.get(10)?,
     })
 }
 
 /// The columns [`row_to_notification`] reads, in order.
-const COLUMNS: &str = "topic, offset, id, time, title, body, priority, tags, link, category";
+const COLUMNS: &str =
+    "topic, offset, id, time, title, body, priority, tags, link, category, author";
 
 #[async_trait]
 impl Store for SqliteStore {
@@ -545,8 +549,8 @@ impl Store for SqliteStore {
                         notification.epoch.clone_from(&epoch);
                         Ok(InboxItem {
                             notification,
-                            read: r.get(10)?,
-                            archived: r.get(11)?,
+                            read: r.get(11)?,
+                            archived: r.get(12)?,
                         })
                     })?;
                 let items = rows.collect::<Result<Vec<_>, _>>()?;

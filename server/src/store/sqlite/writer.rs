@@ -265,11 +265,11 @@ impl Writer {
                 // Cached statements: preparing costs more than the insert itself.
                 let inserted = tx
                     .prepare_cached(
-                        "INSERT INTO notifications (topic, offset, id, time, title, body, priority, tags, link, category)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                        "INSERT INTO notifications (topic, offset, id, time, title, body, priority, tags, link, category, author)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
                     )
                     .and_then(|mut st| {
-                        st.execute(params![n.topic, n.offset, n.id, n.time, n.title, n.body, n.priority, tags, n.link, n.category])
+                        st.execute(params![n.topic, n.offset, n.id, n.time, n.title, n.body, n.priority, tags, n.link, n.category, n.author])
                     });
                 if let Err(e) = inserted {
                     results.push(Pending::Failed(StoreError::Backend(e.to_string()), reply));

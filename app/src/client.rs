@@ -29,6 +29,7 @@ use leptos::task::spawn_local;
 use std::collections::HashMap;
 
 const POSITIONS_KEY: &str = "herald.positions";
+const ROOMS_KEY: &str = "herald.rooms";
 const TOPICS_KEY: &str = "herald.topics";
 /// First retry delay; doubles per failed attempt up to `MAX_BACKOFF_MS`.
 const BASE_BACKOFF_MS: u32 = 1_000;
@@ -55,6 +56,16 @@ pub enum Command {
     },
     /// Change read state in the inbox.
     InboxUpdate(InboxUpdate),
+    /// Follow a chat room (history, members, messages).
+    JoinRoom(String),
+    LeaveRoom(String),
+    /// Send a chat message (already in `chat.outgoing` as sending).
+    ChatSend {
+        room: String,
+        client_id: String,
+    },
+    /// The user is typing in a room.
+    Typing(String),
 }
 
 /// The inbox listing the page wants: its filter and category, from the first page or after
@@ -116,6 +127,24 @@ pub fn save_topics(topics: &[String]) {
     }
 }
 
+pub fn load_rooms() -> Vec<String> {
+    storage()
+        .and_then(|s| s.get_item(ROOMS_KEY).ok().flatten())
+        .map(|raw| {
+            raw.split(',')
+                .filter(|r| crate::chat::valid_room(r))
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+pub fn save_rooms(rooms: &[String]) {
+    if let Some(s) = storage() {
+        let _ = s.set_item(ROOMS_KEY, &rooms.join(","));
+    }
+}
+
 fn load_positions() -> HashMap<String, Position> {
     storage()
         .and_then(|s| s.get_item(POSITIONS_KEY).ok().flatten())
@@ -153,6 +182,7 @@ pub fn start(center: Center) -> Client {
     }
     center.positions.set(positions);
     center.user.set(crate::auth::load().map(|c| c.user));
+    center.chat.rooms.set(load_rooms());
     let (tx, rx) = unbounded();
     watch_network(&tx);
     spawn_local(run(center, tx.clone(), rx));
@@ -265,6 +295,9 @@ async fn session(
     history_loaded: &mut bool,
 ) -> End {
     let (mut write, mut read) = ws.split();
+    // Chat messages sent on this socket: request id -> client id, until acknowledged.
+    let mut sent: HashMap<u64, String> = HashMap::new();
+    let mut next_id: u64 = 1_000;
     let mut end = End {
         authenticated: false,
         code: None,
@@ -334,6 +367,32 @@ async fn session(
                             return end;
                         }
                     }
+                    // Chat rooms: history on first load, then subscribe (resume) like topics;
+                    // messages still on their way are sent again (same client id: stored once).
+                    for room in center.chat.rooms.get_untracked() {
+                        if !positions.contains_key(&room) {
+                            refetch_room(center, room.clone());
+                        }
+                        let since = positions.get(&room).cloned();
+                        let sub = ClientFrame::Subscribe {
+                            topic: room,
+                            since,
+                            id: None,
+                        };
+                        if write.send(send_frame(&sub)).await.is_err() {
+                            return end;
+                        }
+                    }
+                    for o in center.chat.outgoing.get_untracked() {
+                        if o.state == crate::chat::SendState::Sending {
+                            next_id += 1;
+                            sent.insert(next_id, o.client_id.clone());
+                            let f = chat_frame(&o, next_id);
+                            if write.send(send_frame(&f)).await.is_err() {
+                                return end;
+                            }
+                        }
+                    }
                     for topic in topics {
                         let since = positions.get(&topic).cloned();
                         let sub = ClientFrame::Subscribe {
@@ -346,6 +405,32 @@ async fn session(
                         }
                     }
                     continue;
+                }
+                match &frame {
+                    ServerFrame::Ack { id, .. } => {
+                        if let Some(cid) = sent.remove(id) {
+                            center
+                                .chat
+                                .outgoing
+                                .update(|o| o.retain(|x| x.client_id != cid));
+                        }
+                        continue;
+                    }
+                    ServerFrame::Error {
+                        id: Some(id),
+                        message,
+                        ..
+                    } if sent.contains_key(id) => {
+                        let cid = sent.remove(id).unwrap_or_default();
+                        let why = message.clone();
+                        center.chat.outgoing.update(|o| {
+                            for x in o.iter_mut().filter(|x| x.client_id == cid) {
+                                x.state = crate::chat::SendState::Failed(why.clone());
+                            }
+                        });
+                        continue;
+                    }
+                    _ => {}
                 }
                 if let Some(reply) = apply(center, frame) {
                     if write.send(send_frame(&reply)).await.is_err() {
@@ -376,6 +461,32 @@ async fn session(
                         id: Some(if more { LIST_MORE } else { LIST_FIRST }),
                     },
                     Command::InboxUpdate(update) => ClientFrame::InboxUpdate { update, id: None },
+                    Command::JoinRoom(room) => {
+                        refetch_room(center, room.clone());
+                        let since = center.positions.get_untracked().get(&room).cloned();
+                        ClientFrame::Subscribe {
+                            topic: room,
+                            since,
+                            id: None,
+                        }
+                    }
+                    Command::LeaveRoom(room) => ClientFrame::Unsubscribe {
+                        topic: room,
+                        id: None,
+                    },
+                    Command::ChatSend { room, client_id } => {
+                        let outgoing = center.chat.outgoing.get_untracked();
+                        let Some(o) = outgoing
+                            .iter()
+                            .find(|o| o.room == room && o.client_id == client_id)
+                        else {
+                            continue;
+                        };
+                        next_id += 1;
+                        sent.insert(next_id, client_id);
+                        chat_frame(o, next_id)
+                    }
+                    Command::Typing(topic) => ClientFrame::Typing { topic },
                     Command::Offline => return end,
                     Command::SignOut => {
                         end.signed_out = true;
@@ -399,6 +510,19 @@ fn set_position(center: Center, topic: &str, pos: Position) {
     });
 }
 
+/// The `publish` frame for a chat message.
+fn chat_frame(o: &crate::chat::Outgoing, id: u64) -> ClientFrame {
+    ClientFrame::Publish {
+        topic: o.room.clone(),
+        message: crate::protocol::NewNotification {
+            body: o.body.clone(),
+            ..Default::default()
+        },
+        client_id: Some(o.client_id.clone()),
+        id: Some(id),
+    }
+}
+
 /// Applies one server frame to the page; returns a frame to answer with, if any.
 fn apply(center: Center, frame: ServerFrame) -> Option<ClientFrame> {
     // After a gap or reset in the inbox, the listing is read again (it holds read state,
@@ -408,6 +532,22 @@ fn apply(center: Center, frame: ServerFrame) -> Option<ClientFrame> {
         id: Some(LIST_FIRST),
     };
     match frame {
+        ServerFrame::Presence {
+            topic,
+            action,
+            user,
+        } => center.chat.joined(
+            &topic,
+            &user,
+            action == crate::protocol::PresenceAction::Join,
+        ),
+        ServerFrame::Typing {
+            topic,
+            user,
+            expires_ms,
+        } => center
+            .chat
+            .typing_now(&topic, &user, js_sys::Date::now() + expires_ms as f64),
         ServerFrame::InboxPage { page, id } => center.inbox.page(page, id != Some(LIST_MORE)),
         ServerFrame::InboxCount { unread, seq } => center.inbox.count(unread, seq),
         ServerFrame::InboxUpdated { unread, seq, .. } => center.inbox.count(unread, seq),
@@ -432,8 +572,15 @@ fn apply(center: Center, frame: ServerFrame) -> Option<ClientFrame> {
             return Some(relist());
         }
         ServerFrame::Subscribed {
-            topic, position, ..
+            topic,
+            position,
+            members,
+            member_count,
+            ..
         } => {
+            if center.chat.is_room(&topic) {
+                center.chat.members_are(&topic, members, member_count);
+            }
             let known = center
                 .positions
                 .get_untracked()
@@ -457,7 +604,7 @@ fn apply(center: Center, frame: ServerFrame) -> Option<ClientFrame> {
                 "They are older than this server keeps. The list was refreshed.".into(),
                 3,
             );
-            refetch(center, topic);
+            reload(center, topic);
         }
         ServerFrame::Reset {
             topic,
@@ -478,7 +625,7 @@ fn apply(center: Center, frame: ServerFrame) -> Option<ClientFrame> {
                 "The server started a new history for this topic.".into(),
                 3,
             );
-            refetch(center, topic);
+            reload(center, topic);
         }
         ServerFrame::Error { code, message, .. } => {
             center.toast(ToastKind::Error, format!("Error: {code}"), message, 4);
@@ -495,6 +642,9 @@ fn on_notification(center: Center, n: Notification) {
     set_position(center, &n.topic, n.position());
     if inbox_owner(&n.topic).is_some() {
         return on_inbox_arrival(center, n);
+    }
+    if center.chat.is_room(&n.topic) {
+        return center.chat.arrive(n);
     }
     let title = n.title.clone().unwrap_or_else(|| n.topic.clone());
     let (body, priority) = (n.body.clone(), n.priority);
@@ -530,6 +680,35 @@ fn on_inbox_arrival(center: Center, n: Notification) {
     });
 }
 
+/// Loads a chat room's recent messages over HTTP (on joining it).
+pub fn refetch_room(center: Center, room: String) {
+    spawn_local(async move {
+        let url = format!(
+            "/api/topics/{room}/notifications?limit={}",
+            crate::HISTORY_PAGE
+        );
+        let mut req = gloo_net::http::Request::get(&url);
+        if let Some(bearer) = crate::auth::bearer() {
+            req = req.header("Authorization", &bearer);
+        }
+        let Ok(resp) = req.send().await else { return };
+        if !resp.ok() {
+            return;
+        }
+        let Ok(page) = resp.json::<HistoryPage>().await else {
+            return;
+        };
+        if let Some(newest) = page.notifications.first() {
+            if is_new(center.positions.get_untracked().get(&room), newest) {
+                set_position(center, &room, newest.position());
+            }
+        }
+        for n in page.notifications {
+            center.chat.arrive(n);
+        }
+    });
+}
+
 /// Reloads a topic's recent history over HTTP (after a gap or a reset).
 pub fn refetch(center: Center, topic: String) {
     spawn_local(async move {
@@ -559,4 +738,14 @@ pub fn refetch(center: Center, topic: String) {
             .items
             .update(|items| replace_topic(items, &topic, page.notifications));
     });
+}
+
+/// Reloads what the page shows of a topic after a gap or reset: a room's messages, or a
+/// topic's notifications.
+fn reload(center: Center, topic: String) {
+    if center.chat.is_room(&topic) {
+        refetch_room(center, topic);
+    } else {
+        refetch(center, topic);
+    }
 }

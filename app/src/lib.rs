@@ -5,8 +5,10 @@
 //! - `client` (browser only): the WebSocket client with reconnect, backoff and resume.
 //! - `auth` (browser only): the stored token, the development sign-in, refreshes.
 //! - [`inbox`]: the signed-in user's inbox in the page, and its rules.
+//! - [`chat`]: chat rooms in the page: messages, members, typing, messages on their way.
 //! - [`components`]: the notification center and the inbox.
 
+pub mod chat;
 pub mod components;
 pub mod inbox;
 pub mod protocol;

@@ -72,6 +72,8 @@ pub struct Center {
     pub user: RwSignal<Option<String>>,
     /// The signed-in user's inbox.
     pub inbox: crate::inbox::Inbox,
+    /// Chat rooms.
+    pub chat: crate::chat::Chat,
     next_toast: StoredValue<u64>,
 }
 
@@ -86,6 +88,7 @@ impl Center {
             positions: RwSignal::new(HashMap::new()),
             user: RwSignal::new(None),
             inbox: crate::inbox::Inbox::new(),
+            chat: crate::chat::Chat::new(),
             next_toast: StoredValue::new(1),
         }
     }

@@ -1,12 +1,14 @@
 //! The notification center page: header (connection state, unread bell), followed topics,
 //! the live list, a publish form and toasts.
 
+mod chat;
 mod inbox;
 mod publish;
 
 use crate::protocol::{validate_topic, Notification};
 use crate::state::{Center, ToastKind};
 use crate::time::format_utc;
+use chat::ChatPanel;
 use inbox::{InboxBell, InboxPanel};
 use leptos::prelude::*;
 use leptos_meta::Title;
@@ -200,6 +202,7 @@ fn CenterView(init: InitialView) -> impl IntoView {
         });
     });
     let inbox = center.inbox;
+    let chat = center.chat;
     // A clicked desktop notification opens the inbox at its item.
     Effect::new(move |_| {
         if inbox.focus.get().is_some() {
@@ -277,19 +280,29 @@ fn CenterView(init: InitialView) -> impl IntoView {
                 <section class="panel list-panel" node_ref=list_ref>
                     <div class="tabs" role="tablist">
                         <button role="tab" class="tab" data-testid="tab-topics"
-                            aria-selected=move || (!inbox.open.get()).to_string()
-                            on:click=move |_| inbox.open.set(false)>"Topics"</button>
+                            aria-selected=move || (!inbox.open.get() && !chat.open.get()).to_string()
+                            on:click=move |_| { inbox.open.set(false); chat.open.set(false); }>"Topics"</button>
                         <Show when=move || center.user.get().is_some()>
                             <button role="tab" class="tab" data-testid="tab-inbox"
-                                aria-selected=move || inbox.open.get().to_string()
-                                on:click=move |_| inbox.open.set(true)>
+                                aria-selected=move || (inbox.open.get() && !chat.open.get()).to_string()
+                                on:click=move |_| { chat.open.set(false); inbox.open.set(true); }>
                                 "Inbox"
                                 <Show when=move || { inbox.unread.get() > 0 }>
                                     " (" {move || inbox.unread.get()} ")"
                                 </Show>
                             </button>
+                            <button role="tab" class="tab" data-testid="tab-chat"
+                                aria-selected=move || chat.open.get().to_string()
+                                on:click=move |_| chat.open.set(true)>"Chat"</button>
                         </Show>
                     </div>
+                    <Show when=move || chat.open.get() && center.user.get().is_some()>
+                        <ChatPanel/>
+                    </Show>
+                    <Show
+                        when=move || !chat.open.get() || center.user.get().is_none()
+                        fallback=|| ()
+                    >
                     <Show
                         when=move || inbox.open.get() && center.user.get().is_some()
                         fallback=move || view! {
@@ -305,6 +318,7 @@ fn CenterView(init: InitialView) -> impl IntoView {
                         }
                     >
                         <InboxPanel/>
+                    </Show>
                     </Show>
                 </section>
             </main>

@@ -144,5 +144,8 @@ scenario inbox-10000-max    "$RUNS" "$H" inbox --users 10000 --rate 0 --messages
 # Bulk sends of 1,000 users each, 1,000 of them (every inbox then holds 1,000 unread, the
 # retention limit), then mark-all-read on 200 of those inboxes.
 scenario inbox-ops          "$RUNS" herald-sqlite inbox-ops --bulk-requests 1000 --bulk-users 1000 --mark-users 200
+# A chat room (Herald only): 1,000 members, each sending a message from its own socket every
+# 10 s (100 messages/s in, 100,000 deliveries/s out), everyone receiving everything.
+scenario chat-1000          "$RUNS" herald-sqlite chat --members 1000 --interval-secs 10 --seconds 30 --token-secret "$SECRET"
 
 python3 scripts/bench_summary.py "$RESULTS"

@@ -68,6 +68,13 @@ def describe(name, rs):
                 f"p50 {fmt(med(rs, 'latency', 'p50_ms'), 2)} / p99 {fmt(med(rs, 'latency', 'p99_ms'), 2)} ms, "
                 f"errors (worst) {fmt(worst(rs, 'errors'))}, "
                 f"server CPU {fmt(med(rs, 'server_cpu_secs'), 2)} s")
+    if name.startswith("chat"):
+        return (f"{fmt(med(rs, 'members'))} members, {fmt(med(rs, 'messages_per_sec_in'), 0)} messages/s in, "
+                f"offered {fmt(med(rs, 'deliveries_per_sec_offered'), 0)} deliveries/s: delivered "
+                f"{fmt(med(rs, 'deliveries_per_sec'), 0)}/s, p50 {fmt(med(rs, 'latency', 'p50_ms'), 2)} / "
+                f"p99 {fmt(med(rs, 'latency', 'p99_ms'), 2)} ms, lost/dup/ooo (worst) "
+                f"{fmt(worst(rs, 'lost'))}/{fmt(worst(rs, 'duplicated'))}/{fmt(worst(rs, 'out_of_order'))}, "
+                f"server CPU {fmt(med(rs, 'server_cpu_secs'), 2)} s")
     if name.startswith("inbox-ops"):
         return (f"bulk of {fmt(med(rs, 'bulk_users'))} users: p50 {fmt(med(rs, 'bulk_latency', 'p50_ms'), 1)} / "
                 f"p99 {fmt(med(rs, 'bulk_latency', 'p99_ms'), 1)} ms per request, "

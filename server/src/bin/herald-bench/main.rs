@@ -8,6 +8,7 @@
 //! herald-bench capacity --subscribers 1000 --server-pid $PID  # highest clean publish rate
 //! herald-bench inbox --users 10000 --rate 30000 --server-pid $PID  # targeted delivery
 //! herald-bench inbox-ops --bulk-requests 100 --bulk-users 1000   # bulk sends, mark-all-read
+//! herald-bench chat --members 1000 --interval-secs 10 --seconds 30  # one busy chat room
 //! ```
 //!
 //! It also measures the reference peers (`bench/peers/`): they speak the same benchmark
@@ -18,6 +19,7 @@
 //! numbers it needs (offset and send time), never decoded as JSON; publishes go over raw
 //! keep-alive HTTP/1.1. Pin it to another core than the server (`taskset -c 1`).
 
+mod chat;
 mod http;
 mod inbox;
 mod raw_ws;
@@ -75,6 +77,11 @@ impl Cli {
 
     /// A token for `user` (read:*), signed with --token-secret.
     fn token_for(&self, user: &str) -> anyhow::Result<String> {
+        self.token_with(user, &["read:*"])
+    }
+
+    /// A token for `user` with these scopes, signed with --token-secret.
+    fn token_with(&self, user: &str, scopes: &[&str]) -> anyhow::Result<String> {
         let Some(secret) = &self.token_secret else {
             bail!("no --token-secret");
         };
@@ -86,7 +93,7 @@ impl Cli {
                 self.signer.get_or_init(|| t)
             }
         };
-        let grants = herald::auth::Grants::from_scopes(&["read:*"]).map_err(anyhow::Error::msg)?;
+        let grants = herald::auth::Grants::from_scopes(scopes).map_err(anyhow::Error::msg)?;
         let claims = tokens
             .mint(user, &grants, 24 * 3600)
             .map_err(anyhow::Error::msg)?;
@@ -125,6 +132,8 @@ enum Cmd {
     Inbox(inbox::TargetedArgs),
     /// Bulk sends to many users, then mark-all-read on the inboxes they filled.
     InboxOps(inbox::OpsArgs),
+    /// A chat room: every member sends a message every few seconds, everyone receives all.
+    Chat(chat::ChatArgs),
 }
 
 #[derive(Args, Clone)]
@@ -1113,6 +1122,10 @@ fn main() -> anyhow::Result<()> {
             Cmd::InboxOps(a) => {
                 let r = inbox::ops(&cli, a).await?;
                 print(cli.json, "inbox-ops", &r)
+            }
+            Cmd::Chat(a) => {
+                let r = chat::run(&cli, a).await?;
+                print(cli.json, "chat", &r)
             }
         }
     })

@@ -1,0 +1,191 @@
+//! A chat room under load: `members` users in one room (presence on), each sending a message
+//! from its own socket every `interval` seconds (staggered), every member receiving every
+//! message. Measures send-to-receive latency, loss, duplicates and order at each member.
+//!
+//! ```text
+//! herald-bench --token-secret S chat --members 1000 --interval-secs 10 --seconds 30
+//! ```
+//! Each member has two sockets: one only reads (the cheap raw reader of the fan-out
+//! benchmark), one only sends. Both are the same user, so presence counts them once.
+
+use super::{
+    histogram, percentiles, proc_stats, raw_ws, source_for, spawn_progress, Cli, Percentiles,
+};
+use anyhow::bail;
+use clap::Args;
+use futures::{SinkExt, StreamExt};
+use serde::Serialize;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_tungstenite::tungstenite::Message;
+
+#[derive(Args, Clone)]
+pub struct ChatArgs {
+    #[arg(long, default_value_t = 1000)]
+    members: usize,
+    /// Seconds between two messages of one member.
+    #[arg(long, default_value_t = 10.0)]
+    interval_secs: f64,
+    /// Seconds of sending.
+    #[arg(long, default_value_t = 30.0)]
+    seconds: f64,
+    #[arg(long, default_value_t = 64)]
+    body_bytes: usize,
+    #[arg(long, default_value_t = 15)]
+    drain: u64,
+    /// Members joining per second while the room fills (each join is announced to everyone
+    /// already in it: joining all at once is a presence storm of its own).
+    #[arg(long, default_value_t = 200.0)]
+    join_rate: f64,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct ChatReport {
+    members: usize,
+    messages_per_sec_in: f64,
+    deliveries_per_sec_offered: f64,
+    sent: u64,
+    expected_deliveries: u64,
+    delivered: u64,
+    lost: u64,
+    duplicated: u64,
+    out_of_order: u64,
+    deliveries_per_sec: f64,
+    latency: Percentiles,
+    server_cpu_secs: Option<f64>,
+    setup_seconds: f64,
+}
+
+pub async fn run(cli: &Cli, a: &ChatArgs) -> anyhow::Result<ChatReport> {
+    if cli.token_secret.is_none() {
+        bail!("chat needs --token-secret: each member signs in as its own user");
+    }
+    let room = format!("chat-bench-{}", std::process::id());
+    let n = a.members.max(1);
+    let per_member = (a.seconds / a.interval_secs).floor().max(1.0) as u64;
+    let expected = per_member * n as u64;
+    let delivered = Arc::new(AtomicU64::new(0));
+    let last_delivery = Arc::new(AtomicU64::new(0));
+    let ready = Arc::new(AtomicUsize::new(0));
+    let progress = spawn_progress("chat", {
+        let (ready, delivered) = (ready.clone(), delivered.clone());
+        move || {
+            format!(
+                "ready {} delivered {}",
+                ready.load(Ordering::Relaxed),
+                delivered.load(Ordering::Relaxed)
+            )
+        }
+    });
+    let setup = Instant::now();
+    let scopes = ["read:chat-*", "publish:chat-*"];
+    let offset_key = memchr::memmem::Finder::new(b"\"offset\":").into_owned();
+    let body_key = memchr::memmem::Finder::new(b"\"body\":\"").into_owned();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    // Each member reads from the moment it is in the room, as a chat client does (the
+    // others' presence arrives meanwhile).
+    let mut receiving = Vec::with_capacity(n);
+    for i in 0..n {
+        let token = cli.token_with(&format!("member-{i}"), &scopes)?;
+        let (addr, room, ready) = (cli.addr, room.clone(), ready.clone());
+        let (delivered, last_delivery, stop) =
+            (delivered.clone(), last_delivery.clone(), stop_rx.clone());
+        let keys = (offset_key.clone(), body_key.clone());
+        receiving.push(tokio::spawn(async move {
+            let mut ws = raw_ws::RawWs::connect(addr, source_for(i)).await?;
+            ws.send_text(&super::auth_frame(&token)).await?;
+            ws.send_text(&format!(r#"{{"type":"subscribe","topic":"{room}"}}"#))
+                .await?;
+            loop {
+                let Some(f) = ws.next().await? else {
+                    bail!("closed before subscribed");
+                };
+                if memchr::memmem::find(ws.bytes(&f), b"\"subscribed\"").is_some() {
+                    break;
+                }
+            }
+            ready.fetch_add(1, Ordering::Relaxed);
+            anyhow::Ok(super::receive(ws, expected, stop, keys, delivered, last_delivery).await)
+        }));
+        tokio::time::sleep_until(
+            (setup + Duration::from_secs_f64((i + 1) as f64 / a.join_rate.max(1.0))).into(),
+        )
+        .await;
+    }
+    while ready.load(Ordering::Relaxed) < n {
+        if receiving.iter().any(|r| r.is_finished()) {
+            bail!("a member could not join the room");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut senders = Vec::with_capacity(n);
+    for i in 0..n {
+        let token = cli.token_with(&format!("member-{i}"), &scopes)?;
+        let ws = super::open_ws(cli.addr, source_for(i + 7), Some(token)).await?;
+        senders.push(ws);
+    }
+    let setup_seconds = setup.elapsed().as_secs_f64();
+    eprintln!("[chat] {n} members in {room} in {setup_seconds:.1}s");
+    let cpu_before = cli.server_pid.and_then(proc_stats::cpu_secs);
+    let start = Instant::now();
+    let start_us = super::now_micros();
+    let sent = Arc::new(AtomicU64::new(0));
+    let mut sending = Vec::with_capacity(n);
+    for (i, ws) in senders.into_iter().enumerate() {
+        let (room, sent, a) = (room.clone(), sent.clone(), a.clone());
+        sending.push(tokio::spawn(async move {
+            let (mut tx, mut rx) = ws.split();
+            // Answers the server's pings (and drops everything else).
+            let drain = tokio::spawn(async move { while let Some(Ok(_)) = rx.next().await {} });
+            let offset = a.interval_secs * i as f64 / n as f64;
+            for k in 0..per_member {
+                let at = start + Duration::from_secs_f64(offset + k as f64 * a.interval_secs);
+                tokio::time::sleep_until(at.into()).await;
+                let mut body = format!("{:020}", super::now_micros());
+                body.extend(std::iter::repeat_n('.', a.body_bytes.saturating_sub(20)));
+                let frame = serde_json::json!({"type": "publish", "topic": room, "body": body});
+                tx.send(Message::text(frame.to_string())).await?;
+                sent.fetch_add(1, Ordering::Relaxed);
+            }
+            drain.abort();
+            anyhow::Ok(())
+        }));
+    }
+    for s in sending {
+        s.await??;
+    }
+    let total_sent = sent.load(Ordering::Relaxed);
+    let deadline = Instant::now() + Duration::from_secs(a.drain);
+    while delivered.load(Ordering::Relaxed) < total_sent * n as u64 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = stop_tx.send(true);
+    let cpu_after = cli.server_pid.and_then(proc_stats::cpu_secs);
+    progress.abort();
+    let mut report = ChatReport {
+        members: n,
+        messages_per_sec_in: n as f64 / a.interval_secs,
+        deliveries_per_sec_offered: (n * n) as f64 / a.interval_secs,
+        sent: total_sent,
+        expected_deliveries: total_sent * n as u64,
+        server_cpu_secs: cpu_before.zip(cpu_after).map(|(b, a)| a - b),
+        setup_seconds,
+        ..Default::default()
+    };
+    let mut h = histogram();
+    for r in receiving {
+        let r = r.await??;
+        report.delivered += r.delivered;
+        report.duplicated += r.duplicated;
+        report.out_of_order += r.out_of_order;
+        for &l in &r.latencies {
+            let _ = h.record(u64::from(l).max(1));
+        }
+    }
+    report.lost = report.expected_deliveries.saturating_sub(report.delivered);
+    let end = last_delivery.load(Ordering::Relaxed).max(start_us + 1);
+    report.deliveries_per_sec = report.delivered as f64 / ((end - start_us) as f64 / 1e6);
+    report.latency = percentiles(&h);
+    Ok(report)
+}

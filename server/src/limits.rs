@@ -172,6 +172,19 @@ impl<K: Hash + Eq + Clone> KeyedRate<K> {
             .map_err(|not_until| not_until.wait_time_from(self.clock.now()))
     }
 
+    /// Counts `n` at once (a bulk request): `Err(Some(retry_after))` over the rate, `Err(None)`
+    /// when `n` is more than a burst, which no wait makes possible.
+    pub fn check_n(&self, key: &K, n: u32) -> Result<(), Option<Duration>> {
+        let (Some(l), Some(n)) = (&self.limiter, NonZeroU32::new(n)) else {
+            return Ok(());
+        };
+        match l.check_key_n(key, n) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(not_until)) => Err(Some(not_until.wait_time_from(self.clock.now()))),
+            Err(_) => Err(None),
+        }
+    }
+
     /// Forgets keys whose bucket is full again, so the table holds only recent callers.
     pub fn forget_idle(&self) {
         if let Some(l) = &self.limiter {
@@ -355,6 +368,28 @@ impl EdgeLimits {
                 .check()
                 .map_err(|not_until| not_until.wait_time_from(rate.clock.now())),
             other => self.publish_per_credential.check(&other.rate_key()),
+        }
+    }
+
+    /// [`EdgeLimits::publish`] for `n` notifications at once (a bulk send counts each one):
+    /// `Err(Some(retry_after))` over the rate, `Err(None)` when `n` is more than one burst.
+    pub fn publish_n(&self, who: &crate::auth::Identity, n: u32) -> Result<(), Option<Duration>> {
+        let rate = &self.publish_per_credential;
+        let (Some(quota), Some(count)) = (rate.quota, NonZeroU32::new(n)) else {
+            return Ok(());
+        };
+        match who {
+            crate::auth::Identity::Key(k) => {
+                let bucket = k
+                    .publish_rate
+                    .get_or_init(|| RateLimiter::direct_with_clock(quota, rate.clock.clone()));
+                match bucket.check_n(count) {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(not_until)) => Err(Some(not_until.wait_time_from(rate.clock.now()))),
+                    Err(_) => Err(None),
+                }
+            }
+            other => rate.check_n(&other.rate_key(), n),
         }
     }
 

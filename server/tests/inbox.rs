@@ -608,3 +608,46 @@ async fn the_count_is_exact_after_a_crash_in_the_middle_of_arrivals_and_changes(
         all["items"].as_array().unwrap().len() + archived["items"].as_array().unwrap().len();
     assert_eq!(total, 80, "every acknowledged arrival survived");
 }
+
+#[tokio::test]
+async fn a_bulk_send_counts_every_notification_against_the_publish_rate() {
+    let mut config = memory_config();
+    config.publish_per_sec_per_credential = 10; // bursts of 20
+    let server = server(config).await;
+    let key = key_with(&server, &["publish:@*"]);
+    let users = |n: usize| (0..n).map(|i| format!("u{i}")).collect::<Vec<_>>();
+    let r = bulk(
+        &server,
+        &key,
+        serde_json::json!({"users": users(15), "body": "x"}),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = bulk(
+        &server,
+        &key,
+        serde_json::json!({"users": users(15), "body": "x"}),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.error_code()),
+        (429, "rate_limited".into()),
+        "15 of a burst of 20 spent"
+    );
+    assert!(r.header("retry-after").is_some());
+    let r = bulk(
+        &server,
+        &key,
+        serde_json::json!({"users": users(25), "body": "x"}),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.error_code()),
+        (400, "rate_limited".into()),
+        "more than a burst: never"
+    );
+    server.stop().await.unwrap();
+}

@@ -89,7 +89,6 @@ pub async fn send_many(
     body: Body,
 ) -> Result<Response, ApiError> {
     let who = state.auth.from_request(&headers, uri.query())?;
-    publish_rate(&state, &who, peer(ip))?;
     // Room for 1,000 user ids beside the largest notification.
     let limit = state.config.max_body_bytes
         + 8 * 1024
@@ -107,6 +106,8 @@ pub async fn send_many(
             .auth
             .check(&who, Action::Publish, &inbox_topic(user))?;
     }
+    // Every notification counts against the publish rates, not the request.
+    bulk_rate(&state, &who, peer(ip), bulk.users.len() as u32)?;
     let key = super::PublishHeaders::read(&headers)?.idempotency_key;
     let results = crate::inbox::send_many(&state, &bulk.users, &bulk.message, key.as_deref())
         .await?
@@ -130,6 +131,35 @@ pub async fn send_many(
         })
         .collect();
     Ok((StatusCode::OK, Json(BulkReply { results })).into_response())
+}
+
+/// The publish rates for a bulk send of `n`: each notification counts.
+fn bulk_rate(
+    state: &AppState,
+    who: &crate::auth::Identity,
+    peer: Option<std::net::IpAddr>,
+    n: u32,
+) -> Result<(), ApiError> {
+    let refuse = |wait: Option<std::time::Duration>, whose: &'static str| {
+        match wait {
+        Some(wait) => ApiError::RateLimited(wait, whose),
+        None => ApiError::Invalid(
+            ErrorCode::RateLimited,
+            format!("{whose}: {n} notifications in one request are more than one burst allows; send fewer per request"),
+        ),
+    }
+    };
+    if let Some(ip) = peer {
+        state
+            .limits
+            .publish_per_ip
+            .check_n(&ip, n)
+            .map_err(|w| refuse(w, "too many publishes from this address"))?;
+    }
+    state
+        .limits
+        .publish_n(who, n)
+        .map_err(|w| refuse(w, "too many publishes with these credentials"))
 }
 
 /// Query of `GET /api/users/{user}/inbox` (strings, so a bad value gets our JSON error).

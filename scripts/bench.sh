@@ -147,5 +147,8 @@ scenario inbox-ops          "$RUNS" herald-sqlite inbox-ops --bulk-requests 1000
 # A chat room (Herald only): 1,000 members, each sending a message from its own socket every
 # 10 s (100 messages/s in, 100,000 deliveries/s out), everyone receiving everything.
 scenario chat-1000          "$RUNS" herald-sqlite chat --members 1000 --interval-secs 10 --seconds 30 --token-secret "$SECRET"
+# A presence storm: 1,000 users join the room and leave again within one second while 100
+# members watch; how long until every watcher's member list is right again.
+scenario presence-storm     "$RUNS" herald-sqlite presence-storm --stable 100 --storm 1000 --seconds 1 --token-secret "$SECRET"
 
 python3 scripts/bench_summary.py "$RESULTS"

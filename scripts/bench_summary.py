@@ -68,6 +68,10 @@ def describe(name, rs):
                 f"p50 {fmt(med(rs, 'latency', 'p50_ms'), 2)} / p99 {fmt(med(rs, 'latency', 'p99_ms'), 2)} ms, "
                 f"errors (worst) {fmt(worst(rs, 'errors'))}, "
                 f"server CPU {fmt(med(rs, 'server_cpu_secs'), 2)} s")
+    if name.startswith("presence-storm"):
+        return (f"{fmt(med(rs, 'storm'))} joins and leaves in {fmt(med(rs, 'storm_seconds'), 2)} s, "
+                f"{fmt(med(rs, 'stable'))} watchers: every list right {fmt(med(rs, 'settle_ms'), 1)} ms after the last leave "
+                f"(worst {fmt(worst(rs, 'settle_ms'), 1)}), watchers cut (worst) {fmt(worst(rs, 'cut'))}")
     if name.startswith("chat"):
         return (f"{fmt(med(rs, 'members'))} members, {fmt(med(rs, 'messages_per_sec_in'), 0)} messages/s in, "
                 f"offered {fmt(med(rs, 'deliveries_per_sec_offered'), 0)} deliveries/s: delivered "

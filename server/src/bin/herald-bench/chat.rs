@@ -11,7 +11,7 @@
 use super::{
     histogram, percentiles, proc_stats, raw_ws, source_for, spawn_progress, Cli, Percentiles,
 };
-use anyhow::bail;
+use anyhow::{bail, Context};
 use clap::Args;
 use futures::{SinkExt, StreamExt};
 use serde::Serialize;
@@ -188,4 +188,177 @@ pub async fn run(cli: &Cli, a: &ChatArgs) -> anyhow::Result<ChatReport> {
     report.deliveries_per_sec = report.delivered as f64 / ((end - start_us) as f64 / 1e6);
     report.latency = percentiles(&h);
     Ok(report)
+}
+
+#[derive(Args, Clone)]
+pub struct StormArgs {
+    /// Members who stay in the room and watch.
+    #[arg(long, default_value_t = 100)]
+    stable: usize,
+    /// Users who join and leave during the storm.
+    #[arg(long, default_value_t = 1000)]
+    storm: usize,
+    /// Seconds the storm's joins and leaves are spread over.
+    #[arg(long, default_value_t = 1.0)]
+    seconds: f64,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct StormReport {
+    stable: usize,
+    storm: usize,
+    /// From the first storm join until the last storm socket was closed.
+    storm_seconds: f64,
+    /// From the last storm socket's close until every stable member's list was right again.
+    settle_ms: f64,
+    /// Stable members whose list was right at the end (all of them, or the run failed).
+    right_at_end: usize,
+    /// Stable members the server cut (slow consumers) during the storm.
+    cut: usize,
+    server_cpu_secs: Option<f64>,
+}
+
+/// A presence storm: `storm` users join a room and leave again within `seconds`, while
+/// `stable` members watch; how long until every watcher's member list is right again.
+pub async fn storm(cli: &Cli, a: &StormArgs) -> anyhow::Result<StormReport> {
+    if cli.token_secret.is_none() {
+        bail!("presence-storm needs --token-secret");
+    }
+    let room = format!("chat-storm-{}", std::process::id());
+    let scopes = ["read:chat-*"];
+    let right = Arc::new(AtomicUsize::new(0));
+    let cut = Arc::new(AtomicUsize::new(0));
+    let mut watchers = Vec::new();
+    for i in 0..a.stable {
+        let token = cli.token_with(&format!("stable-{i}"), &scopes)?;
+        let (addr, room, right, cut, stable) =
+            (cli.addr, room.clone(), right.clone(), cut.clone(), a.stable);
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<()>();
+        watchers.push(tokio::spawn(async move {
+            let mut ws = raw_ws::RawWs::connect(addr, source_for(i)).await?;
+            ws.send_text(&super::auth_frame(&token)).await?;
+            ws.send_text(&format!(r#"{{"type":"subscribe","topic":"{room}"}}"#))
+                .await?;
+            let (mut stables, mut storms) = (std::collections::HashSet::new(), 0i64);
+            let mut was_right = false;
+            let mut ready = Some(ready_tx);
+            loop {
+                let Some(f) = ws.next().await? else {
+                    cut.fetch_add(1, Ordering::Relaxed);
+                    if was_right {
+                        right.fetch_sub(1, Ordering::Relaxed);
+                    }
+                    return anyhow::Ok(());
+                };
+                let v: serde_json::Value = match serde_json::from_slice(ws.bytes(&f)) {
+                    Ok(v) => v,
+                    Err(_) => continue,
+                };
+                match v["type"].as_str() {
+                    Some("subscribed") => {
+                        for u in v["members"].as_array().into_iter().flatten() {
+                            if let Some(u) = u.as_str() {
+                                if u.starts_with("stable-") {
+                                    stables.insert(u.to_owned());
+                                } else {
+                                    storms += 1;
+                                }
+                            }
+                        }
+                        if let Some(r) = ready.take() {
+                            let _ = r.send(());
+                        }
+                    }
+                    Some("presence") => {
+                        let user = v["user"].as_str().unwrap_or_default().to_owned();
+                        let join = v["action"] == "join";
+                        if user.starts_with("stable-") {
+                            if join {
+                                stables.insert(user);
+                            } else {
+                                stables.remove(&user);
+                            }
+                        } else {
+                            storms += if join { 1 } else { -1 };
+                        }
+                    }
+                    _ => continue,
+                }
+                let is_right = storms == 0 && stables.len() == stable;
+                if is_right != was_right {
+                    if is_right {
+                        right.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        right.fetch_sub(1, Ordering::Relaxed);
+                    }
+                    was_right = is_right;
+                }
+            }
+        }));
+        ready_rx.await.context("a watcher could not join")?;
+    }
+    // Every watcher knows every other before the storm.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while right.load(Ordering::Relaxed) < a.stable {
+        if Instant::now() > deadline {
+            bail!("the watchers never saw each other");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let cpu_before = cli.server_pid.and_then(proc_stats::cpu_secs);
+    let start = Instant::now();
+    let mut stormers = Vec::with_capacity(a.storm);
+    for i in 0..a.storm {
+        let token = cli.token_with(&format!("storm-{i}"), &scopes)?;
+        let (addr, room) = (cli.addr, room.clone());
+        let at =
+            start + Duration::from_secs_f64(a.seconds * i as f64 / a.storm.max(1) as f64 / 2.0);
+        let leave_at = at + Duration::from_secs_f64(a.seconds / 2.0);
+        stormers.push(tokio::spawn(async move {
+            tokio::time::sleep_until(at.into()).await;
+            let mut ws = raw_ws::RawWs::connect(addr, source_for(a_index(i))).await?;
+            ws.send_text(&super::auth_frame(&token)).await?;
+            ws.send_text(&format!(r#"{{"type":"subscribe","topic":"{room}"}}"#))
+                .await?;
+            while let Some(f) = ws.next().await? {
+                if memchr::memmem::find(ws.bytes(&f), b"\"subscribed\"").is_some() {
+                    break;
+                }
+            }
+            tokio::time::sleep_until(leave_at.into()).await;
+            drop(ws);
+            anyhow::Ok(())
+        }));
+    }
+    for s in stormers {
+        s.await??;
+    }
+    let storm_seconds = start.elapsed().as_secs_f64();
+    let closed = Instant::now();
+    let deadline = closed + Duration::from_secs(30);
+    while right.load(Ordering::Relaxed) + cut.load(Ordering::Relaxed) < a.stable
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let settle_ms = closed.elapsed().as_secs_f64() * 1000.0;
+    let cpu_after = cli.server_pid.and_then(proc_stats::cpu_secs);
+    let report = StormReport {
+        stable: a.stable,
+        storm: a.storm,
+        storm_seconds,
+        settle_ms,
+        right_at_end: right.load(Ordering::Relaxed),
+        cut: cut.load(Ordering::Relaxed),
+        server_cpu_secs: cpu_before.zip(cpu_after).map(|(b, a)| a - b),
+    };
+    for w in watchers {
+        w.abort();
+    }
+    Ok(report)
+}
+
+/// Storm sockets use other source addresses than the watchers'.
+fn a_index(i: usize) -> usize {
+    i + 3
 }

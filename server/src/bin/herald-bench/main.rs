@@ -134,6 +134,8 @@ enum Cmd {
     InboxOps(inbox::OpsArgs),
     /// A chat room: every member sends a message every few seconds, everyone receives all.
     Chat(chat::ChatArgs),
+    /// A presence storm: many users join a room and leave within a second, members watch.
+    PresenceStorm(chat::StormArgs),
 }
 
 #[derive(Args, Clone)]
@@ -1126,6 +1128,10 @@ fn main() -> anyhow::Result<()> {
             Cmd::Chat(a) => {
                 let r = chat::run(&cli, a).await?;
                 print(cli.json, "chat", &r)
+            }
+            Cmd::PresenceStorm(a) => {
+                let r = chat::storm(&cli, a).await?;
+                print(cli.json, "presence-storm", &r)
             }
         }
     })

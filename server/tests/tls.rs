@@ -170,3 +170,72 @@ async fn a_mismatched_or_missing_certificate_stops_the_start() {
             .is_err()
     );
 }
+
+/// The command-line client over TLS: `herald publish` to https:// and `herald subscribe` to
+/// wss://, trusting the test's certificate authority (`--ca-cert`), and refusing a server it
+/// cannot verify.
+#[tokio::test]
+async fn the_cli_publishes_and_subscribes_over_tls() {
+    let tls = tls();
+    let srv = server(Config {
+        tls_cert: Some(tls.cert.clone()),
+        tls_key: Some(tls.key.clone()),
+        ..memory_config()
+    })
+    .await;
+    let url = format!("https://localhost:{}", srv.addr.port());
+    let herald = || {
+        let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_herald"));
+        c.env("HERALD_KEY", TEST_KEY).env("HERALD_SERVER", &url);
+        c
+    };
+    let mut sub = herald()
+        .args(["subscribe", "secure", "--json", "--ca-cert"])
+        .arg(&tls.cert)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(sub.stdout.take().unwrap());
+    // Published until the subscriber (connecting meanwhile) prints one.
+    let mut line = String::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let out = herald()
+            .args(["publish", "secure", "over tls", "--ca-cert"])
+            .arg(&tls.cert)
+            .output()
+            .await
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let read = tokio::io::AsyncBufReadExt::read_line(&mut lines, &mut line);
+        if let Ok(r) = tokio::time::timeout(std::time::Duration::from_millis(500), read).await {
+            r.unwrap();
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the subscriber printed nothing"
+        );
+    }
+    let printed: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(printed["body"], "over tls");
+    // Without the test's authority, the server's certificate is not trusted.
+    let out = herald()
+        .args(["publish", "secure", "x"])
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("TLS"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    srv.stop().await.unwrap();
+}

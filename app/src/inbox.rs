@@ -101,12 +101,8 @@ impl Inbox {
 
 /// Whether an item belongs in a listing with this filter and category.
 pub fn fits(item: &InboxItem, filter: InboxFilter, category: Option<&str>) -> bool {
-    let state = match filter {
-        InboxFilter::Unread => !item.read && !item.archived,
-        InboxFilter::All => !item.archived,
-        InboxFilter::Archived => item.archived,
-    };
-    state && category.is_none_or(|c| item.notification.category.as_deref() == Some(c))
+    filter.admits(item.read, item.archived)
+        && category.is_none_or(|c| item.notification.category.as_deref() == Some(c))
 }
 
 /// Adds a new arrival (unread) at the top of a listing it fits; an offset already listed is

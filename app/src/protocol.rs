@@ -207,6 +207,17 @@ pub enum InboxFilter {
     Archived,
 }
 
+impl InboxFilter {
+    /// Whether a notification in this state belongs in a listing with this filter.
+    pub fn admits(self, read: bool, archived: bool) -> bool {
+        match self {
+            InboxFilter::Unread => !read && !archived,
+            InboxFilter::All => !archived,
+            InboxFilter::Archived => archived,
+        }
+    }
+}
+
 /// A listing of an inbox: newest first, `before` an offset (exclusive) for the next page.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InboxQuery {

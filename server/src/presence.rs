@@ -46,12 +46,7 @@ pub struct Member {
 impl Presence {
     /// From `--presence-topics` and `--presence-list-max`.
     pub fn from_config(config: &crate::config::Config) -> anyhow::Result<Arc<Self>> {
-        let patterns = config
-            .presence_topics
-            .iter()
-            .filter(|p| !p.trim().is_empty())
-            .map(|p| Pattern::parse(p.trim()).map_err(anyhow::Error::msg))
-            .collect::<anyhow::Result<Vec<_>>>()?;
+        let patterns = Pattern::parse_list(&config.presence_topics).map_err(anyhow::Error::msg)?;
         Ok(Self::new(patterns, config.presence_list_max))
     }
 

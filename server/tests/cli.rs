@@ -9,11 +9,7 @@ use std::process::Stdio;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-fn herald() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_herald"));
-    c.env("HERALD_KEY", TEST_KEY).env_remove("HERALD_TOKEN");
-    c
-}
+use common::herald_cli as herald;
 
 async fn cli_publish(addr: std::net::SocketAddr, topic: &str, message: &str) {
     let out = herald()

@@ -44,6 +44,16 @@ fn tls() -> Tls {
     }
 }
 
+/// A server that serves only TLS, with the test's certificate.
+async fn tls_server(tls: &Tls) -> herald::RunningServer {
+    server(Config {
+        tls_cert: Some(tls.cert.clone()),
+        tls_key: Some(tls.key.clone()),
+        ..memory_config()
+    })
+    .await
+}
+
 async fn next<S>(ws: &mut tokio_tungstenite::WebSocketStream<S>) -> ServerFrame
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
@@ -74,12 +84,7 @@ async fn connect(
 #[tokio::test]
 async fn https_publishes_and_wss_sockets_work_with_a_certificate() {
     let tls = tls();
-    let srv = server(Config {
-        tls_cert: Some(tls.cert.clone()),
-        tls_key: Some(tls.key.clone()),
-        ..memory_config()
-    })
-    .await;
+    let srv = tls_server(&tls).await;
 
     // wss: the socket, authenticated in its first frame, subscribed.
     let stream = connect(&tls, srv.addr).await;
@@ -177,16 +182,11 @@ async fn a_mismatched_or_missing_certificate_stops_the_start() {
 #[tokio::test]
 async fn the_cli_publishes_and_subscribes_over_tls() {
     let tls = tls();
-    let srv = server(Config {
-        tls_cert: Some(tls.cert.clone()),
-        tls_key: Some(tls.key.clone()),
-        ..memory_config()
-    })
-    .await;
+    let srv = tls_server(&tls).await;
     let url = format!("https://localhost:{}", srv.addr.port());
     let herald = || {
-        let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_herald"));
-        c.env("HERALD_KEY", TEST_KEY).env("HERALD_SERVER", &url);
+        let mut c = herald_cli();
+        c.env("HERALD_SERVER", &url);
         c
     };
     let mut sub = herald()

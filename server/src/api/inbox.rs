@@ -10,7 +10,7 @@
 //! Sending needs `publish` on the user's inbox (`publish:@*` for every user); listing and
 //! updating need `read` on it, which the user's own token always has.
 
-use super::{created, publish_rate, read_notification, ApiError};
+use super::{created, peer, publish_rate, read_notification, ApiError};
 use crate::auth::Action;
 use crate::AppState;
 use app::protocol::{
@@ -23,10 +23,6 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
-
-fn peer(ip: Option<axum::Extension<crate::listener::ClientIp>>) -> Option<std::net::IpAddr> {
-    ip.map(|axum::Extension(crate::listener::ClientIp(ip))| ip)
-}
 
 /// `POST /api/users/{user}/notifications`.
 pub async fn send(

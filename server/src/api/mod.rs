@@ -50,8 +50,14 @@ pub async fn publish(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let peer = ip.map(|axum::Extension(crate::listener::ClientIp(ip))| ip);
-    publish_to(&state, &topic, uri.query(), peer, &headers, body).await
+    publish_to(&state, &topic, uri.query(), peer(ip), &headers, body).await
+}
+
+/// The client address the front door put on a routed request.
+pub(crate) fn peer(
+    ip: Option<axum::Extension<crate::listener::ClientIp>>,
+) -> Option<std::net::IpAddr> {
+    ip.map(|axum::Extension(crate::listener::ClientIp(ip))| ip)
 }
 
 /// The topic of a `POST /api/topics/{topic}` path whose segment is already a valid topic (no

@@ -78,6 +78,15 @@ impl Pattern {
         })
     }
 
+    /// A configured list (`--public-topics`, `--presence-topics`): blanks skipped, each
+    /// entry trimmed and parsed.
+    pub fn parse_list(list: &[String]) -> Result<Vec<Self>, String> {
+        list.iter()
+            .filter(|p| !p.trim().is_empty())
+            .map(|p| Self::parse(p.trim()))
+            .collect()
+    }
+
     pub fn matches(&self, topic: &str) -> bool {
         if topic.starts_with('@') != self.stem.starts_with('@') {
             return false;

@@ -107,12 +107,7 @@ pub fn authority(config: &Config, addr: SocketAddr) -> anyhow::Result<Authority>
             .with_context(|| format!("opening the key table in {}", config.db.display()))?,
     );
     let tokens = tokens(config)?;
-    let public = config
-        .public_topics
-        .iter()
-        .filter(|p| !p.trim().is_empty())
-        .map(|p| Pattern::parse(p.trim()).map_err(anyhow::Error::msg))
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let public = Pattern::parse_list(&config.public_topics).map_err(anyhow::Error::msg)?;
     match config.mode {
         Mode::Production => {
             if let Some(dev) = keys.list().into_iter().find(|k| k.dev && k.active()) {

@@ -149,6 +149,15 @@ impl<S: Socket> Session<S> {
         self.error(e.code(), &e.to_string(), id).await
     }
 
+    /// The user this connection is signed in as, if a user (keys are not people): whose
+    /// inbox it may use, whom it counts as in a room, who authored what it sends.
+    pub(super) fn user_id(&self) -> Option<String> {
+        match self.identity.as_ref() {
+            Some(Identity::User(u)) => Some(u.id.clone()),
+            _ => None,
+        }
+    }
+
     /// May this connection do `action` to `topic`?
     pub(super) fn permit(&self, action: Action, topic: &str) -> Result<(), AuthError> {
         let who = self.identity.as_ref().unwrap_or(&ANONYMOUS);

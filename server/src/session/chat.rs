@@ -9,7 +9,7 @@
 //!   at most once a second per socket and room; receivers forget it after `expires_ms`.
 
 use super::{Session, Socket, Stop};
-use crate::auth::{Action, Identity};
+use crate::auth::Action;
 use app::protocol::{validate_topic, ErrorCode, NewNotification, ServerFrame};
 use std::time::Duration;
 
@@ -21,14 +21,6 @@ const TYPING_EVERY: Duration = Duration::from_secs(1);
 pub const TYPING_EXPIRES: Duration = Duration::from_secs(5);
 
 impl<S: Socket> Session<S> {
-    /// The user this connection is, for presence and authorship (keys are not people).
-    pub(super) fn presence_user(&self) -> Option<String> {
-        match self.identity.as_ref() {
-            Some(Identity::User(u)) => Some(u.id.clone()),
-            _ => None,
-        }
-    }
-
     pub(super) async fn publish(
         &mut self,
         topic: String,
@@ -58,7 +50,7 @@ impl<S: Socket> Session<S> {
             return self.error(ErrorCode::RateLimited, &msg, id).await;
         }
         // Whatever the client put in the frame, the author is who the token says.
-        message.author = self.presence_user();
+        message.author = self.user_id();
         let key = client_id.map(|c| format!("{}\u{1f}{c}", who.rate_key()));
         match self.state.store.append(&topic, message, key).await {
             Ok(a) => match id {

@@ -2,18 +2,9 @@
 //! answered by the same code as the HTTP API ([`crate::inbox`]).
 
 use super::{Session, Socket, Stop};
-use crate::auth::Identity;
 use app::protocol::{ErrorCode, InboxQuery, InboxUpdate, ServerFrame};
 
 impl<S: Socket> Session<S> {
-    /// The user whose inbox this connection may use: only a user signed in with a token.
-    fn inbox_user(&self) -> Option<String> {
-        match self.identity.as_ref() {
-            Some(Identity::User(u)) => Some(u.id.clone()),
-            _ => None,
-        }
-    }
-
     async fn no_inbox(&mut self, id: Option<u64>) -> Result<(), Stop> {
         let msg = "only a user signed in with a token has an inbox";
         self.error(ErrorCode::Forbidden, msg, id).await
@@ -24,7 +15,7 @@ impl<S: Socket> Session<S> {
         query: InboxQuery,
         id: Option<u64>,
     ) -> Result<(), Stop> {
-        let Some(user) = self.inbox_user() else {
+        let Some(user) = self.user_id() else {
             return self.no_inbox(id).await;
         };
         match crate::inbox::list(&self.state, &user, query).await {
@@ -38,7 +29,7 @@ impl<S: Socket> Session<S> {
         update: InboxUpdate,
         id: Option<u64>,
     ) -> Result<(), Stop> {
-        let Some(user) = self.inbox_user() else {
+        let Some(user) = self.user_id() else {
             return self.no_inbox(id).await;
         };
         match crate::inbox::update(&self.state, &user, update).await {

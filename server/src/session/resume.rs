@@ -126,7 +126,7 @@ impl<S: Socket> Session<S> {
             Some(p) => (p.epoch, p.offset, Phase::CatchingUp { registered: false }),
         };
         // A user subscribing to a room with presence becomes a member of it.
-        let (member, members) = match self.presence_user() {
+        let (member, members) = match self.user_id() {
             Some(user) if self.state.presence.applies(&topic) => {
                 let conn = self.reg.conn.id;
                 let (m, list) = self

@@ -14,7 +14,7 @@ use super::{
     is_inbox, materialize, now_ms, random_id, Appended, Feed, Head, InboxChange, InboxCount,
     ReadQuery, Retention, Store, StoreError, Stored, TopicPosition,
 };
-use app::protocol::{InboxFilter, InboxItem, InboxQuery, InboxUpdate, NewNotification};
+use app::protocol::{InboxItem, InboxQuery, InboxUpdate, NewNotification};
 use async_trait::async_trait;
 use lru::LruCache;
 use std::collections::{HashMap, VecDeque};
@@ -292,11 +292,7 @@ impl Store for MemoryStore {
                         .category
                         .as_ref()
                         .is_none_or(|c| n.category.as_ref() == Some(c))
-                    && match query.filter {
-                        InboxFilter::Unread => !read && !archived,
-                        InboxFilter::All => !archived,
-                        InboxFilter::Archived => archived,
-                    }
+                    && query.filter.admits(read, archived)
             })
             .take(limit)
             .map(|(s, &(read, archived))| InboxItem {

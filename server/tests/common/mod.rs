@@ -468,6 +468,14 @@ impl RawWs {
     }
 }
 
+/// The `herald` binary as a command-line client, with the test key (`HERALD_KEY`) and no
+/// token from the environment.
+pub fn herald_cli() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_herald"));
+    c.env("HERALD_KEY", TEST_KEY).env_remove("HERALD_TOKEN");
+    c
+}
+
 /// Starts the real binary on an ephemeral port; returns it and its address.
 pub async fn spawn_binary(db: &std::path::Path) -> (Child, std::net::SocketAddr) {
     // The test key, put in the database as `herald keys add` would.

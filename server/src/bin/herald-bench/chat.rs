@@ -93,18 +93,7 @@ pub async fn run(cli: &Cli, a: &ChatArgs) -> anyhow::Result<ChatReport> {
             (delivered.clone(), last_delivery.clone(), stop_rx.clone());
         let keys = (offset_key.clone(), body_key.clone());
         receiving.push(tokio::spawn(async move {
-            let mut ws = raw_ws::RawWs::connect(addr, source_for(i)).await?;
-            ws.send_text(&super::auth_frame(&token)).await?;
-            ws.send_text(&format!(r#"{{"type":"subscribe","topic":"{room}"}}"#))
-                .await?;
-            loop {
-                let Some(f) = ws.next().await? else {
-                    bail!("closed before subscribed");
-                };
-                if memchr::memmem::find(ws.bytes(&f), b"\"subscribed\"").is_some() {
-                    break;
-                }
-            }
+            let ws = raw_ws::RawWs::join(addr, source_for(i), Some(&token), &room).await?;
             ready.fetch_add(1, Ordering::Relaxed);
             anyhow::Ok(super::receive(ws, expected, stop, keys, delivered, last_delivery).await)
         }));
@@ -316,15 +305,8 @@ pub async fn storm(cli: &Cli, a: &StormArgs) -> anyhow::Result<StormReport> {
         let leave_at = at + Duration::from_secs_f64(a.seconds / 2.0);
         stormers.push(tokio::spawn(async move {
             tokio::time::sleep_until(at.into()).await;
-            let mut ws = raw_ws::RawWs::connect(addr, source_for(a_index(i))).await?;
-            ws.send_text(&super::auth_frame(&token)).await?;
-            ws.send_text(&format!(r#"{{"type":"subscribe","topic":"{room}"}}"#))
-                .await?;
-            while let Some(f) = ws.next().await? {
-                if memchr::memmem::find(ws.bytes(&f), b"\"subscribed\"").is_some() {
-                    break;
-                }
-            }
+            let source = source_for(a_index(i));
+            let ws = raw_ws::RawWs::join(addr, source, Some(&token), &room).await?;
             tokio::time::sleep_until(leave_at.into()).await;
             drop(ws);
             anyhow::Ok(())

@@ -90,19 +90,8 @@ pub async fn targeted(cli: &Cli, a: &TargetedArgs) -> anyhow::Result<TargetedRep
         let user = format!("{}-{i}", a.prefix);
         let token = cli.token_for(&user)?;
         connecting.push(tokio::spawn(async move {
-            let mut ws = raw_ws::RawWs::connect(addr, source_for(i)).await?;
-            ws.send_text(&super::auth_frame(&token)).await?;
-            let sub = format!(r#"{{"type":"subscribe","topic":"@{user}"}}"#);
-            ws.send_text(&sub).await?;
-            while let Some(f) = ws.next().await? {
-                if memchr::memmem::find(ws.bytes(&f), b"\"subscribed\"").is_some() {
-                    return Ok(ws);
-                }
-                if memchr::memmem::find(ws.bytes(&f), b"\"error\"").is_some() {
-                    bail!("{}", String::from_utf8_lossy(ws.bytes(&f)));
-                }
-            }
-            bail!("closed before subscribed")
+            let inbox = format!("@{user}");
+            raw_ws::RawWs::join(addr, source_for(i), Some(&token), &inbox).await
         }));
         if i % 500 == 499 {
             tokio::task::yield_now().await;

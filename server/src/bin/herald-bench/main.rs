@@ -653,7 +653,6 @@ async fn receive(
 }
 
 async fn fanout(cli: &Cli, a: &FanoutArgs) -> anyhow::Result<FanoutReport> {
-    let subscribe = format!(r#"{{"type":"subscribe","topic":"{}"}}"#, a.topic);
     let delivered = Arc::new(AtomicU64::new(0));
     let last_delivery = Arc::new(AtomicU64::new(0));
     let subscribed = Arc::new(AtomicUsize::new(0));
@@ -673,21 +672,10 @@ async fn fanout(cli: &Cli, a: &FanoutArgs) -> anyhow::Result<FanoutReport> {
     });
     let mut connecting = Vec::new();
     for i in 0..a.subscribers {
-        let (addr, subscribe) = (cli.addr, subscribe.clone());
-        let auth = cli.credential(i)?.map(|c| auth_frame(&c));
+        let (addr, topic) = (cli.addr, a.topic.clone());
+        let credential = cli.credential(i)?;
         connecting.push(tokio::spawn(async move {
-            let mut ws = raw_ws::RawWs::connect(addr, source_for(i)).await?;
-            if let Some(auth) = auth {
-                ws.send_text(&auth).await?;
-            }
-            ws.send_text(&subscribe).await?;
-            // welcome, then subscribed
-            while let Some(f) = ws.next().await? {
-                if memchr::memmem::find(ws.bytes(&f), b"\"subscribed\"").is_some() {
-                    return Ok(ws);
-                }
-            }
-            bail!("closed before subscribed")
+            raw_ws::RawWs::join(addr, source_for(i), credential.as_deref(), &topic).await
         }));
         if i % 500 == 499 {
             tokio::task::yield_now().await;

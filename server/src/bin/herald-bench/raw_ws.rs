@@ -120,6 +120,33 @@ impl RawWs {
         }
     }
 
+    /// Connects from `source`, authenticates with `credential` (if any), subscribes to
+    /// `topic` and waits for `subscribed`; an `error` frame before it is the error.
+    pub async fn join(
+        addr: SocketAddr,
+        source: Ipv4Addr,
+        credential: Option<&str>,
+        topic: &str,
+    ) -> anyhow::Result<Self> {
+        let mut ws = Self::connect(addr, source).await?;
+        if let Some(c) = credential {
+            let auth = serde_json::json!({ "type": "auth", "token": c });
+            ws.send_text(&auth.to_string()).await?;
+        }
+        let subscribe = serde_json::json!({ "type": "subscribe", "topic": topic });
+        ws.send_text(&subscribe.to_string()).await?;
+        while let Some(f) = ws.next().await? {
+            let frame = ws.bytes(&f);
+            if memchr::memmem::find(frame, b"\"subscribed\"").is_some() {
+                return Ok(ws);
+            }
+            if memchr::memmem::find(frame, b"\"type\":\"error\"").is_some() {
+                bail!("{}", String::from_utf8_lossy(frame));
+            }
+        }
+        bail!("closed before subscribed")
+    }
+
     pub fn bytes(&self, f: &Frame) -> &[u8] {
         &self.buf[f.payload.clone()]
     }

@@ -541,6 +541,11 @@ fn apply(center: Center, frame: ServerFrame) -> Option<ClientFrame> {
             &user,
             action == crate::protocol::PresenceAction::Join,
         ),
+        ServerFrame::PresenceSync {
+            topic,
+            members,
+            member_count,
+        } => center.chat.members_are(&topic, members, member_count),
         ServerFrame::Typing {
             topic,
             user,

@@ -421,6 +421,17 @@ pub enum ServerFrame {
         action: PresenceAction,
         user: String,
     },
+    /// Who is in a room now, replacing what the client knew: sent when presence frames had to
+    /// be dropped for this connection (a storm while it was behind), or when a subscription
+    /// that was replaying history starts receiving live. Presence frames after it apply on
+    /// top of it; none from before it follow it.
+    PresenceSync {
+        topic: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        members: Option<Vec<String>>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        member_count: Option<u64>,
+    },
     Error {
         code: ErrorCode,
         message: String,
@@ -915,6 +926,11 @@ mod tests {
             topic: "a".into(),
             action: PresenceAction::Join,
             user: "ann".into(),
+        });
+        round_trip_server(ServerFrame::PresenceSync {
+            topic: "a".into(),
+            members: Some(vec!["ann".into()]),
+            member_count: None,
         });
         round_trip_server(ServerFrame::Error {
             code: ErrorCode::BadTopic,

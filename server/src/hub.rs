@@ -20,7 +20,7 @@ use app::protocol::close_code;
 use axum::extract::ws::Utf8Bytes;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
-use std::sync::atomic::{AtomicU16, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::sync::{mpsc, Notify};
@@ -39,9 +39,13 @@ pub enum Outbound {
     Ping,
     /// The connection's token expires soon: tell the client to send a fresh one.
     TokenExpiring,
-    /// A frame that is not a stored notification (an inbox change), the same bytes for
-    /// every subscriber of the topic it was sent to. Not stored, not counted in offsets.
+    /// A frame that is not a stored notification (an inbox change, a typing indicator), the
+    /// same bytes for every subscriber of the topic it was sent to. Not stored, not counted
+    /// in offsets.
     Frame(Arc<Utf8Bytes>),
+    /// A presence announcement; the session writes it unless a list it already wrote
+    /// reflects it (see [`crate::presence`]).
+    Presence(Arc<crate::presence::Announcement>),
 }
 
 /// One registered connection, shared by the hub (to enqueue) and its session (to drain).
@@ -51,6 +55,9 @@ pub struct Conn {
     /// First close reason wins; 0 means "open". Set by the hub (slow consumer, heartbeat,
     /// shutdown) and acted on by the session, which is woken through `closed`.
     close_code: AtomicU16,
+    /// Set when an ephemeral frame was dropped for this connection because its queue was
+    /// half full; its session then writes fresh presence lists (see [`Hub::send_ephemeral`]).
+    resync: AtomicBool,
     /// A `Notify` rather than a channel: one permit is enough and costs a few bytes.
     closed: Notify,
     /// Milliseconds since the hub started when the client was last heard from.
@@ -83,6 +90,11 @@ impl Conn {
         if self.close_code().is_none() {
             self.closed.notified().await
         }
+    }
+
+    /// Whether ephemeral frames were dropped since the last call (and clears the mark).
+    pub fn take_resync(&self) -> bool {
+        self.resync.load(Ordering::Relaxed) && self.resync.swap(false, Ordering::AcqRel)
     }
 
     pub fn close_code(&self) -> Option<u16> {
@@ -183,6 +195,7 @@ impl Hub {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             tx,
             close_code: AtomicU16::new(0),
+            resync: AtomicBool::new(false),
             closed: Notify::new(),
             last_seen: AtomicU64::new(self.now_ms()),
             deadline_ms: AtomicU64::new(0),
@@ -290,9 +303,43 @@ impl Hub {
         }
     }
 
+    /// Queues what `item` makes for every subscriber of `topic` (but the connection
+    /// `except`), beside (not in) the ordered stream, as a frame that may be lost: presence
+    /// and typing. Never waits and never cuts a connection: such frames may fill at most half
+    /// of a queue, so the other half stays for notifications; beyond that the frame is
+    /// dropped for that connection and it is marked for a resync ([`Conn::take_resync`]).
+    /// A queue that is half full is not empty, so its session wakes and sees the mark.
+    pub fn send_ephemeral(&self, topic: &str, item: impl Fn() -> Outbound, except: Option<u64>) {
+        let reserve = self.queue_frames / 2;
+        let mut shard = lock(self.shard(topic));
+        let Some(subs) = shard.get_mut(topic) else {
+            return;
+        };
+        subs.retain(|s| {
+            if Some(s.conn.id) == except {
+                return true;
+            }
+            if s.conn.tx.capacity() <= reserve {
+                s.conn.resync.store(true, Ordering::Release);
+                return true;
+            }
+            match s.conn.tx.try_send(item()) {
+                Ok(()) => true,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    s.conn.resync.store(true, Ordering::Release);
+                    true
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => false,
+            }
+        });
+        if subs.is_empty() {
+            shard.remove(topic);
+        }
+    }
+
     /// Queues `frame` for every subscriber of `topic` (but the connection `except`), beside
-    /// (not in) the ordered stream of stored notifications. Never waits; a full queue is a
-    /// slow consumer as for `broadcast`.
+    /// (not in) the ordered stream of stored notifications, as a frame that must not be lost
+    /// (an inbox change). Never waits; a full queue is a slow consumer as for `broadcast`.
     pub fn send_frame(&self, topic: &str, frame: Utf8Bytes, except: Option<u64>) {
         let frame = Arc::new(frame);
         let mut shard = lock(self.shard(topic));

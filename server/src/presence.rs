@@ -10,12 +10,26 @@
 //!   slow-consumer cut. Nothing is persisted: after a restart nobody is present until their
 //!   socket is back.
 //! - The joiner learns the members in its `subscribed` frame (or their number, above
-//!   `--presence-list-max`). Presence frames take the hub's frame path: not stored, no
-//!   offsets, never in the way of the ordered stream.
+//!   `--presence-list-max`).
+//!
+//! # Presence frames never cost a notification
+//! Presence frames take the hub's ephemeral path: not stored, no offsets, and never the reason
+//! a connection is cut. They may fill at most half of a connection's queue; beyond that they
+//! are dropped for that connection and the hub marks it for a resync, after which its session
+//! writes a `presence_sync` (the room's members now) instead of the frames it missed. So a
+//! storm of joins and leaves (a node restart, everyone closing a tab at once) costs a member
+//! at most half a queue and one list, never its notification stream.
+//!
+//! Exactness: every announcement gets the next number of one sequence for all rooms, taken
+//! and queued under the rooms' lock, so frames reach each queue in sequence order. A snapshot
+//! (the joiner's list, a resync) carries the sequence number it was taken at; the session
+//! writes only presence frames numbered above the last snapshot it wrote, so a frame already
+//! reflected in a list never follows it and the client's list is always a true past state.
 
 use crate::auth::Pattern;
-use crate::hub::Hub;
+use crate::hub::{Hub, Outbound};
 use app::protocol::{PresenceAction, ServerFrame};
+use axum::extract::ws::Utf8Bytes;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -23,14 +37,47 @@ use std::sync::{Arc, Mutex};
 pub struct Presence {
     patterns: Vec<Pattern>,
     list_max: usize,
+    state: Mutex<Rooms>,
+}
+
+#[derive(Default)]
+struct Rooms {
     /// Room -> user -> sockets of that user in the room.
-    rooms: Mutex<HashMap<Arc<str>, HashMap<String, u32>>>,
+    rooms: HashMap<Arc<str>, HashMap<String, u32>>,
+    /// The last announcement's number (never reset, so a room that empties and fills again
+    /// does not reuse numbers).
+    seq: u64,
 }
 
 /// Who is in a room, as a joiner is told.
 pub enum Members {
     List(Vec<String>),
     Count(u64),
+}
+
+impl Members {
+    /// As the `subscribed` and `presence_sync` frames carry it: a list or a count.
+    pub fn into_fields(self) -> (Option<Vec<String>>, Option<u64>) {
+        match self {
+            Members::List(l) => (Some(l), None),
+            Members::Count(n) => (None, Some(n)),
+        }
+    }
+}
+
+/// A room's members at one point of the announcement sequence.
+pub struct Snapshot {
+    pub members: Members,
+    /// Every announcement numbered up to this is reflected in `members`.
+    pub seq: u64,
+}
+
+/// One presence announcement, shared by every queue it goes to.
+#[derive(Debug)]
+pub struct Announcement {
+    pub room: Arc<str>,
+    pub seq: u64,
+    pub frame: Utf8Bytes,
 }
 
 /// One socket's membership of one room; dropping it leaves.
@@ -54,7 +101,7 @@ impl Presence {
         Arc::new(Self {
             patterns,
             list_max,
-            rooms: Mutex::new(HashMap::new()),
+            state: Mutex::new(Rooms::default()),
         })
     }
 
@@ -63,8 +110,8 @@ impl Presence {
         self.patterns.iter().any(|p| p.matches(topic))
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, HashMap<String, u32>>> {
-        self.rooms.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, Rooms> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Counts a socket of `user` in `room`: announces the user (to everyone but the joining
@@ -76,27 +123,17 @@ impl Presence {
         room: &Arc<str>,
         user: &str,
         conn: u64,
-    ) -> (Member, Members) {
-        let (first, members) = {
-            let mut rooms = self.lock();
-            let users = rooms.entry(room.clone()).or_default();
-            let first = {
-                let n = users.entry(user.to_owned()).or_insert(0);
-                *n += 1;
-                *n == 1
-            };
-            let members = if users.len() > self.list_max {
-                Members::Count(users.len() as u64)
-            } else {
-                let mut list: Vec<String> = users.keys().cloned().collect();
-                list.sort();
-                Members::List(list)
-            };
-            (first, members)
+    ) -> (Member, Snapshot) {
+        let snapshot = {
+            let mut state = self.lock();
+            let users = state.rooms.entry(room.clone()).or_default();
+            let n = users.entry(user.to_owned()).or_insert(0);
+            *n += 1;
+            if *n == 1 {
+                state.announce(hub, room, user, PresenceAction::Join, Some(conn));
+            }
+            self.snapshot_of(&state, room)
         };
-        if first {
-            announce(hub, room, user, PresenceAction::Join, Some(conn));
-        }
         let member = Member {
             presence: self.clone(),
             hub: hub.clone(),
@@ -104,40 +141,87 @@ impl Presence {
             user: user.to_owned(),
             typed_at: None,
         };
-        (member, members)
+        (member, snapshot)
+    }
+
+    /// Who is in `room` now.
+    pub fn snapshot(&self, room: &str) -> Snapshot {
+        self.snapshot_of(&self.lock(), room)
+    }
+
+    fn snapshot_of(&self, state: &Rooms, room: &str) -> Snapshot {
+        let members = match state.rooms.get(room) {
+            Some(users) if users.len() > self.list_max => Members::Count(users.len() as u64),
+            Some(users) => {
+                let mut list: Vec<String> = users.keys().cloned().collect();
+                list.sort();
+                Members::List(list)
+            }
+            None => Members::List(Vec::new()),
+        };
+        Snapshot {
+            members,
+            seq: state.seq,
+        }
     }
 
     /// How many users are in `room`.
     pub fn count(&self, room: &str) -> usize {
-        self.lock().get(room).map_or(0, HashMap::len)
+        self.lock().rooms.get(room).map_or(0, HashMap::len)
+    }
+}
+
+impl Rooms {
+    /// Numbers the announcement and queues it for the room's subscribers (but `except`),
+    /// under the lock, so queues receive announcements in number order.
+    fn announce(
+        &mut self,
+        hub: &Hub,
+        room: &Arc<str>,
+        user: &str,
+        action: PresenceAction,
+        except: Option<u64>,
+    ) {
+        self.seq += 1;
+        let frame = ServerFrame::Presence {
+            topic: room.to_string(),
+            action,
+            user: user.to_owned(),
+        };
+        let Ok(text) = serde_json::to_string(&frame) else {
+            return;
+        };
+        let announcement = Arc::new(Announcement {
+            room: room.clone(),
+            seq: self.seq,
+            frame: text.into(),
+        });
+        hub.send_ephemeral(room, || Outbound::Presence(announcement.clone()), except);
     }
 }
 
 impl Drop for Member {
     fn drop(&mut self) {
-        let last = {
-            let mut rooms = self.presence.lock();
-            let Some(users) = rooms.get_mut(&self.room) else {
-                return;
-            };
-            let last = match users.get_mut(&self.user) {
-                Some(n) if *n > 1 => {
-                    *n -= 1;
-                    false
-                }
-                Some(_) => {
-                    users.remove(&self.user);
-                    true
-                }
-                None => false,
-            };
-            if users.is_empty() {
-                rooms.remove(&self.room);
-            }
-            last
+        let mut state = self.presence.lock();
+        let Some(users) = state.rooms.get_mut(&self.room) else {
+            return;
         };
+        let last = match users.get_mut(&self.user) {
+            Some(n) if *n > 1 => {
+                *n -= 1;
+                false
+            }
+            Some(_) => {
+                users.remove(&self.user);
+                true
+            }
+            None => false,
+        };
+        if users.is_empty() {
+            state.rooms.remove(&self.room);
+        }
         if last {
-            announce(
+            state.announce(
                 &self.hub,
                 &self.room,
                 &self.user,
@@ -154,17 +238,6 @@ impl Member {
     }
 }
 
-fn announce(hub: &Hub, room: &str, user: &str, action: PresenceAction, except: Option<u64>) {
-    let frame = ServerFrame::Presence {
-        topic: room.to_owned(),
-        action,
-        user: user.to_owned(),
-    };
-    if let Ok(text) = serde_json::to_string(&frame) {
-        hub.send_frame(room, text.into(), except);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -177,19 +250,19 @@ mod tests {
         let (watcher, mut rx) = hub.register().unwrap();
         hub.subscribe("room-a", &watcher.conn, 0);
         let room: Arc<str> = Arc::from("room-a");
-        let (tab1, members) = presence.join(&hub, &room, "ana", 1001);
-        assert!(matches!(members, Members::List(ref l) if l == &["ana"]));
+        let (tab1, snap) = presence.join(&hub, &room, "ana", 1001);
+        assert!(matches!(snap.members, Members::List(ref l) if l == &["ana"]));
         let (tab2, _) = presence.join(&hub, &room, "ana", 1002);
         let frame = |o: Option<crate::hub::Outbound>| match o {
-            Some(crate::hub::Outbound::Frame(f)) => f.to_string(),
+            Some(crate::hub::Outbound::Presence(a)) => a.frame.to_string(),
             _ => String::new(),
         };
         assert!(frame(rx.try_recv().ok()).contains(r#""action":"join""#));
         assert!(rx.try_recv().is_err(), "the second tab announces nothing");
         let (_bo, _) = presence.join(&hub, &room, "bo", 1003);
-        let (_cy, members) = presence.join(&hub, &room, "cy", 1004);
+        let (_cy, snap) = presence.join(&hub, &room, "cy", 1004);
         assert!(
-            matches!(members, Members::Count(3)),
+            matches!(snap.members, Members::Count(3)),
             "above the list limit, a count"
         );
         drop(tab1);
@@ -200,5 +273,53 @@ mod tests {
         drop(tab2);
         assert!(frame(rx.try_recv().ok()).contains(r#""action":"leave""#));
         assert_eq!(presence.count("room-a"), 2);
+    }
+
+    #[tokio::test]
+    async fn a_storm_never_cuts_a_member_and_numbers_what_it_drops() {
+        // A queue of 8: presence may take 4 places, the rest stays for notifications.
+        let hub = Hub::new(10, 8);
+        let presence = Presence::new(vec![Pattern::parse("room-*").unwrap()], 100);
+        let (watcher, mut rx) = hub.register().unwrap();
+        hub.subscribe("room-a", &watcher.conn, 0);
+        let room: Arc<str> = Arc::from("room-a");
+        let mut members = Vec::new();
+        for i in 0..20 {
+            members.push(presence.join(&hub, &room, &format!("u{i}"), 2000 + i).0);
+        }
+        assert_eq!(watcher.conn.close_code(), None, "presence never cuts");
+        assert_eq!(hub.stats().slow_closed, 0);
+        let mut seqs = Vec::new();
+        while let Ok(o) = rx.try_recv() {
+            match o {
+                crate::hub::Outbound::Presence(a) => seqs.push(a.seq),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(seqs.len(), 4, "at most half the queue");
+        assert!(
+            seqs.windows(2).all(|w| w[0] < w[1]),
+            "queued in number order"
+        );
+        assert!(watcher.conn.take_resync(), "the drop is marked");
+        assert!(!watcher.conn.take_resync(), "once");
+        let snap = presence.snapshot("room-a");
+        assert!(matches!(snap.members, Members::List(ref l) if l.len() == 20));
+        assert!(snap.seq >= 20 && snap.seq > *seqs.last().unwrap());
+        // The other half is the notifications': with presence at its share, 4 more fit.
+        for i in 0..4 {
+            members.push(presence.join(&hub, &room, &format!("v{i}"), 3000 + i).0);
+        }
+        for _ in 0..4 {
+            hub.sweep(std::time::Duration::from_secs(60)); // queues a ping
+        }
+        let mut queued = 0;
+        while rx.try_recv().is_ok() {
+            queued += 1;
+        }
+        assert_eq!(
+            queued, 8,
+            "4 presence frames, then 4 pings in the other half"
+        );
     }
 }

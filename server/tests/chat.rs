@@ -259,3 +259,61 @@ async fn next_message_or_typing(c: &mut Client) -> ServerFrame {
         }
     }
 }
+
+#[tokio::test]
+async fn a_member_resuming_its_room_gets_the_list_as_it_is_when_it_goes_live() {
+    // The resuming member's history read pauses: people come and go meanwhile, while it is
+    // not yet receiving the room's live frames.
+    let (hooks, mut pauses) = common::pausing::hooks(ROOM, 2);
+    let server = herald::start_with(memory_config(), hooks).await.unwrap();
+    add_test_key(&server);
+    let first = publish(server.addr, ROOM, "hello").await;
+    let (bo, _) = member(&server, "bo").await;
+    let token = user_token(&server, "ana", &["chat-*"], &["chat-*"], 3600);
+    let mut ana = Client::connect_with(&server, &token).await;
+    ana.send(&ClientFrame::Subscribe {
+        topic: ROOM.into(),
+        since: Some(app::protocol::Position {
+            epoch: first.epoch.clone(),
+            offset: 0,
+        }),
+        id: None,
+    })
+    .await;
+    let release = pauses.recv().await.expect("the replay reads");
+    let (_cy, _) = member(&server, "cy").await;
+    drop(bo);
+    while server.state.presence.count(ROOM) != 2 {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let _ = release.send(());
+    let _ = pauses.recv().await.map(|r| r.send(()));
+    let mut list = std::collections::BTreeSet::new();
+    let mut frames = vec![ana.next().await];
+    frames.extend(settle(&mut ana).await);
+    for f in frames {
+        match f {
+            ServerFrame::Subscribed { members, .. } => {
+                list = members.unwrap().into_iter().collect()
+            }
+            ServerFrame::PresenceSync { members, .. } => {
+                list = members.unwrap().into_iter().collect()
+            }
+            ServerFrame::Presence { action, user, .. } => {
+                if action == PresenceAction::Join {
+                    list.insert(user);
+                } else {
+                    list.remove(&user);
+                }
+            }
+            ServerFrame::Notification(n) => assert_eq!(n.offset, 1),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(
+        list.into_iter().collect::<Vec<_>>(),
+        ["ana", "cy"],
+        "bo left and cy came while ana replayed"
+    );
+    server.stop().await.unwrap();
+}

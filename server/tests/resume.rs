@@ -6,10 +6,6 @@ mod common;
 use app::protocol::{ClientFrame, Position, ServerFrame};
 use common::*;
 use herald::config::Config;
-use herald::hooks::Hooks;
-use herald::store::{Appended, Head, ReadQuery, Store, StoreError, Stored, TopicPosition};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 
 async fn resume_gets_exactly_what_was_missed(config: Config) {
     let srv = server(config).await;
@@ -364,95 +360,9 @@ async fn acknowledged_publishes_survive_sigkill_and_are_replayed() {
     );
 }
 
-/// A store that parks the session's history reads of one topic twice, just before and just
-/// after the read itself, until the test has published more: the interleavings that resume
-/// must survive, forced instead of hoped for.
-struct PausingStore {
-    inner: Arc<dyn Store>,
-    topic: &'static str,
-    pauses_left: AtomicUsize,
-    pauses: tokio::sync::mpsc::UnboundedSender<tokio::sync::oneshot::Sender<()>>,
-}
-
-impl PausingStore {
-    async fn pause(&self, topic: &str) {
-        if topic != self.topic {
-            return;
-        }
-        let left = self.pauses_left.load(Ordering::SeqCst);
-        if left == 0
-            || self
-                .pauses_left
-                .compare_exchange(left, left - 1, Ordering::SeqCst, Ordering::SeqCst)
-                .is_err()
-        {
-            return;
-        }
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        if self.pauses.send(tx).is_ok() {
-            let _ = rx.await;
-        }
-    }
-}
-
-#[async_trait::async_trait]
-impl Store for PausingStore {
-    async fn append(
-        &self,
-        topic: &str,
-        new: app::protocol::NewNotification,
-        key: Option<String>,
-    ) -> Result<Appended, StoreError> {
-        self.inner.append(topic, new, key).await
-    }
-    async fn read(
-        &self,
-        topic: &str,
-        q: ReadQuery,
-    ) -> Result<(TopicPosition, Vec<Arc<Stored>>), StoreError> {
-        self.pause(topic).await;
-        let r = self.inner.read(topic, q).await;
-        self.pause(topic).await;
-        r
-    }
-    async fn head(&self, topic: &str) -> Result<Head, StoreError> {
-        self.inner.head(topic).await
-    }
-    async fn prune(&self) -> Result<u64, StoreError> {
-        self.inner.prune().await
-    }
-    async fn inbox_update(
-        &self,
-        topic: &str,
-        update: app::protocol::InboxUpdate,
-    ) -> Result<herald::store::InboxChange, StoreError> {
-        self.inner.inbox_update(topic, update).await
-    }
-    async fn inbox_list(
-        &self,
-        topic: &str,
-        query: app::protocol::InboxQuery,
-        limit: usize,
-    ) -> Result<(Vec<app::protocol::InboxItem>, herald::store::InboxCount), StoreError> {
-        self.inner.inbox_list(topic, query, limit).await
-    }
-}
-
 async fn resume_survives_publishes_around_every_read(config: Config) {
-    let (pauses_tx, mut pauses) = tokio::sync::mpsc::unbounded_channel();
-    let slot = Arc::new(std::sync::Mutex::new(Some(pauses_tx)));
-    let hooks = Hooks {
-        wrap_store: Some(Arc::new(move |inner| {
-            Arc::new(PausingStore {
-                inner,
-                topic: "race",
-                // Two reads (before registering, after registering), each paused twice.
-                pauses_left: AtomicUsize::new(4),
-                pauses: slot.lock().unwrap().take().expect("one store"),
-            }) as Arc<dyn Store>
-        })),
-        ..Hooks::default()
-    };
+    // Two reads (before registering, after registering), each paused twice.
+    let (hooks, mut pauses) = common::pausing::hooks("race", 4);
     let srv = herald::start_with(config, hooks).await.unwrap();
     add_test_key(&srv);
     let mut published = Vec::new();

@@ -10,7 +10,10 @@
 
 use super::{Session, Socket, Stop};
 use crate::auth::Action;
+use crate::hub::Outbound;
 use app::protocol::{validate_topic, ErrorCode, NewNotification, ServerFrame};
+use axum::extract::ws::Utf8Bytes;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Longest client message id.
@@ -91,7 +94,10 @@ impl<S: Socket> Session<S> {
             expires_ms: TYPING_EXPIRES.as_millis() as u64,
         };
         if let Ok(text) = serde_json::to_string(&frame) {
-            self.state.hub.send_frame(&topic, text.into(), None);
+            // Lost under pressure rather than cutting anyone: typing expires by itself.
+            let frame = Arc::new(Utf8Bytes::from(text));
+            let item = || Outbound::Frame(frame.clone());
+            self.state.hub.send_ephemeral(&topic, item, None);
         }
         Ok(())
     }

@@ -84,6 +84,9 @@ struct Subscription {
     phase: Phase,
     /// In a room with presence, this socket's membership (dropped with the subscription).
     member: Option<Box<crate::presence::Member>>,
+    /// The presence sequence number its client's member list reflects: presence frames at or
+    /// below it are not written (see [`crate::presence`]).
+    presence_seq: u64,
 }
 
 impl Subscription {
@@ -283,6 +286,16 @@ impl<S: Socket> Session<S> {
                     }
                 }
                 Outbound::Frame(frame) => Message::Text(axum::extract::ws::Utf8Bytes::clone(frame)),
+                Outbound::Presence(a) => {
+                    let Some(sub) = self.subs.iter_mut().find(|s| *s.topic == *a.room) else {
+                        continue;
+                    };
+                    if a.seq <= sub.presence_seq {
+                        continue; // the list the client has reflects it
+                    }
+                    sub.presence_seq = a.seq;
+                    Message::Text(a.frame.clone())
+                }
             };
             self.io.feed(msg).await?;
             fed = true;
@@ -291,7 +304,37 @@ impl<S: Socket> Session<S> {
             self.io.flush().await?;
         }
         self.state.hub.record_written(written);
+        if self.reg.conn.take_resync() {
+            // Boxed: rare, and its future would otherwise sit in every idle session.
+            return Box::pin(self.resync_presence()).await;
+        }
         Ok(())
+    }
+
+    /// Presence frames were dropped for this connection: a fresh list per room replaces the
+    /// ones it missed.
+    async fn resync_presence(&mut self) -> Result<(), Stop> {
+        for i in 0..self.subs.len() {
+            if self.subs[i].registered() && self.state.presence.applies(&self.subs[i].topic) {
+                self.sync_presence(i).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the room's member list now as a `presence_sync` for subscription `i`; only
+    /// presence frames newer than it are written after it.
+    async fn sync_presence(&mut self, i: usize) -> Result<(), Stop> {
+        let sub = &mut self.subs[i];
+        let snapshot = self.state.presence.snapshot(&sub.topic);
+        sub.presence_seq = snapshot.seq;
+        let (members, member_count) = snapshot.members.into_fields();
+        let frame = ServerFrame::PresenceSync {
+            topic: sub.topic.to_string(),
+            members,
+            member_count,
+        };
+        self.io.send(&frame).await
     }
 
     fn find_sub(&self, topic: &str) -> Option<usize> {

@@ -126,17 +126,20 @@ impl<S: Socket> Session<S> {
             Some(p) => (p.epoch, p.offset, Phase::CatchingUp { registered: false }),
         };
         // A user subscribing to a room with presence becomes a member of it.
-        let (member, members) = match self.user_id() {
+        // Its list reflects every presence frame numbered up to the snapshot's `seq`; the
+        // session writes only later ones.
+        let (member, snapshot) = match self.user_id() {
             Some(user) if self.state.presence.applies(&topic) => {
                 let conn = self.reg.conn.id;
-                let (m, list) = self
+                let (m, snapshot) = self
                     .state
                     .presence
                     .join(&self.state.hub, &topic, &user, conn);
-                (Some(Box::new(m)), Some(list))
+                (Some(Box::new(m)), Some(snapshot))
             }
             _ => (None, None),
         };
+        let presence_seq = snapshot.as_ref().map_or(0, |s| s.seq);
         self.subs.push(Subscription {
             slot,
             topic: topic.clone(),
@@ -144,12 +147,9 @@ impl<S: Socket> Session<S> {
             delivered,
             phase,
             member,
+            presence_seq,
         });
-        let (members, member_count) = match members {
-            Some(crate::presence::Members::List(l)) => (Some(l), None),
-            Some(crate::presence::Members::Count(n)) => (None, Some(n)),
-            None => (None, None),
-        };
+        let (members, member_count) = snapshot.map_or((None, None), |s| s.members.into_fields());
         let subscribed = ServerFrame::Subscribed {
             topic: topic.to_string(),
             position: Position {
@@ -247,6 +247,11 @@ impl<S: Socket> Session<S> {
                     // Near the top: register, then read once more (register first, read second).
                     sub.phase = Phase::CatchingUp { registered: true };
                     self.state.hub.subscribe(&topic, &self.reg.conn, slot);
+                    // Presence frames were not queued while it replayed: the list now (taken
+                    // after registering, so every later frame is queued).
+                    if self.state.presence.applies(&topic) {
+                        return self.sync_presence(i).await;
+                    }
                 }
                 Phase::CatchingUp { registered: true } => sub.phase = Phase::Live,
                 Phase::Live => {}
@@ -268,6 +273,7 @@ mod tests {
             delivered,
             phase,
             member: None,
+            presence_seq: 0,
         }
     }
 

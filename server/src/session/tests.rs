@@ -582,3 +582,88 @@ fn what_every_connection_carries_stays_small() {
     assert_eq!(std::mem::size_of::<crate::auth::Identity>(), 16);
     assert!(std::mem::size_of::<crate::hub::Conn>() <= 80);
 }
+
+/// Everything the session writes until it has been quiet for a while (tokio's paused clock
+/// jumps ahead once every task waits).
+async fn drain(client: &mut FakeClient) -> Vec<ServerFrame> {
+    let mut out = Vec::new();
+    while let Ok(Some(msg)) = tokio::time::timeout(Duration::from_secs(5), client.rx.next()).await {
+        if let Message::Text(t) = msg {
+            out.push(serde_json::from_str(t.as_str()).unwrap());
+        }
+    }
+    out
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_presence_storm_behind_a_stalled_client_costs_a_list_never_the_connection_or_its_order() {
+    let mut f = fixture(Config {
+        queue_frames: 8,
+        ..config()
+    });
+    let room: Arc<str> = Arc::from("chat-a");
+    // Room in the client's buffer for four frames; it reads them, then stops.
+    let (mut client, task, conn) = f.connect(4);
+    sign_in(&f, &mut client, 3600).await;
+    client.send(&ClientFrame::Subscribe {
+        topic: room.to_string(),
+        since: None,
+        id: None,
+    });
+    let ServerFrame::Subscribed { members, .. } = client.frame().await else {
+        panic!("expected subscribed");
+    };
+    let mut list: std::collections::BTreeSet<String> = members.unwrap().into_iter().collect();
+    // Eight messages: four fill the client's buffer, the session blocks writing the fifth
+    // with the rest of its batch in hand and its queue empty.
+    f.publish(&room, 4, 10).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    f.publish(&room, 4, 10).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The storm: ten joins (four fit in the presence half of the queue, the rest are dropped),
+    // then five of them leave again (all dropped).
+    let mut guards: Vec<_> = (0..10)
+        .map(|i| {
+            let (m, _) = f
+                .state
+                .presence
+                .join(&f.state.hub, &room, &format!("u{i}"), 9000 + i);
+            m
+        })
+        .collect();
+    guards.drain(..5);
+    assert_eq!(conn.close_code(), None, "presence never cuts");
+    // The client reads again.
+    let mut offsets = Vec::new();
+    let mut synced = false;
+    for frame in drain(&mut client).await {
+        match frame {
+            ServerFrame::Notification(n) => offsets.push(n.offset),
+            ServerFrame::Presence { user, action, .. } => {
+                if action == app::protocol::PresenceAction::Join {
+                    list.insert(user);
+                } else {
+                    list.remove(&user);
+                }
+            }
+            ServerFrame::PresenceSync { members, .. } => {
+                synced = true;
+                list = members.unwrap().into_iter().collect();
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(
+        offsets,
+        (1..=8).collect::<Vec<_>>(),
+        "every message, in order"
+    );
+    assert!(synced, "the dropped frames were replaced by a list");
+    let expected: std::collections::BTreeSet<String> = ["ana", "u5", "u6", "u7", "u8", "u9"]
+        .into_iter()
+        .map(String::from)
+        .collect();
+    assert_eq!(list, expected, "the client's list is the room's");
+    assert_eq!(f.state.hub.stats().slow_closed, 0);
+    assert!(!task.is_finished());
+}

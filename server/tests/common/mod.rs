@@ -2,6 +2,8 @@
 //! a WebSocket client that speaks the typed protocol.
 #![allow(dead_code)]
 
+pub mod pausing;
+
 use app::protocol::{ClientFrame, Notification, Position, ServerFrame};
 use futures::{SinkExt, StreamExt};
 use herald::config::{Config, StoreKind};

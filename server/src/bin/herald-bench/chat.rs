@@ -228,7 +228,7 @@ pub async fn storm(cli: &Cli, a: &StormArgs) -> anyhow::Result<StormReport> {
             ws.send_text(&super::auth_frame(&token)).await?;
             ws.send_text(&format!(r#"{{"type":"subscribe","topic":"{room}"}}"#))
                 .await?;
-            let (mut stables, mut storms) = (std::collections::HashSet::new(), 0i64);
+            let mut roster = Roster::default();
             let mut was_right = false;
             let mut ready = Some(ready_tx);
             loop {
@@ -245,35 +245,20 @@ pub async fn storm(cli: &Cli, a: &StormArgs) -> anyhow::Result<StormReport> {
                 };
                 match v["type"].as_str() {
                     Some("subscribed") => {
-                        for u in v["members"].as_array().into_iter().flatten() {
-                            if let Some(u) = u.as_str() {
-                                if u.starts_with("stable-") {
-                                    stables.insert(u.to_owned());
-                                } else {
-                                    storms += 1;
-                                }
-                            }
-                        }
+                        roster.list(&v);
                         if let Some(r) = ready.take() {
                             let _ = r.send(());
                         }
                     }
-                    Some("presence") => {
-                        let user = v["user"].as_str().unwrap_or_default().to_owned();
-                        let join = v["action"] == "join";
-                        if user.starts_with("stable-") {
-                            if join {
-                                stables.insert(user);
-                            } else {
-                                stables.remove(&user);
-                            }
-                        } else {
-                            storms += if join { 1 } else { -1 };
-                        }
-                    }
+                    // Frames were dropped while this watcher was behind: the list now.
+                    Some("presence_sync") => roster.list(&v),
+                    Some("presence") => roster.presence(
+                        v["user"].as_str().unwrap_or_default(),
+                        v["action"] == "join",
+                    ),
                     _ => continue,
                 }
-                let is_right = storms == 0 && stables.len() == stable;
+                let is_right = roster.right(stable);
                 if is_right != was_right {
                     if is_right {
                         right.fetch_add(1, Ordering::Relaxed);
@@ -338,6 +323,56 @@ pub async fn storm(cli: &Cli, a: &StormArgs) -> anyhow::Result<StormReport> {
         w.abort();
     }
     Ok(report)
+}
+
+/// What one watcher believes about the room: who, while the server lists the members; how
+/// many, once the room is larger than the server lists (`--presence-list-max`).
+#[derive(Default)]
+struct Roster {
+    stables: std::collections::HashSet<String>,
+    storms: i64,
+    count: Option<i64>,
+}
+
+impl Roster {
+    /// A `subscribed` or `presence_sync` frame: the room as it is.
+    fn list(&mut self, v: &serde_json::Value) {
+        match v["members"].as_array() {
+            Some(list) => {
+                self.count = None;
+                self.stables.clear();
+                self.storms = 0;
+                for u in list.iter().filter_map(|u| u.as_str()) {
+                    self.presence(u, true);
+                }
+            }
+            None => self.count = Some(v["member_count"].as_i64().unwrap_or(0)),
+        }
+    }
+
+    fn presence(&mut self, user: &str, join: bool) {
+        let d = if join { 1 } else { -1 };
+        if let Some(c) = &mut self.count {
+            *c += d;
+        }
+        if user.starts_with("stable-") {
+            if join {
+                self.stables.insert(user.to_owned());
+            } else {
+                self.stables.remove(user);
+            }
+        } else {
+            self.storms += d;
+        }
+    }
+
+    /// Exactly the watchers are in the room.
+    fn right(&self, stable: usize) -> bool {
+        match self.count {
+            Some(c) => c == stable as i64,
+            None => self.storms == 0 && self.stables.len() == stable,
+        }
+    }
 }
 
 /// Storm sockets use other source addresses than the watchers'.

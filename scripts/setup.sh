@@ -5,6 +5,7 @@
 #   - the Rust toolchain pinned in rust-toolchain.toml (with wasm32 target, rustfmt, clippy)
 #   - cargo-leptos, and wasm-bindgen-cli at exactly the version in Cargo.lock
 #   - wasm-opt from npm's binaryen (Debian's binaryen breaks hydration), into .tools/
+#   - Debian's redis-server (the Redis-mode tests start their own instances)
 #   - with `--e2e`: Playwright (npm) and a Chromium: the system one if present, else Debian's
 #     package where apt-get is usable, else Playwright's own download.
 set -euo pipefail
@@ -45,6 +46,19 @@ if ! [ -x .tools/node_modules/.bin/wasm-opt ] || ! .tools/node_modules/.bin/wasm
   say "installing wasm-opt (npm binaryen $BINARYEN_VERSION) into .tools/"
   mkdir -p .tools
   npm install --silent --no-audit --no-fund --prefix .tools "binaryen@$BINARYEN_VERSION"
+fi
+
+# Redis-mode tests start their own redis-server on a free loopback port.
+if ! need redis-server; then
+  if need apt-get && [ "$(id -u)" = 0 ]; then
+    say "installing Debian's redis-server (the tests start their own; the service is not enabled)"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server >/dev/null
+    # The package starts a system Redis on 6379; the project never uses it.
+    (systemctl disable --now redis-server >/dev/null 2>&1 || service redis-server stop >/dev/null 2>&1) || true
+  else
+    say "no redis-server and no apt-get as root: the Redis-mode tests will fail"
+  fi
 fi
 
 if [ "${1:-}" = "--e2e" ]; then

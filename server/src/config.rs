@@ -16,6 +16,8 @@ pub enum StoreKind {
     Sqlite,
     /// In-process memory: fastest, everything is lost on exit.
     Memory,
+    /// Redis (`--redis-url`): several nodes share offsets, history and live fan-out.
+    Redis,
 }
 
 /// How hard SQLite syncs a commit before a publish is acknowledged.
@@ -201,6 +203,18 @@ pub struct Config {
     /// Store backend.
     #[arg(long, env = "HERALD_STORE", value_enum, default_value = "sqlite")]
     pub store: StoreKind,
+
+    /// Redis for `--store redis`.
+    #[arg(
+        long,
+        env = "HERALD_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379/"
+    )]
+    pub redis_url: String,
+
+    /// Prefix of every Redis key and channel (several deployments can share one Redis).
+    #[arg(long, env = "HERALD_REDIS_PREFIX", default_value = "herald")]
+    pub redis_prefix: String,
 
     /// SQLite database file; created with its directory on first run. API keys live here
     /// whatever the store (`:memory:` keeps them in the process only).

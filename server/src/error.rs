@@ -51,7 +51,9 @@ impl ApiError {
             ApiError::Unavailable(_) | ApiError::NotConfigured(_) => ErrorCode::Unavailable,
             ApiError::ForbiddenOrigin(_) => ErrorCode::ForbiddenOrigin,
             ApiError::Timeout(_) => ErrorCode::Timeout,
-            ApiError::Store(StoreError::Closed | StoreError::Full(_)) => ErrorCode::Unavailable,
+            ApiError::Store(
+                StoreError::Closed | StoreError::Full(_) | StoreError::Unavailable(_),
+            ) => ErrorCode::Unavailable,
             ApiError::Store(_) => ErrorCode::Internal,
             ApiError::Auth(e) => e.code(),
             ApiError::RateLimited(..) => ErrorCode::RateLimited,
@@ -68,7 +70,8 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Unavailable(_)
             | ApiError::Store(StoreError::Closed)
-            | ApiError::Store(StoreError::Full(_)) => StatusCode::SERVICE_UNAVAILABLE,
+            | ApiError::Store(StoreError::Full(_))
+            | ApiError::Store(StoreError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::ForbiddenOrigin(_) => StatusCode::FORBIDDEN,
             ApiError::NotConfigured(_) => StatusCode::NOT_IMPLEMENTED,
             ApiError::RateLimited(..) | ApiError::TooManyConnections(_) => {
@@ -97,6 +100,7 @@ impl IntoResponse for ApiError {
         let status = self.status();
         let retry_after = match &self {
             ApiError::RateLimited(wait, _) => Some(wait.as_secs_f64().ceil().max(1.0) as u64),
+            ApiError::Store(StoreError::Unavailable(_)) => Some(1),
             _ => None,
         };
         // 500s are bugs or broken storage and are logged each time; 503s are states (a full

@@ -18,6 +18,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod broker;
 pub mod cli;
 pub mod config;
 pub mod error;
@@ -68,6 +69,8 @@ pub struct Shared {
     pub config: Config,
     pub hub: Arc<Hub>,
     pub store: Arc<dyn Store>,
+    /// Live fan-out between nodes (see [`broker`]).
+    pub broker: Arc<dyn broker::Broker>,
     /// Keys, tokens and the permission rules: every topic access is checked here.
     pub auth: Arc<auth::Authority>,
     /// Rates and connection caps per credential, address and user.
@@ -159,18 +162,33 @@ fn clamp_connections(config: &mut Config) -> usize {
     fd_cap.map_or(total, |cap| total.min(cap))
 }
 
-/// Opens the configured store, feeding `feed`.
+/// Opens the configured store and its broker, feeding `feed`.
 fn open_store(
     config: &Config,
     feed: mpsc::Sender<Arc<store::Stored>>,
     hooks: &Hooks,
-) -> anyhow::Result<Arc<dyn Store>> {
+    cancel: &CancellationToken,
+) -> anyhow::Result<(Arc<dyn Store>, Arc<dyn broker::Broker>)> {
     let retention = Retention {
         max_count: config.retain_count.max(1),
         max_age: config.retain_age(),
         idempotency_window: config.idempotency_window(),
     };
+    let mut broker: Arc<dyn broker::Broker> = Arc::new(broker::Local);
     let store: Arc<dyn Store> = match config.store {
+        StoreKind::Redis => {
+            let store = Arc::new(
+                store::RedisStore::new(&config.redis_url, &config.redis_prefix, retention)
+                    .context("redis store")?,
+            );
+            broker = store::redis::pubsub::Fanout::start(
+                store.clone(),
+                feed,
+                store::redis::pubsub::Scope::Watched,
+                cancel.clone(),
+            );
+            store
+        }
         StoreKind::Memory => Arc::new(MemoryStore::with_limits(
             feed,
             retention,
@@ -193,10 +211,11 @@ fn open_store(
             )
         }
     };
-    Ok(match &hooks.wrap_store {
+    let store = match &hooks.wrap_store {
         Some(wrap) => wrap(store),
         None => store,
-    })
+    };
+    Ok((store, broker))
 }
 
 /// The server's parts, built and not yet serving.
@@ -227,7 +246,7 @@ fn build(
         tokio::spawn(auth::keys::watch(authority.keys.clone(), cancel.clone()));
     }
     let (feed_tx, feed_rx) = mpsc::channel(FEED_CAPACITY);
-    let store = open_store(&config, feed_tx, hooks)?;
+    let (store, broker) = open_store(&config, feed_tx, hooks, cancel)?;
     let hub = Hub::new(config.max_connections, config.queue_frames);
     let tracker = TaskTracker::new();
     tokio::spawn(hub::dispatch(hub.clone(), feed_rx));
@@ -252,6 +271,7 @@ fn build(
         config,
         hub,
         store,
+        broker,
         auth: authority,
         limits,
         leptos_options,

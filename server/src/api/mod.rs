@@ -762,6 +762,7 @@ mod tests {
         let config = crate::config::Config::for_tests();
         let state = AppState(Arc::new(crate::Shared {
             presence: crate::presence::Presence::from_config(&config).unwrap(),
+            broker: Arc::new(crate::broker::Local),
             limits: crate::limits::EdgeLimits::new(&config),
             hub: crate::hub::Hub::new(1, 1),
             store: store.clone(),

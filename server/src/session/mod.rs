@@ -177,9 +177,9 @@ impl<S: Socket> Session<S> {
         if let Some(counter) = self.user_slot.take() {
             self.state.limits.conns_per_user.release(counter);
         }
-        for sub in self.subs.drain(..) {
+        for sub in std::mem::take(&mut self.subs) {
             if sub.registered() {
-                self.state.hub.unsubscribe(&sub.topic, conn_id, sub.slot);
+                self.unregister(&sub.topic, sub.slot);
             }
         }
         tracing::debug!(conn_id, "disconnected");
@@ -337,6 +337,39 @@ impl<S: Socket> Session<S> {
         self.io.send(&frame).await
     }
 
+    /// Registers a subscription with the hub, then makes sure this node hears every later
+    /// append to the topic from any node (the broker). Only after this may the topic's head
+    /// or history be read; on an error the caller unregisters.
+    async fn register(
+        &mut self,
+        topic: &Arc<str>,
+        slot: u32,
+    ) -> Result<(), crate::store::StoreError> {
+        self.state.hub.subscribe(topic, &self.reg.conn, slot);
+        self.state.broker.watch(topic).await
+    }
+
+    /// Ends what [`Session::register`] began.
+    fn unregister(&self, topic: &str, slot: u32) {
+        self.state.hub.unsubscribe(topic, self.reg.conn.id, slot);
+        self.state.broker.unwatch(topic);
+    }
+
+    /// A subscribe that could not register (the broker's store is unreachable).
+    async fn unavailable(
+        &mut self,
+        e: &crate::store::StoreError,
+        topic: &str,
+        slot: u32,
+        id: Option<u64>,
+    ) -> Result<(), Stop> {
+        tracing::warn!(error = %e, topic, "watching the topic failed");
+        self.unregister(topic, slot);
+        let msg = "store unavailable; subscribe again";
+        self.error(app::protocol::ErrorCode::Unavailable, msg, id)
+            .await
+    }
+
     fn find_sub(&self, topic: &str) -> Option<usize> {
         self.subs.iter().position(|s| *s.topic == *topic)
     }
@@ -346,9 +379,7 @@ impl<S: Socket> Session<S> {
         if let Some(i) = self.subs.iter().position(|s| s.slot == slot) {
             let sub = self.subs.swap_remove(i);
             if sub.registered() {
-                self.state
-                    .hub
-                    .unsubscribe(&sub.topic, self.reg.conn.id, sub.slot);
+                self.unregister(&sub.topic, sub.slot);
             }
         }
     }

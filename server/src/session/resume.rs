@@ -85,14 +85,16 @@ impl<S: Socket> Session<S> {
         let topic: Arc<str> = Arc::from(topic);
         if since.is_none() {
             // Register first, read second: every later offset is then queued for us.
-            self.state.hub.subscribe(&topic, &self.reg.conn, slot);
+            if let Err(e) = self.register(&topic, slot).await {
+                return self.unavailable(&e, &topic, slot, id).await;
+            }
         }
         let head = match self.state.store.head(&topic).await {
             Ok(h) => h,
             Err(e) => {
                 tracing::error!(error = %e, %topic, "head lookup failed");
                 if since.is_none() {
-                    self.state.hub.unsubscribe(&topic, self.reg.conn.id, slot);
+                    self.unregister(&topic, slot);
                 }
                 return self
                     .error(ErrorCode::Internal, "store unavailable", id)
@@ -105,12 +107,14 @@ impl<S: Socket> Session<S> {
                 // Already at the head (a reconnect after a quiet spell): register, then check
                 // the head once more instead of reading history. Anything newer than that
                 // second look is queued; anything between the two looks needs a read.
-                self.state.hub.subscribe(&topic, &self.reg.conn, slot);
+                if let Err(e) = self.register(&topic, slot).await {
+                    return self.unavailable(&e, &topic, slot, id).await;
+                }
                 let again = match self.state.store.head(&topic).await {
                     Ok(h) => h,
                     Err(e) => {
                         tracing::error!(error = %e, %topic, "head lookup failed");
-                        self.state.hub.unsubscribe(&topic, self.reg.conn.id, slot);
+                        self.unregister(&topic, slot);
                         return self
                             .error(ErrorCode::Internal, "store unavailable", id)
                             .await;
@@ -246,7 +250,13 @@ impl<S: Socket> Session<S> {
                 Phase::CatchingUp { registered: false } => {
                     // Near the top: register, then read once more (register first, read second).
                     sub.phase = Phase::CatchingUp { registered: true };
-                    self.state.hub.subscribe(&topic, &self.reg.conn, slot);
+                    if let Err(e) = self.register(&topic, slot).await {
+                        // Registered with the hub: drop_sub unregisters.
+                        tracing::warn!(error = %e, %topic, "watching the topic failed");
+                        self.drop_sub(slot);
+                        let msg = "store unavailable; subscribe again";
+                        return self.error(ErrorCode::Unavailable, msg, None).await;
+                    }
                     // Presence frames were not queued while it replayed: the list now (taken
                     // after registering, so every later frame is queued).
                     if self.state.presence.applies(&topic) {

@@ -15,6 +15,12 @@ struct Harness {
     store: Arc<dyn Store>,
     feed: mpsc::Receiver<Arc<Stored>>,
     _dir: Option<tempfile::TempDir>,
+    /// Redis mode: the server (killed when the test ends) and the fan-out's end.
+    _redis: Option<(
+        redis::testing::RedisServer,
+        tokio_util::sync::DropGuard,
+        Arc<redis::pubsub::Fanout>,
+    )>,
 }
 
 fn retention() -> Retention {
@@ -31,6 +37,27 @@ fn memory(retention: Retention) -> Harness {
         store: Arc::new(MemoryStore::new(tx, retention)),
         feed,
         _dir: None,
+        _redis: None,
+    }
+}
+
+/// A Redis of its own, and a fan-out that follows every topic's channel (the feed the tests
+/// read), subscribed before the harness is handed over.
+async fn redis(retention: Retention) -> Harness {
+    let server = redis::testing::RedisServer::start().expect("redis-server");
+    let store =
+        Arc::new(RedisStore::new(&server.url(), &redis::unique_prefix(), retention).unwrap());
+    let (tx, feed) = mpsc::channel(100_000);
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let fanout =
+        redis::pubsub::Fanout::start(store.clone(), tx, redis::pubsub::Scope::All, cancel.clone());
+    // Resolves once the connection is subscribed (pattern included).
+    fanout.watch("_ready").await.expect("pub/sub connected");
+    Harness {
+        store,
+        feed,
+        _dir: None,
+        _redis: Some((server, cancel.drop_guard(), fanout)),
     }
 }
 
@@ -42,6 +69,7 @@ fn sqlite_with(retention: Retention, options: SqliteOptions, hooks: Hooks) -> Ha
         store: Arc::new(store),
         feed,
         _dir: Some(dir),
+        _redis: None,
     }
 }
 
@@ -83,7 +111,7 @@ macro_rules! every_store {
             $(
                 #[tokio::test]
                 async fn $name() {
-                    super::$name(super::memory).await;
+                    super::$name(|r| Box::pin(async move { super::memory(r) })).await;
                 }
             )*
         }
@@ -91,7 +119,15 @@ macro_rules! every_store {
             $(
                 #[tokio::test]
                 async fn $name() {
-                    super::$name(super::sqlite).await;
+                    super::$name(|r| Box::pin(async move { super::sqlite(r) })).await;
+                }
+            )*
+        }
+        mod redis_store {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(|r| Box::pin(super::redis(r))).await;
                 }
             )*
         }
@@ -115,10 +151,10 @@ every_store!(
     concurrent_changes_and_arrivals_keep_the_count_exact,
 );
 
-type Make = fn(Retention) -> Harness;
+type Make = fn(Retention) -> futures::future::BoxFuture<'static, Harness>;
 
 async fn offsets_are_contiguous_per_topic_and_topics_are_independent(make: Make) {
-    let h = make(retention());
+    let h = make(retention()).await;
     for i in 1..=5u64 {
         assert_eq!(append(&h, "a", "x").await.notification.offset, i);
         if i % 2 == 0 {
@@ -145,7 +181,7 @@ async fn offsets_are_contiguous_per_topic_and_topics_are_independent(make: Make)
 }
 
 async fn the_feed_carries_each_append_once_in_offset_order_after_it_is_readable(make: Make) {
-    let mut h = make(retention());
+    let mut h = make(retention()).await;
     let appender = {
         let store = h.store.clone();
         tokio::spawn(async move {
@@ -176,7 +212,7 @@ async fn the_feed_carries_each_append_once_in_offset_order_after_it_is_readable(
 }
 
 async fn head_is_never_behind_the_feed_and_starts_at_zero(make: Make) {
-    let mut h = make(retention());
+    let mut h = make(retention()).await;
     let head = h.store.head("never").await.unwrap();
     assert_eq!(head.last, 0);
     let (pos, _) = read_all(&h, "never").await;
@@ -192,7 +228,7 @@ async fn head_is_never_behind_the_feed_and_starts_at_zero(make: Make) {
 }
 
 async fn reads_page_both_ways_and_report_the_position(make: Make) {
-    let h = make(retention());
+    let h = make(retention()).await;
     for _ in 0..10 {
         append(&h, "t", "x").await;
     }
@@ -213,7 +249,7 @@ async fn reads_page_both_ways_and_report_the_position(make: Make) {
 }
 
 async fn bounds_beyond_any_offset_get_an_ordinary_answer(make: Make) {
-    let h = make(retention());
+    let h = make(retention()).await;
     for _ in 0..3 {
         append(&h, "t", "x").await;
     }
@@ -245,7 +281,7 @@ async fn bounds_beyond_any_offset_get_an_ordinary_answer(make: Make) {
 }
 
 async fn idempotency_returns_the_original_and_appends_nothing(make: Make) {
-    let h = make(retention());
+    let h = make(retention()).await;
     let key = || Some("k-1".to_owned());
     let first = h.store.append("t", note("one"), key()).await.unwrap();
     assert!(!first.duplicate);
@@ -262,7 +298,8 @@ async fn retention_by_count_keeps_the_newest_and_never_reuses_offsets(make: Make
     let h = make(Retention {
         max_count: 5,
         ..retention()
-    });
+    })
+    .await;
     for _ in 0..12 {
         append(&h, "t", "x").await;
     }
@@ -277,7 +314,8 @@ async fn retention_by_age_drops_what_is_older(make: Make) {
     let h = make(Retention {
         max_age: Duration::from_millis(50),
         ..retention()
-    });
+    })
+    .await;
     for _ in 0..3 {
         append(&h, "t", "old").await;
     }
@@ -292,7 +330,7 @@ async fn retention_by_age_drops_what_is_older(make: Make) {
 }
 
 async fn the_epoch_is_the_same_for_every_topic_of_one_store(make: Make) {
-    let h = make(retention());
+    let h = make(retention()).await;
     let a = append(&h, "a", "x").await;
     let b = append(&h, "b", "x").await;
     assert_eq!(a.notification.epoch, b.notification.epoch);
@@ -625,7 +663,7 @@ fn offsets(o: &[u64]) -> Vec<u64> {
 }
 
 async fn an_inbox_counts_arrivals_and_every_state_change_exactly(make: Make) {
-    let h = make(retention());
+    let h = make(retention()).await;
     let mut seqs = Vec::new();
     for i in 1..=5u64 {
         let s = append(&h, "@ana", "hi").await;
@@ -718,7 +756,7 @@ async fn an_inbox_counts_arrivals_and_every_state_change_exactly(make: Make) {
 }
 
 async fn read_all_up_to_an_offset_leaves_a_newer_arrival_unread(make: Make) {
-    let h = make(retention());
+    let h = make(retention()).await;
     for _ in 0..3 {
         append(&h, "@ana", "seen").await;
     }
@@ -758,7 +796,7 @@ async fn read_all_up_to_an_offset_leaves_a_newer_arrival_unread(make: Make) {
 }
 
 async fn an_inbox_lists_newest_first_by_filter_and_category(make: Make) {
-    let h = make(retention());
+    let h = make(retention()).await;
     for i in 1..=6u64 {
         let category = i.is_multiple_of(2).then(|| "mention".to_owned());
         let new = NewNotification {
@@ -867,7 +905,8 @@ async fn pruned_unread_notifications_leave_the_count(make: Make) {
     let h = make(Retention {
         max_count: 3,
         ..retention()
-    });
+    })
+    .await;
     for _ in 0..5 {
         append(&h, "@ana", "x").await;
     }
@@ -885,7 +924,7 @@ async fn pruned_unread_notifications_leave_the_count(make: Make) {
 }
 
 async fn concurrent_changes_and_arrivals_keep_the_count_exact(make: Make) {
-    let h = make(retention());
+    let h = make(retention()).await;
     for _ in 0..20 {
         append(&h, "@ana", "x").await;
     }

@@ -36,12 +36,14 @@
 //! Every store passes the same conformance tests (`conformance.rs`).
 
 mod memory;
+pub mod redis;
 mod sqlite;
 
 #[cfg(test)]
 mod conformance;
 
 pub use memory::{MemoryLimits, MemoryStore};
+pub use redis::RedisStore;
 pub use sqlite::{SqliteOptions, SqliteStore};
 
 use app::protocol::{InboxItem, InboxQuery, InboxUpdate, NewNotification, Notification};
@@ -65,6 +67,9 @@ pub enum StoreError {
     Full(String),
     #[error("the store is shutting down")]
     Closed,
+    /// The store's server cannot be reached now (Redis down); worth retrying shortly.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 /// A notification with its two encodings, each made once and shared by every reader.

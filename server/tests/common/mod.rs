@@ -266,7 +266,24 @@ impl Client {
 
     /// Connects and consumes the `welcome` frame; sends nothing.
     pub async fn connect_anonymous(server: &RunningServer) -> Self {
-        let (ws, _) = tokio_tungstenite::connect_async(server.ws_url())
+        Self::connect_anonymous_at(server.addr).await
+    }
+
+    /// [`Client::connect_with`] for a server at `addr` (another process).
+    pub async fn connect_at(addr: SocketAddr, credential: &str) -> Self {
+        let mut c = Self::connect_anonymous_at(addr).await;
+        c.send(&ClientFrame::Auth {
+            token: credential.to_owned(),
+        })
+        .await;
+        match c.next().await {
+            ServerFrame::Authenticated { .. } => c,
+            other => panic!("expected authenticated, got {other:?}"),
+        }
+    }
+
+    async fn connect_anonymous_at(addr: SocketAddr) -> Self {
+        let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws"))
             .await
             .expect("websocket connects");
         let mut c = Self { ws };
@@ -480,6 +497,14 @@ pub fn herald_cli() -> Command {
 
 /// Starts the real binary on an ephemeral port; returns it and its address.
 pub async fn spawn_binary(db: &std::path::Path) -> (Child, std::net::SocketAddr) {
+    spawn_binary_with(db, &["--store", "sqlite"]).await
+}
+
+/// [`spawn_binary`] with other store arguments (`--store redis --redis-url …`).
+pub async fn spawn_binary_with(
+    db: &std::path::Path,
+    store_args: &[&str],
+) -> (Child, std::net::SocketAddr) {
     // The test key, put in the database as `herald keys add` would.
     let keys = herald::auth::Keys::open(db).unwrap();
     if keys.verify(TEST_KEY).is_err() {
@@ -488,14 +513,8 @@ pub async fn spawn_binary(db: &std::path::Path) -> (Child, std::net::SocketAddr)
     }
     drop(keys);
     let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
-        .args([
-            "--addr",
-            "127.0.0.1:0",
-            "--store",
-            "sqlite",
-            "--mode",
-            "production",
-        ])
+        .args(["--addr", "127.0.0.1:0", "--mode", "production"])
+        .args(store_args)
         .args([
             "--token-secret",
             herald::config::Config::TEST_TOKEN_SECRET,

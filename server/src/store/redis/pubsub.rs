@@ -453,6 +453,12 @@ impl Worker {
                     Some((e, offset)) if **e == *epoch && top > *offset => {
                         self.repair(topic, *offset, top).await;
                     }
+                    // A new epoch (Redis restarted or failed over) whose first message was
+                    // missed: its newest notification tells the sessions, which then reset
+                    // and read the rest themselves.
+                    Some((e, _)) if **e != *epoch && top > 0 => {
+                        self.repair(topic, top - 1, top).await;
+                    }
                     // Nothing fed yet: the sessions read the history themselves; start here.
                     None => {
                         if let Some(w) = self.watched.get_mut(topic) {

@@ -1,0 +1,391 @@
+//! Several Herald nodes on one Redis (`--store redis`): a publish on any node reaches every
+//! node's subscribers in offset order; resume works on any node; a lost Pub/Sub connection, a
+//! lost message, a Redis restart and a killed node lose nothing (or say `gap`/`reset`). Each
+//! test starts its own `redis-server` on a free port.
+
+mod common;
+
+use app::protocol::{ClientFrame, Notification, Position, ServerFrame};
+use common::*;
+use herald::config::{Config, StoreKind};
+use herald::store::redis::testing::RedisServer;
+use herald::RunningServer;
+use std::collections::HashMap;
+use std::time::Duration;
+
+fn redis_config(redis: &RedisServer, prefix: &str) -> Config {
+    Config {
+        store: StoreKind::Redis,
+        redis_url: redis.url(),
+        redis_prefix: prefix.to_owned(),
+        ..Config::for_tests()
+    }
+}
+
+/// A Redis and `n` nodes on it.
+async fn cluster(n: usize) -> (RedisServer, String, Vec<RunningServer>) {
+    let redis = RedisServer::start().expect("redis-server (scripts/setup.sh installs it)");
+    let prefix = herald::store::redis::unique_prefix();
+    let mut nodes = Vec::new();
+    for _ in 0..n {
+        nodes.push(server(redis_config(&redis, &prefix)).await);
+    }
+    (redis, prefix, nodes)
+}
+
+async fn redis_conn(redis: &RedisServer) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+/// Records every notification each client receives and checks the invariants: per client
+/// and topic, offsets without holes or repeats within an epoch; and every client saw the same
+/// id at the same (epoch, offset).
+#[derive(Default)]
+struct Checker {
+    seen: HashMap<(String, String, u64), String>,
+}
+
+impl Checker {
+    fn check(&mut self, client: &str, got: &[Notification]) {
+        let mut last: HashMap<(&str, &str), u64> = HashMap::new();
+        for n in got {
+            let prev = last.insert((&n.topic, &n.epoch), n.offset);
+            if let Some(prev) = prev {
+                assert_eq!(n.offset, prev + 1, "{client}: a hole or repeat at {n:?}");
+            }
+            let id = self
+                .seen
+                .entry((n.topic.clone(), n.epoch.clone(), n.offset))
+                .or_insert_with(|| n.id.clone());
+            assert_eq!(
+                *id, n.id,
+                "{client}: another notification at the same position"
+            );
+        }
+    }
+}
+
+/// The next `count` notifications (skipping nothing else: a `gap`/`reset` fails the test).
+async fn take(c: &mut Client, count: usize) -> Vec<Notification> {
+    let mut out = Vec::new();
+    while out.len() < count {
+        out.push(c.notification().await);
+    }
+    out
+}
+
+/// Publishes, retrying while Redis is unreachable (503).
+async fn publish_retrying(node: &RunningServer, topic: &str, body: &str) -> Notification {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let r = http(
+            node.addr,
+            "POST",
+            &format!("/api/topics/{topic}"),
+            &[],
+            body.as_bytes(),
+        )
+        .await;
+        if r.status == 201 {
+            return r.notification();
+        }
+        assert_eq!(r.status, 503, "{}", r.body);
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "redis never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_publish_on_one_node_reaches_the_others_in_offset_order() {
+    let (_redis, _, nodes) = cluster(3).await;
+    let mut b = Client::connect(&nodes[1]).await;
+    let mut c = Client::connect(&nodes[2]).await;
+    b.subscribe("ops", None).await;
+    c.subscribe("ops", None).await;
+    let mut sent = Vec::new();
+    for i in 0..50 {
+        sent.push(publish(nodes[0].addr, "ops", &format!("m{i}")).await);
+    }
+    assert_eq!(sent.last().unwrap().offset, 50);
+    let mut checker = Checker::default();
+    for (name, client) in [("b", &mut b), ("c", &mut c)] {
+        let got = take(client, 50).await;
+        checker.check(name, &got);
+        assert_eq!(got, sent, "{name}: every notification, as published");
+    }
+}
+
+#[tokio::test]
+async fn concurrent_publishers_on_two_nodes_give_one_order_everywhere() {
+    let (_redis, _, nodes) = cluster(3).await;
+    let mut clients = Vec::new();
+    for node in &nodes {
+        let mut c = Client::connect(node).await;
+        c.subscribe("race", None).await;
+        clients.push(c);
+    }
+    let (a, b) = (nodes[0].addr, nodes[1].addr);
+    let pa = tokio::spawn(async move {
+        for i in 0..100 {
+            publish(a, "race", &format!("a{i}")).await;
+        }
+    });
+    let pb = tokio::spawn(async move {
+        for i in 0..100 {
+            publish(b, "race", &format!("b{i}")).await;
+        }
+    });
+    pa.await.unwrap();
+    pb.await.unwrap();
+    let mut checker = Checker::default();
+    for (i, c) in clients.iter_mut().enumerate() {
+        let got = take(c, 200).await;
+        assert_eq!(got.first().unwrap().offset, 1);
+        checker.check(&format!("node {i}"), &got);
+    }
+}
+
+#[tokio::test]
+async fn a_client_resumes_on_another_node_exactly_where_it_left_off() {
+    let (_redis, _, nodes) = cluster(3).await;
+    let mut on_a = Client::connect(&nodes[0]).await;
+    on_a.subscribe("jobs", None).await;
+    for i in 0..10 {
+        publish(nodes[2].addr, "jobs", &format!("first {i}")).await;
+    }
+    let first = take(&mut on_a, 10).await;
+    drop(on_a);
+    for i in 0..10 {
+        publish(nodes[0].addr, "jobs", &format!("missed {i}")).await;
+    }
+    let last = first.last().unwrap();
+    let mut on_b = Client::connect(&nodes[1]).await;
+    on_b.subscribe(
+        "jobs",
+        Some(Position {
+            epoch: last.epoch.clone(),
+            offset: last.offset,
+        }),
+    )
+    .await;
+    let mut got = take(&mut on_b, 10).await;
+    publish(nodes[2].addr, "jobs", "live").await;
+    got.extend(take(&mut on_b, 1).await);
+    let mut all = first;
+    all.extend(got);
+    Checker::default().check("resumed", &all);
+    assert_eq!(all.len(), 21);
+    assert_eq!(all.last().unwrap().body, "live");
+}
+
+#[tokio::test]
+async fn resuming_past_retention_on_another_node_gets_the_exact_gap() {
+    let redis = RedisServer::start().unwrap();
+    let prefix = herald::store::redis::unique_prefix();
+    let config = || Config {
+        retain_count: 5,
+        ..redis_config(&redis, &prefix)
+    };
+    let a = server(config()).await;
+    let b = server(config()).await;
+    let mut sent = Vec::new();
+    for i in 0..20 {
+        sent.push(publish(a.addr, "logs", &format!("n{i}")).await);
+    }
+    let mut c = Client::connect(&b).await;
+    c.subscribe(
+        "logs",
+        Some(Position {
+            epoch: sent[0].epoch.clone(),
+            offset: 2,
+        }),
+    )
+    .await;
+    match c.next().await {
+        ServerFrame::Gap {
+            requested,
+            first_available,
+            ..
+        } => assert_eq!((requested, first_available), (2, 16)),
+        other => panic!("expected a gap, got {other:?}"),
+    }
+    assert_eq!(take(&mut c, 5).await, sent[15..]);
+}
+
+#[tokio::test]
+async fn a_killed_pubsub_connection_is_repaired_with_nothing_lost() {
+    let (redis, _, nodes) = cluster(2).await;
+    let mut b = Client::connect(&nodes[1]).await;
+    b.subscribe("feed", None).await;
+    let a = nodes[0].addr;
+    let publisher = tokio::spawn(async move {
+        let mut sent = Vec::new();
+        for i in 0..300 {
+            sent.push(publish(a, "feed", &format!("n{i}")).await);
+        }
+        sent
+    });
+    let mut got = take(&mut b, 50).await;
+    // Every node's Pub/Sub connection, mid-stream.
+    let mut conn = redis_conn(&redis).await;
+    let killed: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("pubsub")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(
+        killed >= 2,
+        "both nodes' connections were killed ({killed})"
+    );
+    got.extend(take(&mut b, 250).await);
+    let sent = publisher.await.unwrap();
+    Checker::default().check("b", &got);
+    assert_eq!(got, sent);
+}
+
+#[tokio::test]
+async fn a_lost_last_message_is_delivered_by_the_position_check() {
+    let (redis, prefix, nodes) = cluster(1).await;
+    let mut c = Client::connect(&nodes[0]).await;
+    c.subscribe("quiet", None).await;
+    let first = publish(nodes[0].addr, "quiet", "one").await;
+    assert_eq!(c.notification().await, first);
+    // A second notification is appended as the script would, but its Pub/Sub message is lost.
+    let mut conn = redis_conn(&redis).await;
+    let entry = serde_json::json!({
+        "id": "lostlostlost", "time": first.time, "body": "two", "priority": 3
+    });
+    let _: () = redis::pipe()
+        .cmd("XADD")
+        .arg(format!("{prefix}:{{quiet}}:l"))
+        .arg("2-0")
+        .arg("t")
+        .arg(first.time)
+        .arg("d")
+        .arg(entry.to_string())
+        .cmd("HSET")
+        .arg(format!("{prefix}:{{quiet}}:m"))
+        .arg("s")
+        .arg(2)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    // Within a check period (2 s; WAIT is 10 s).
+    let n = c.notification().await;
+    assert_eq!(
+        (n.offset, n.body.as_str(), n.epoch),
+        (2, "two", first.epoch)
+    );
+}
+
+#[tokio::test]
+async fn a_retried_publish_on_another_node_uses_one_offset() {
+    let (_redis, _, nodes) = cluster(2).await;
+    let body = r#"{"body":"charge card"}"#;
+    let key = [("Idempotency-Key", "order-9")];
+    let a = publish_json(nodes[0].addr, "pay", body, &key).await;
+    let b = publish_json(nodes[1].addr, "pay", body, &key).await;
+    assert_eq!((a.status, b.status), (201, 201), "{} {}", a.body, b.body);
+    assert_eq!(b.header("idempotent-replayed"), Some("true"));
+    let (a, b) = (a.notification(), b.notification());
+    assert_eq!((a.offset, &a.id), (b.offset, &b.id));
+    let next = publish(nodes[1].addr, "pay", "next").await;
+    assert_eq!(next.offset, 2);
+}
+
+#[tokio::test]
+async fn a_redis_restart_without_persistence_gives_a_reset_never_a_reused_offset() {
+    let (mut redis, _, nodes) = cluster(2).await;
+    let mut c = Client::connect(&nodes[0]).await;
+    c.subscribe("ops", None).await;
+    let mut before = Vec::new();
+    for i in 0..3 {
+        before.push(publish(nodes[1].addr, "ops", &format!("old {i}")).await);
+    }
+    assert_eq!(take(&mut c, 3).await, before);
+    redis.restart().unwrap();
+    let after = publish_retrying(&nodes[1], "ops", "new").await;
+    assert_ne!(after.epoch, before[0].epoch, "a new epoch");
+    // The client learns that the old offsets mean nothing, then gets the new history.
+    match c.next().await {
+        ServerFrame::Reset {
+            epoch,
+            first_available,
+            ..
+        } => assert_eq!((epoch.as_str(), first_available), (after.epoch.as_str(), 1)),
+        other => panic!("expected a reset, got {other:?}"),
+    }
+    assert_eq!(c.notification().await, after);
+}
+
+#[tokio::test]
+async fn while_redis_is_down_publishes_get_503_and_clients_stay_connected() {
+    let (mut redis, _, nodes) = cluster(2).await;
+    let mut c = Client::connect(&nodes[1]).await;
+    c.subscribe("ops", None).await;
+    publish(nodes[0].addr, "ops", "before").await;
+    c.notification().await;
+    redis.kill();
+    let r = http(nodes[0].addr, "POST", "/api/topics/ops", &[], b"during").await;
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert_eq!(r.error_code(), "unavailable");
+    assert!(r.header("retry-after").is_some());
+    // Still connected: a ping is answered.
+    c.send(&ClientFrame::Ping { id: Some(5) }).await;
+    assert!(matches!(c.next().await, ServerFrame::Pong { id: Some(5) }));
+    redis.restart().unwrap();
+    let after = publish_retrying(&nodes[0], "ops", "after").await;
+    // A restarted Redis without persistence is a new epoch: reset, then the new history.
+    assert!(matches!(c.next().await, ServerFrame::Reset { .. }));
+    assert_eq!(c.notification().await, after);
+}
+
+#[tokio::test]
+async fn a_killed_node_s_client_resumes_on_another_node_exactly_once() {
+    let redis = RedisServer::start().unwrap();
+    let prefix = herald::store::redis::unique_prefix();
+    let url = redis.url();
+    let args = [
+        "--store",
+        "redis",
+        "--redis-url",
+        url.as_str(),
+        "--redis-prefix",
+        prefix.as_str(),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let (mut a, a_addr) = spawn_binary_with(&dir.path().join("a.db"), &args).await;
+    let (_b, b_addr) = spawn_binary_with(&dir.path().join("b.db"), &args).await;
+    let mut c = Client::connect_at(a_addr, TEST_KEY).await;
+    c.subscribe("ops", None).await;
+    let mut sent = Vec::new();
+    for i in 0..20 {
+        sent.push(publish(b_addr, "ops", &format!("n{i}")).await);
+    }
+    let mut got = take(&mut c, 10).await;
+    a.kill().await.unwrap(); // SIGKILL
+    let last = got.last().unwrap().clone();
+    let mut c = Client::connect_at(b_addr, TEST_KEY).await;
+    c.subscribe(
+        "ops",
+        Some(Position {
+            epoch: last.epoch,
+            offset: last.offset,
+        }),
+    )
+    .await;
+    got.extend(take(&mut c, 10).await);
+    sent.push(publish(b_addr, "ops", "after").await);
+    got.extend(take(&mut c, 1).await);
+    Checker::default().check("moved", &got);
+    assert_eq!(got, sent);
+}

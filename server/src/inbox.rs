@@ -76,7 +76,8 @@ pub async fn update(
             seq: change.count.seq,
         };
         if let Ok(text) = serde_json::to_string(&frame) {
-            state.hub.send_frame(&topic, text.into(), None);
+            let kind = crate::broker::FrameKind::Required;
+            state.broker.send_frame(&topic, text.into(), kind).await;
         }
     }
     Ok(change)

@@ -166,6 +166,7 @@ fn clamp_connections(config: &mut Config) -> usize {
 fn open_store(
     config: &Config,
     feed: mpsc::Sender<Arc<store::Stored>>,
+    hub: &Arc<Hub>,
     hooks: &Hooks,
     cancel: &CancellationToken,
 ) -> anyhow::Result<(Arc<dyn Store>, Arc<dyn broker::Broker>)> {
@@ -174,7 +175,7 @@ fn open_store(
         max_age: config.retain_age(),
         idempotency_window: config.idempotency_window(),
     };
-    let mut broker: Arc<dyn broker::Broker> = Arc::new(broker::Local);
+    let mut broker: Arc<dyn broker::Broker> = Arc::new(broker::Local::new(hub.clone()));
     let store: Arc<dyn Store> = match config.store {
         StoreKind::Redis => {
             let store = Arc::new(
@@ -184,6 +185,7 @@ fn open_store(
             broker = store::redis::pubsub::Fanout::start(
                 store.clone(),
                 feed,
+                Some(hub.clone()),
                 store::redis::pubsub::Scope::Watched,
                 cancel.clone(),
             );
@@ -246,8 +248,8 @@ fn build(
         tokio::spawn(auth::keys::watch(authority.keys.clone(), cancel.clone()));
     }
     let (feed_tx, feed_rx) = mpsc::channel(FEED_CAPACITY);
-    let (store, broker) = open_store(&config, feed_tx, hooks, cancel)?;
     let hub = Hub::new(config.max_connections, config.queue_frames);
+    let (store, broker) = open_store(&config, feed_tx, &hub, hooks, cancel)?;
     let tracker = TaskTracker::new();
     tokio::spawn(hub::dispatch(hub.clone(), feed_rx));
     tokio::spawn(hub::heartbeat(

@@ -389,3 +389,82 @@ async fn a_killed_node_s_client_resumes_on_another_node_exactly_once() {
     Checker::default().check("moved", &got);
     assert_eq!(got, sent);
 }
+
+/// The next frame that is not a notification (skipping those).
+async fn next_other(c: &mut Client) -> ServerFrame {
+    loop {
+        match c.next().await {
+            ServerFrame::Notification(_) => continue,
+            f => return f,
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_user_s_tabs_on_two_nodes_share_the_inbox_and_its_changes() {
+    let (_redis, _, nodes) = cluster(2).await;
+    let token = user_token(&nodes[0], "ana", &[], &[], 3600);
+    let mut tab_a = Client::connect_with(&nodes[0], &token).await;
+    let mut tab_b = Client::connect_with(&nodes[1], &token).await;
+    tab_a.subscribe("@ana", None).await;
+    tab_b.subscribe("@ana", None).await;
+    let auth = format!("Bearer {}", key_with(&nodes[0], &["admin:@*"]));
+    let r = http(
+        nodes[0].addr,
+        "POST",
+        "/api/users/ana/notifications",
+        &[("Authorization", &auth)],
+        b"your order shipped",
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    for tab in [&mut tab_a, &mut tab_b] {
+        assert_eq!(tab.notification().await.body, "your order shipped");
+        assert!(matches!(
+            tab.next().await,
+            ServerFrame::InboxCount { unread: 1, .. }
+        ));
+    }
+    // Read on node A's tab: node B's tab follows.
+    tab_a
+        .send(&ClientFrame::InboxUpdate {
+            update: app::protocol::InboxUpdate::Read { offsets: vec![1] },
+            id: Some(7),
+        })
+        .await;
+    match next_other(&mut tab_b).await {
+        ServerFrame::InboxChanged { unread, .. } => assert_eq!(unread, 0),
+        other => panic!("expected inbox_changed, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn typing_on_one_node_reaches_a_room_member_on_another() {
+    let (_redis, _, nodes) = cluster(2).await;
+    let join = |node: usize, user: &'static str| {
+        let token = user_token(&nodes[node], user, &["chat-*"], &["chat-*"], 3600);
+        let server = &nodes[node];
+        async move {
+            let mut c = Client::connect_with(server, &token).await;
+            c.subscribe("chat-x", None).await;
+            c
+        }
+    };
+    let mut ana = join(0, "ana").await;
+    let mut bo = join(1, "bo").await;
+    ana.send(&ClientFrame::Typing {
+        topic: "chat-x".into(),
+    })
+    .await;
+    loop {
+        match bo.next().await {
+            ServerFrame::Typing { user, .. } => {
+                assert_eq!(user, "ana");
+                break;
+            }
+            ServerFrame::Presence { .. } => continue,
+            other => panic!("expected typing, got {other:?}"),
+        }
+    }
+    drop(ana);
+}

@@ -760,11 +760,12 @@ mod tests {
             .unwrap(),
         );
         let config = crate::config::Config::for_tests();
+        let hub = crate::hub::Hub::new(1, 1);
         let state = AppState(Arc::new(crate::Shared {
             presence: crate::presence::Presence::from_config(&config).unwrap(),
-            broker: Arc::new(crate::broker::Local),
+            broker: Arc::new(crate::broker::Local::new(hub.clone())),
             limits: crate::limits::EdgeLimits::new(&config),
-            hub: crate::hub::Hub::new(1, 1),
+            hub,
             store: store.clone(),
             leptos_options: leptos::config::LeptosOptions::builder()
                 .output_name("herald")

@@ -10,10 +10,7 @@
 
 use super::{Session, Socket, Stop};
 use crate::auth::Action;
-use crate::hub::Outbound;
 use app::protocol::{validate_topic, ErrorCode, NewNotification, ServerFrame};
-use axum::extract::ws::Utf8Bytes;
-use std::sync::Arc;
 use std::time::Duration;
 
 /// Longest client message id.
@@ -95,9 +92,11 @@ impl<S: Socket> Session<S> {
         };
         if let Ok(text) = serde_json::to_string(&frame) {
             // Lost under pressure rather than cutting anyone: typing expires by itself.
-            let frame = Arc::new(Utf8Bytes::from(text));
-            let item = || Outbound::Frame(frame.clone());
-            self.state.hub.send_ephemeral(&topic, item, None);
+            let kind = crate::broker::FrameKind::Ephemeral;
+            self.state
+                .broker
+                .send_frame(&topic, text.into(), kind)
+                .await;
         }
         Ok(())
     }

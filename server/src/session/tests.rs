@@ -126,7 +126,7 @@ fn fixture(config: Config) -> Fixture {
     let limits = crate::limits::EdgeLimits::new(&config);
     let state = AppState(Arc::new(crate::Shared {
         presence: crate::presence::Presence::from_config(&config).unwrap(),
-        broker: Arc::new(crate::broker::Local),
+        broker: Arc::new(crate::broker::Local::new(hub.clone())),
         limits,
         config,
         hub,

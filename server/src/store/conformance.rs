@@ -49,8 +49,13 @@ async fn redis(retention: Retention) -> Harness {
         Arc::new(RedisStore::new(&server.url(), &redis::unique_prefix(), retention).unwrap());
     let (tx, feed) = mpsc::channel(100_000);
     let cancel = tokio_util::sync::CancellationToken::new();
-    let fanout =
-        redis::pubsub::Fanout::start(store.clone(), tx, redis::pubsub::Scope::All, cancel.clone());
+    let fanout = redis::pubsub::Fanout::start(
+        store.clone(),
+        tx,
+        None,
+        redis::pubsub::Scope::All,
+        cancel.clone(),
+    );
     // Resolves once the connection is subscribed (pattern included).
     fanout.watch("_ready").await.expect("pub/sub connected");
     Harness {

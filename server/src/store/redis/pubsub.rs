@@ -21,7 +21,10 @@
 //!   waits (the dispatcher drains it into the hub, which never waits).
 
 use super::{parse_message, Keys, RedisStore};
+use crate::broker::FrameKind;
+use crate::hub::Hub;
 use crate::store::{Feed, ReadQuery, Store, StoreError, Stored};
+use axum::extract::ws::Utf8Bytes;
 use futures::StreamExt;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -67,14 +70,22 @@ pub struct FanoutStats {
 pub struct Fanout {
     commands: mpsc::UnboundedSender<Command>,
     stats: Arc<std::sync::Mutex<FanoutStats>>,
+    store: Arc<RedisStore>,
+    hub: Option<Arc<Hub>>,
 }
+
+/// What starts a frame's message on a topic channel (a notification's starts with its epoch,
+/// which is alphanumeric): then `r` (required) or `e` (ephemeral), then the frame.
+const FRAME_MARK: u8 = b'!';
 
 impl Fanout {
     /// Starts the node's Pub/Sub connection (made in the background, and again whenever it is
     /// lost) until `cancel`.
+    /// Frames sent through it reach `hub` (none in the store's own tests).
     pub fn start(
         store: Arc<RedisStore>,
         feed: Feed,
+        hub: Option<Arc<Hub>>,
         scope: Scope,
         cancel: CancellationToken,
     ) -> Arc<Self> {
@@ -82,7 +93,8 @@ impl Fanout {
         let stats = Arc::new(std::sync::Mutex::new(FanoutStats::default()));
         let worker = Worker {
             keys: store.keys.clone(),
-            store,
+            store: store.clone(),
+            hub: hub.clone(),
             feed,
             scope,
             watched: HashMap::new(),
@@ -93,7 +105,40 @@ impl Fanout {
         Arc::new(Self {
             commands: tx,
             stats,
+            store,
+            hub,
         })
+    }
+
+    /// Publishes `frame` on the topic's channel; every node with subscribers hands it to its
+    /// hub (this one included). With Redis unreachable, this node's subscribers still get it.
+    pub async fn send_frame(&self, topic: &str, frame: Utf8Bytes, kind: FrameKind) {
+        let mut msg = Vec::with_capacity(frame.len() + 2);
+        msg.push(FRAME_MARK);
+        msg.push(if kind == FrameKind::Required {
+            b'r'
+        } else {
+            b'e'
+        });
+        msg.extend_from_slice(frame.as_bytes());
+        let channel = self.store.keys.channel(topic);
+        let sent = self
+            .store
+            .conn
+            .call(|mut c, _| async move {
+                redis::cmd("PUBLISH")
+                    .arg(&channel)
+                    .arg(&msg)
+                    .query_async::<i64>(&mut c)
+                    .await
+            })
+            .await;
+        if let Err(e) = sent {
+            tracing::warn!(error = %e, topic, "frame not published; delivered on this node only");
+            if let Some(hub) = &self.hub {
+                crate::broker::deliver_frame(hub, topic, frame, kind);
+            }
+        }
     }
 
     /// Resolves once this node receives every later append to `topic` (see the module docs).
@@ -136,6 +181,7 @@ struct Watched {
 
 struct Worker {
     store: Arc<RedisStore>,
+    hub: Option<Arc<Hub>>,
     keys: Keys,
     feed: Feed,
     scope: Scope,
@@ -319,7 +365,15 @@ impl Worker {
                     let Some(topic) = self.keys.topic_of(channel).map(str::to_owned) else {
                         continue;
                     };
-                    match parse_message(&topic, msg.get_payload_bytes()) {
+                    let payload = msg.get_payload_bytes();
+                    if let [FRAME_MARK, kind, frame @ ..] = payload {
+                        let kind = if *kind == b'r' { FrameKind::Required } else { FrameKind::Ephemeral };
+                        if let (Some(hub), Ok(text)) = (&self.hub, std::str::from_utf8(frame)) {
+                            crate::broker::deliver_frame(hub, &topic, Utf8Bytes::from(text), kind);
+                        }
+                        continue;
+                    }
+                    match parse_message(&topic, payload) {
                         Some(stored) => self.deliver(&topic, stored).await,
                         None => tracing::error!(channel, "unreadable message on a topic channel"),
                     }

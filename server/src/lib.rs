@@ -167,6 +167,7 @@ fn open_store(
     config: &Config,
     feed: mpsc::Sender<Arc<store::Stored>>,
     hub: &Arc<Hub>,
+    presence: &presence::Presence,
     hooks: &Hooks,
     cancel: &CancellationToken,
 ) -> anyhow::Result<(Arc<dyn Store>, Arc<dyn broker::Broker>)> {
@@ -182,6 +183,11 @@ fn open_store(
                 store::RedisStore::new(&config.redis_url, &config.redis_prefix, retention)
                     .context("redis store")?,
             );
+            presence.set_cluster(presence::cluster::Cluster::start(
+                store.clone(),
+                presence.list_max(),
+                cancel.clone(),
+            ));
             broker = store::redis::pubsub::Fanout::start(
                 store.clone(),
                 feed,
@@ -249,7 +255,8 @@ fn build(
     }
     let (feed_tx, feed_rx) = mpsc::channel(FEED_CAPACITY);
     let hub = Hub::new(config.max_connections, config.queue_frames);
-    let (store, broker) = open_store(&config, feed_tx, &hub, hooks, cancel)?;
+    let presence = presence::Presence::from_config(&config)?;
+    let (store, broker) = open_store(&config, feed_tx, &hub, &presence, hooks, cancel)?;
     let tracker = TaskTracker::new();
     tokio::spawn(hub::dispatch(hub.clone(), feed_rx));
     tokio::spawn(hub::heartbeat(
@@ -267,7 +274,6 @@ fn build(
     let leptos_options = leptos_options(&config, addr);
     let request_timeout = config.request_timeout();
     let limits = limits::EdgeLimits::new(&config);
-    let presence = presence::Presence::from_config(&config)?;
     let state = AppState(Arc::new(Shared {
         presence,
         config,

@@ -468,3 +468,113 @@ async fn typing_on_one_node_reaches_a_room_member_on_another() {
     }
     drop(ana);
 }
+
+/// Joins `room` as `user` on `node`; returns the socket and the member list it was given.
+async fn member(node: &RunningServer, user: &str, room: &str) -> (Client, Vec<String>) {
+    let token = user_token(node, user, &["chat-*"], &["chat-*"], 3600);
+    let mut c = Client::connect_with(node, &token).await;
+    c.send(&ClientFrame::Subscribe {
+        topic: room.into(),
+        since: None,
+        id: None,
+    })
+    .await;
+    loop {
+        match c.next().await {
+            ServerFrame::Subscribed { members, .. } => return (c, members.unwrap_or_default()),
+            ServerFrame::Presence { .. } => continue,
+            other => panic!("expected subscribed, got {other:?}"),
+        }
+    }
+}
+
+/// Presence frames that reached `c` before the answer to a ping.
+async fn presence_seen(c: &mut Client) -> Vec<(app::protocol::PresenceAction, String)> {
+    c.send(&ClientFrame::Ping { id: Some(77) }).await;
+    let mut out = Vec::new();
+    loop {
+        match c.next().await {
+            ServerFrame::Pong { id: Some(77) } => return out,
+            ServerFrame::Presence { action, user, .. } => out.push((action, user)),
+            _ => continue,
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_user_with_tabs_on_two_nodes_is_in_the_room_once() {
+    use app::protocol::PresenceAction::{Join, Leave};
+    let (_redis, _, nodes) = cluster(3).await;
+    let (mut bo, members) = member(&nodes[2], "bo", "chat-x").await;
+    assert_eq!(members, ["bo"]);
+    let (tab_a, members) = member(&nodes[0], "ana", "chat-x").await;
+    assert_eq!(members, ["ana", "bo"], "the list spans the nodes");
+    let (tab_b, members) = member(&nodes[1], "ana", "chat-x").await;
+    assert_eq!(members, ["ana", "bo"], "two tabs on two nodes, one member");
+    // bo's node hears the cluster's announcements on its Pub/Sub connection; give them a
+    // moment, then exactly one join.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(presence_seen(&mut bo).await, [(Join, "ana".to_owned())]);
+    drop(tab_a);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        presence_seen(&mut bo).await.is_empty(),
+        "ana is still here on node B"
+    );
+    drop(tab_b);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let seen = presence_seen(&mut bo).await;
+        if !seen.is_empty() {
+            assert_eq!(seen, [(Leave, "ana".to_owned())]);
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "ana never left");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (_cy, members) = member(&nodes[0], "cy", "chat-x").await;
+    assert_eq!(members, ["bo", "cy"]);
+}
+
+#[tokio::test]
+async fn a_killed_node_s_users_leave_the_room_on_the_other_nodes() {
+    use app::protocol::PresenceAction::Leave;
+    let redis = RedisServer::start().unwrap();
+    let prefix = herald::store::redis::unique_prefix();
+    let watcher_node = server(redis_config(&redis, &prefix)).await;
+    let url = redis.url();
+    let args = [
+        "--store",
+        "redis",
+        "--redis-url",
+        url.as_str(),
+        "--redis-prefix",
+        prefix.as_str(),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let (mut doomed, doomed_addr) = spawn_binary_with(&dir.path().join("a.db"), &args).await;
+    let (mut bo, _) = member(&watcher_node, "bo", "chat-y").await;
+    // ana joins through the other process.
+    let token = user_token(&watcher_node, "ana", &["chat-*"], &[], 3600);
+    let mut ana = Client::connect_at(doomed_addr, &token).await;
+    ana.subscribe("chat-y", None).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while presence_seen(&mut bo).await.is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "ana never arrived");
+    }
+    doomed.kill().await.unwrap(); // SIGKILL: no leave is ever sent
+    let killed = tokio::time::Instant::now();
+    let limit = herald::presence::cluster::NODE_TTL + herald::presence::cluster::BEAT * 3;
+    loop {
+        let seen = presence_seen(&mut bo).await;
+        if !seen.is_empty() {
+            assert_eq!(seen, [(Leave, "ana".to_owned())]);
+            break;
+        }
+        assert!(
+            killed.elapsed() < limit,
+            "ana is still present {limit:?} after the crash"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -325,8 +325,10 @@ impl<S: Socket> Session<S> {
     /// Writes the room's member list now as a `presence_sync` for subscription `i`; only
     /// presence frames newer than it are written after it.
     async fn sync_presence(&mut self, i: usize) -> Result<(), Stop> {
+        let topic = self.subs[i].topic.clone();
+        let snapshot = self.state.presence.snapshot(&topic).await;
+        // Nothing else touches the subscriptions while the snapshot is awaited.
         let sub = &mut self.subs[i];
-        let snapshot = self.state.presence.snapshot(&sub.topic);
         sub.presence_seq = snapshot.seq;
         let (members, member_count) = snapshot.members.into_fields();
         let frame = ServerFrame::PresenceSync {

@@ -138,7 +138,8 @@ impl<S: Socket> Session<S> {
                 let (m, snapshot) = self
                     .state
                     .presence
-                    .join(&self.state.hub, &topic, &user, conn);
+                    .join(&self.state.hub, &topic, &user, conn)
+                    .await;
                 (Some(Box::new(m)), Some(snapshot))
             }
             _ => (None, None),

@@ -623,15 +623,12 @@ async fn a_presence_storm_behind_a_stalled_client_costs_a_list_never_the_connect
     tokio::time::sleep(Duration::from_secs(1)).await;
     // The storm: ten joins (four fit in the presence half of the queue, the rest are dropped),
     // then five of them leave again (all dropped).
-    let mut guards: Vec<_> = (0..10)
-        .map(|i| {
-            let (m, _) = f
-                .state
-                .presence
-                .join(&f.state.hub, &room, &format!("u{i}"), 9000 + i);
-            m
-        })
-        .collect();
+    let mut guards = Vec::new();
+    for i in 0..10 {
+        let presence = &f.state.presence;
+        let user = format!("u{i}");
+        guards.push(presence.join(&f.state.hub, &room, &user, 9000 + i).await.0);
+    }
     guards.drain(..5);
     assert_eq!(conn.close_code(), None, "presence never cuts");
     // The client reads again.

@@ -104,7 +104,7 @@ impl Keys {
             prefix: prefix.to_owned(),
         }
     }
-    fn key(&self, topic: &str, part: &str) -> String {
+    pub(crate) fn key(&self, topic: &str, part: &str) -> String {
         format!("{}:{{{topic}}}:{part}", self.prefix)
     }
     pub fn channel(&self, topic: &str) -> String {
@@ -119,6 +119,18 @@ impl Keys {
     }
     fn topics(&self) -> String {
         format!("{}:topics", self.prefix)
+    }
+    /// Every node that ever had presence members (live or not yet swept).
+    pub(crate) fn nodes(&self) -> String {
+        format!("{}:nodes", self.prefix)
+    }
+    /// Exists while the node is alive.
+    pub(crate) fn node_alive(&self, node: &str) -> String {
+        format!("{}:node:{node}", self.prefix)
+    }
+    /// Rooms the node has had members in.
+    pub(crate) fn node_rooms(&self, node: &str) -> String {
+        format!("{}:noderooms:{node}", self.prefix)
     }
 }
 

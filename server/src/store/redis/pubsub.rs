@@ -366,6 +366,18 @@ impl Worker {
                         continue;
                     };
                     let payload = msg.get_payload_bytes();
+                    if let [FRAME_MARK, b'p', rest @ ..] = payload {
+                        // A presence announcement, numbered by the cluster (see presence).
+                        match (&self.hub, crate::presence::cluster::parse_announcement(&topic, rest)) {
+                            (Some(hub), Some(a)) => {
+                                let a = Arc::new(a);
+                                hub.send_ephemeral(&topic, || crate::hub::Outbound::Presence(a.clone()), None);
+                            }
+                            (_, None) => tracing::error!(channel, "unreadable presence message"),
+                            _ => {}
+                        }
+                        continue;
+                    }
                     if let [FRAME_MARK, kind, frame @ ..] = payload {
                         let kind = if *kind == b'r' { FrameKind::Required } else { FrameKind::Ephemeral };
                         if let (Some(hub), Ok(text)) = (&self.hub, std::str::from_utf8(frame)) {

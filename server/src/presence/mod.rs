@@ -26,6 +26,8 @@
 //! writes only presence frames numbered above the last snapshot it wrote, so a frame already
 //! reflected in a list never follows it and the client's list is always a true past state.
 
+pub mod cluster;
+
 use crate::auth::Pattern;
 use crate::hub::{Hub, Outbound};
 use app::protocol::{PresenceAction, ServerFrame};
@@ -38,6 +40,8 @@ pub struct Presence {
     patterns: Vec<Pattern>,
     list_max: usize,
     state: Mutex<Rooms>,
+    /// Redis mode: membership across nodes (this node's sockets are still counted here).
+    cluster: std::sync::OnceLock<Arc<cluster::Cluster>>,
 }
 
 #[derive(Default)]
@@ -102,7 +106,17 @@ impl Presence {
             patterns,
             list_max,
             state: Mutex::new(Rooms::default()),
+            cluster: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Redis mode: rooms span the nodes from now on.
+    pub fn set_cluster(&self, cluster: Arc<cluster::Cluster>) {
+        let _ = self.cluster.set(cluster);
+    }
+
+    pub fn list_max(&self) -> usize {
+        self.list_max
     }
 
     /// Whether `topic` is a room with presence.
@@ -116,23 +130,25 @@ impl Presence {
 
     /// Counts a socket of `user` in `room`: announces the user (to everyone but the joining
     /// connection `conn`) if it is their first, and returns the guard and who is there (the
-    /// user included).
-    pub fn join(
+    /// user included). In Redis mode the announcement and the list are the cluster's.
+    pub async fn join(
         self: &Arc<Self>,
         hub: &Arc<Hub>,
         room: &Arc<str>,
         user: &str,
         conn: u64,
     ) -> (Member, Snapshot) {
-        let snapshot = {
+        let cluster = self.cluster.get();
+        let (first, local) = {
             let mut state = self.lock();
             let users = state.rooms.entry(room.clone()).or_default();
             let n = users.entry(user.to_owned()).or_insert(0);
             *n += 1;
-            if *n == 1 {
+            let first = *n == 1;
+            if first && cluster.is_none() {
                 state.announce(hub, room, user, PresenceAction::Join, Some(conn));
             }
-            self.snapshot_of(&state, room)
+            (first, self.snapshot_of(&state, room))
         };
         let member = Member {
             presence: self.clone(),
@@ -141,12 +157,26 @@ impl Presence {
             user: user.to_owned(),
             typed_at: None,
         };
+        let snapshot = match cluster {
+            Some(c) => c.join(room, user, first).await.unwrap_or_else(|e| {
+                tracing::warn!(error = %e, %room, "presence unavailable: this node's list");
+                Snapshot { seq: 0, ..local }
+            }),
+            None => local,
+        };
         (member, snapshot)
     }
 
     /// Who is in `room` now.
-    pub fn snapshot(&self, room: &str) -> Snapshot {
-        self.snapshot_of(&self.lock(), room)
+    pub async fn snapshot(&self, room: &Arc<str>) -> Snapshot {
+        let local = self.snapshot_of(&self.lock(), room);
+        match self.cluster.get() {
+            Some(c) => c
+                .snapshot(room)
+                .await
+                .unwrap_or(Snapshot { seq: 0, ..local }),
+            None => local,
+        }
     }
 
     fn snapshot_of(&self, state: &Rooms, room: &str) -> Snapshot {
@@ -220,7 +250,9 @@ impl Drop for Member {
         if users.is_empty() {
             state.rooms.remove(&self.room);
         }
-        if last {
+        if let (true, Some(cluster)) = (last, self.presence.cluster.get()) {
+            cluster.leave(&self.room, &self.user);
+        } else if last {
             state.announce(
                 &self.hub,
                 &self.room,
@@ -250,17 +282,17 @@ mod tests {
         let (watcher, mut rx) = hub.register().unwrap();
         hub.subscribe("room-a", &watcher.conn, 0);
         let room: Arc<str> = Arc::from("room-a");
-        let (tab1, snap) = presence.join(&hub, &room, "ana", 1001);
+        let (tab1, snap) = presence.join(&hub, &room, "ana", 1001).await;
         assert!(matches!(snap.members, Members::List(ref l) if l == &["ana"]));
-        let (tab2, _) = presence.join(&hub, &room, "ana", 1002);
+        let (tab2, _) = presence.join(&hub, &room, "ana", 1002).await;
         let frame = |o: Option<crate::hub::Outbound>| match o {
             Some(crate::hub::Outbound::Presence(a)) => a.frame.to_string(),
             _ => String::new(),
         };
         assert!(frame(rx.try_recv().ok()).contains(r#""action":"join""#));
         assert!(rx.try_recv().is_err(), "the second tab announces nothing");
-        let (_bo, _) = presence.join(&hub, &room, "bo", 1003);
-        let (_cy, snap) = presence.join(&hub, &room, "cy", 1004);
+        let (_bo, _) = presence.join(&hub, &room, "bo", 1003).await;
+        let (_cy, snap) = presence.join(&hub, &room, "cy", 1004).await;
         assert!(
             matches!(snap.members, Members::Count(3)),
             "above the list limit, a count"
@@ -285,7 +317,12 @@ mod tests {
         let room: Arc<str> = Arc::from("room-a");
         let mut members = Vec::new();
         for i in 0..20 {
-            members.push(presence.join(&hub, &room, &format!("u{i}"), 2000 + i).0);
+            members.push(
+                presence
+                    .join(&hub, &room, &format!("u{i}"), 2000 + i)
+                    .await
+                    .0,
+            );
         }
         assert_eq!(watcher.conn.close_code(), None, "presence never cuts");
         assert_eq!(hub.stats().slow_closed, 0);
@@ -303,12 +340,17 @@ mod tests {
         );
         assert!(watcher.conn.take_resync(), "the drop is marked");
         assert!(!watcher.conn.take_resync(), "once");
-        let snap = presence.snapshot("room-a");
+        let snap = presence.snapshot(&room).await;
         assert!(matches!(snap.members, Members::List(ref l) if l.len() == 20));
         assert!(snap.seq >= 20 && snap.seq > *seqs.last().unwrap());
         // The other half is the notifications': with presence at its share, 4 more fit.
         for i in 0..4 {
-            members.push(presence.join(&hub, &room, &format!("v{i}"), 3000 + i).0);
+            members.push(
+                presence
+                    .join(&hub, &room, &format!("v{i}"), 3000 + i)
+                    .await
+                    .0,
+            );
         }
         for _ in 0..4 {
             hub.sweep(std::time::Duration::from_secs(60)); // queues a ping

@@ -167,7 +167,7 @@ fn open_store(
     config: &Config,
     feed: mpsc::Sender<Arc<store::Stored>>,
     hub: &Arc<Hub>,
-    presence: &presence::Presence,
+    presence: &Arc<presence::Presence>,
     hooks: &Hooks,
     cancel: &CancellationToken,
 ) -> anyhow::Result<(Arc<dyn Store>, Arc<dyn broker::Broker>)> {
@@ -186,6 +186,7 @@ fn open_store(
             presence.set_cluster(presence::cluster::Cluster::start(
                 store.clone(),
                 presence.list_max(),
+                Arc::downgrade(presence),
                 cancel.clone(),
             ));
             broker = store::redis::pubsub::Fanout::start(

@@ -578,3 +578,48 @@ async fn a_killed_node_s_users_leave_the_room_on_the_other_nodes() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+#[tokio::test]
+async fn after_a_redis_restart_the_nodes_put_their_members_back() {
+    use app::protocol::PresenceAction::Join;
+    let (mut redis, _, nodes) = cluster(2).await;
+    let (mut bo, _) = member(&nodes[1], "bo", "chat-z").await;
+    let (_ana, members) = member(&nodes[0], "ana", "chat-z").await;
+    assert_eq!(members, ["ana", "bo"]);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    presence_seen(&mut bo).await;
+    redis.restart().unwrap(); // no persistence: every room is empty in Redis
+                              // Within a few beats both nodes notice the new Redis and join their members again; a
+                              // newcomer sees everyone, and bo's list hears of it (announcements keep their order).
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        tokio::time::sleep(herald::presence::cluster::BEAT).await;
+        let token = user_token(&nodes[0], "cy", &["chat-*"], &[], 3600);
+        let mut cy = Client::connect_with(&nodes[0], &token).await;
+        cy.send(&ClientFrame::Subscribe {
+            topic: "chat-z".into(),
+            since: None,
+            id: None,
+        })
+        .await;
+        let members = loop {
+            match cy.try_next().await {
+                Ok(ServerFrame::Subscribed { members, .. }) => break members,
+                Ok(_) => continue,
+                Err(_) => break None,
+            }
+        };
+        if members.as_deref() == Some(&["ana".to_owned(), "bo".to_owned(), "cy".to_owned()][..]) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "members never came back: {members:?}"
+        );
+    }
+    let seen = presence_seen(&mut bo).await;
+    assert!(
+        seen.contains(&(Join, "cy".to_owned())),
+        "bo hears of newcomers after the restart: {seen:?}"
+    );
+}

@@ -30,16 +30,29 @@ pub const BEAT: Duration = Duration::from_secs(2);
 /// How long a node's liveness key lives without a refresh.
 pub const NODE_TTL: Duration = Duration::from_secs(6);
 
+/// Numbers the room's next announcement. A new counter starts at the server's clock in
+/// microseconds, so numbers keep growing across a Redis restart that lost the old counter
+/// (sessions drop announcements numbered at or below the list they last wrote).
+const NEXT_SEQ: &str = r#"
+local function next_seq(key)
+  if redis.call('EXISTS', key) == 0 then
+    local t = redis.call('TIME')
+    redis.call('SET', key, tonumber(t[1]) * 1000000 + tonumber(t[2]))
+  end
+  return redis.call('INCR', key)
+end
+"#;
+
 /// KEYS: set `node|user`, hash user -> nodes, counter. ARGV: `node|user`, user, channel,
 /// frame (join), list max. Returns {seq, count, members...} (members only up to list max).
 const JOIN: &str = r#"
 if ARGV[1] ~= '' and redis.call('SADD', KEYS[1], ARGV[1]) == 1 then
   if redis.call('HINCRBY', KEYS[2], ARGV[2], 1) == 1 then
-    local seq = redis.call('INCR', KEYS[3])
-    redis.call('PUBLISH', ARGV[3], '!p' .. seq .. ':' .. ARGV[4])
+    local seq = next_seq(KEYS[3])
+    redis.call('PUBLISH', ARGV[3], '!p' .. string.format('%.0f', seq) .. ':' .. ARGV[4])
   end
 end
-local seq = tonumber(redis.call('GET', KEYS[3]) or '0')
+local seq = redis.call('GET', KEYS[3]) or '0'
 local n = redis.call('HLEN', KEYS[2])
 local out = {seq, n}
 if n <= tonumber(ARGV[5]) then
@@ -53,8 +66,8 @@ const LEAVE: &str = r#"
 if redis.call('SREM', KEYS[1], ARGV[1]) == 1 then
   if redis.call('HINCRBY', KEYS[2], ARGV[2], -1) <= 0 then
     redis.call('HDEL', KEYS[2], ARGV[2])
-    local seq = redis.call('INCR', KEYS[3])
-    redis.call('PUBLISH', ARGV[3], '!p' .. seq .. ':' .. ARGV[4])
+    local seq = next_seq(KEYS[3])
+    redis.call('PUBLISH', ARGV[3], '!p' .. string.format('%.0f', seq) .. ':' .. ARGV[4])
   end
 end
 return 1
@@ -83,15 +96,23 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    pub fn start(store: Arc<RedisStore>, list_max: usize, cancel: CancellationToken) -> Arc<Self> {
+    /// `local` gives this node's members again when Redis comes back empty (restarted).
+    pub fn start(
+        store: Arc<RedisStore>,
+        list_max: usize,
+        local: std::sync::Weak<super::Presence>,
+        cancel: CancellationToken,
+    ) -> Arc<Self> {
         let node = crate::store::random_id(12);
         let (tx, rx) = mpsc::unbounded_channel();
         let worker = Arc::new(Worker {
             store,
             node,
             list_max,
-            join: redis::Script::new(JOIN),
-            leave: redis::Script::new(LEAVE),
+            local,
+            ops: tx.clone(),
+            join: redis::Script::new(&format!("{NEXT_SEQ}{JOIN}")),
+            leave: redis::Script::new(&format!("{NEXT_SEQ}{LEAVE}")),
         });
         tokio::spawn(worker.clone().run(rx, cancel.clone()));
         tokio::spawn(worker.beat(cancel));
@@ -139,6 +160,9 @@ struct Worker {
     store: Arc<RedisStore>,
     node: String,
     list_max: usize,
+    local: std::sync::Weak<super::Presence>,
+    /// Re-joins go through the same ordered queue as every other change.
+    ops: mpsc::UnboundedSender<Op>,
     join: redis::Script,
     leave: redis::Script,
 }
@@ -280,9 +304,12 @@ impl Worker {
     }
 
     /// Keeps this node's liveness key fresh and takes dead nodes' users out of their rooms.
+    /// When Redis comes back with a new epoch (restarted, so its presence is gone), this
+    /// node's members join again.
     async fn beat(self: Arc<Self>, cancel: CancellationToken) {
         let mut tick = tokio::time::interval(BEAT);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut known_epoch: Option<Arc<str>> = None;
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => return,
@@ -292,10 +319,10 @@ impl Worker {
             let (alive, nodes, node) =
                 (keys.node_alive(&self.node), keys.nodes(), self.node.clone());
             let ttl = NODE_TTL.as_millis() as u64;
-            let registered: Result<Vec<String>, _> = self
+            let registered: Result<(Vec<String>, Arc<str>), _> = self
                 .store
                 .conn
-                .call(|mut c, _| async move {
+                .call(|mut c, epoch| async move {
                     redis::pipe()
                         .cmd("SET")
                         .arg(&alive)
@@ -311,15 +338,42 @@ impl Worker {
                         .arg(&nodes)
                         .query_async::<(Vec<String>,)>(&mut c)
                         .await
-                        .map(|(v,)| v)
+                        .map(|(v,)| (v, epoch))
                 })
                 .await;
-            let Ok(registered) = registered else { continue };
+            let Ok((registered, epoch)) = registered else {
+                continue;
+            };
+            if known_epoch.as_ref().is_some_and(|k| *k != epoch) {
+                self.rejoin();
+            }
+            known_epoch = Some(epoch);
             for other in registered.into_iter().filter(|n| *n != self.node) {
                 if let Err(e) = self.sweep_if_dead(&other).await {
                     tracing::warn!(error = %e, node = other, "presence sweep failed");
                 }
             }
+        }
+    }
+
+    /// Every (room, user) with sockets on this node joins again (Redis lost them).
+    fn rejoin(&self) {
+        let Some(local) = self.local.upgrade() else {
+            return;
+        };
+        let members = local.local_members();
+        tracing::info!(
+            count = members.len(),
+            "redis restarted: presence joins again"
+        );
+        for (room, user) in members {
+            let (reply, _) = oneshot::channel();
+            let _ = self.ops.send(Op::Join {
+                room,
+                user,
+                first: true,
+                reply,
+            });
         }
     }
 

@@ -195,6 +195,16 @@ impl Presence {
         }
     }
 
+    /// Every (room, user) with a socket on this node.
+    pub fn local_members(&self) -> Vec<(Arc<str>, String)> {
+        let state = self.lock();
+        state
+            .rooms
+            .iter()
+            .flat_map(|(room, users)| users.keys().map(|u| (room.clone(), u.clone())))
+            .collect()
+    }
+
     /// How many users are in `room`.
     pub fn count(&self, room: &str) -> usize {
         self.lock().rooms.get(room).map_or(0, HashMap::len)

@@ -6,6 +6,7 @@
 #   - cargo-leptos, and wasm-bindgen-cli at exactly the version in Cargo.lock
 #   - wasm-opt from npm's binaryen (Debian's binaryen breaks hydration), into .tools/
 #   - Debian's redis-server (the Redis-mode tests start their own instances)
+#   - with `--e2e` or `--cluster`: Debian's haproxy (scripts/cluster.sh puts it in front)
 #   - with `--e2e`: Playwright (npm) and a Chromium: the system one if present, else Debian's
 #     package where apt-get is usable, else Playwright's own download.
 set -euo pipefail
@@ -58,6 +59,20 @@ if ! need redis-server; then
     (systemctl disable --now redis-server >/dev/null 2>&1 || service redis-server stop >/dev/null 2>&1) || true
   else
     say "no redis-server and no apt-get as root: the Redis-mode tests will fail"
+  fi
+fi
+
+# The local cluster (scripts/cluster.sh, and the end-to-end test behind it) puts HAProxy in front.
+if [ "${1:-}" = "--e2e" ] || [ "${1:-}" = "--cluster" ]; then
+  if ! need haproxy; then
+    if need apt-get && [ "$(id -u)" = 0 ]; then
+      say "installing Debian's haproxy (the cluster script starts its own; the service is not enabled)"
+      apt-get update -qq
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends haproxy >/dev/null
+      (systemctl disable --now haproxy >/dev/null 2>&1 || service haproxy stop >/dev/null 2>&1) || true
+    else
+      say "no haproxy and no apt-get as root: the cluster end-to-end test will fail"
+    fi
   fi
 fi
 

@@ -29,6 +29,8 @@ say() { printf '\033[1;34m[bench]\033[0m %s\n' "$*" >&2; }
 cargo build --release -q -p herald --bin herald --bin herald-bench
 
 SERVERS=(herald-memory herald-sqlite)
+# Redis mode, when Debian's redis-server is there (scripts/setup.sh installs it).
+command -v redis-server >/dev/null && SERVERS+=(herald-redis)
 if [ "$PEERS" = 1 ]; then
   if ! command -v go >/dev/null || ! [ -d /usr/share/gocode/src/github.com/gorilla/websocket ]; then
     if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
@@ -51,8 +53,11 @@ if [ "$PEERS" = 1 ]; then
 fi
 
 PID=
+PIDS=()      # every process of the server under test (Redis mode: the nodes and Redis)
+EXTRA=()     # bench arguments the server kind needs (several nodes, Redis's pid)
+REDIS_PORT=6399
 # Whatever happens, do not leave a server holding the port.
-trap '[ -n "$PID" ] && kill "$PID" 2>/dev/null || true' EXIT
+trap 'for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done' EXIT
 if curl -s -o /dev/null "http://$ADDR/"; then
   say "something already listens on $ADDR: stop it first"; exit 1
 fi
@@ -62,9 +67,11 @@ fi
 # signed with the server's secret. The peers have no authentication.
 SECRET=bench-token-secret-$(date +%s)-0123456789abcdef
 AUTH=()
-start_server() { # name -> sets PID, AUTH
+start_server() { # name -> sets PID, PIDS, AUTH, EXTRA
   rm -f "$OUT"/bench.db*
   AUTH=()
+  PIDS=()
+  EXTRA=()
   case $1 in
     herald-*)
       local key
@@ -79,10 +86,37 @@ start_server() { # name -> sets PID, AUTH
   case $1 in
     herald-memory) RUST_LOG=warn taskset -c 0 "${herald[@]}" --store memory >"$OUT/server.log" 2>&1 & ;;
     herald-sqlite) RUST_LOG=warn taskset -c 0 "${herald[@]}" --store sqlite >"$OUT/server.log" 2>&1 & ;;
+    herald-redis|herald-redis-3|herald-redis-4)
+      # Redis as README recommends for history that survives a restart: an append-only file
+      # fsynced on every write (acknowledged = durable, as with SQLite's full sync).
+      rm -rf "$OUT/redis" && mkdir -p "$OUT/redis"
+      taskset -c 0 redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$OUT/redis" --save "" \
+        --appendonly yes --appendfsync always --maxmemory-policy noeviction >"$OUT/redis.log" 2>&1 &
+      local redis_pid=$!
+      PIDS+=("$redis_pid")
+      for _ in $(seq 100); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.05; done
+      local nodes=1 addrs=$ADDR pids=""
+      case $1 in herald-redis-3) nodes=3 ;; herald-redis-4) nodes=4 ;; esac
+      for i in $(seq "$nodes"); do
+        local addr=$ADDR
+        [ "$i" -gt 1 ] && addr=127.0.0.1:$((3999 + i))
+        [ "$i" -gt 1 ] && addrs+=",$addr"
+        local node=("${herald[@]}")
+        node[2]=$addr
+        RUST_LOG=warn taskset -c 0 "${node[@]}" --store redis --redis-url "redis://127.0.0.1:$REDIS_PORT/" >"$OUT/server-$i.log" 2>&1 &
+        PIDS+=($!)
+        pids+="${pids:+,}$!"
+        [ "$i" = 1 ] && PID=$!
+        for _ in $(seq 100); do curl -sf "http://$addr/api/health" >/dev/null && break; sleep 0.1; done
+      done
+      EXTRA=(--server-pid "$pids" --redis-pid "$redis_pid" --subscribe-addrs "$addrs")
+      return 0
+      ;;
     go) taskset -c 0 "$OUT/go-hub" -addr "$ADDR" >"$OUT/server.log" 2>&1 & ;;
     node) taskset -c 0 node bench/peers/node-hub/hub.js --addr "$ADDR" >"$OUT/server.log" 2>&1 & ;;
   esac
   PID=$!
+  PIDS=("$PID")
   for _ in $(seq 100); do curl -sf "http://$ADDR/api/health" >/dev/null && return 0; sleep 0.1; done
   say "$1 did not start"; return 1
 }
@@ -93,10 +127,13 @@ measure() { # scenario server run bench-args...
   start_server "$server"
   local line
   # A failed measurement is recorded as null (and reported as such), not the end of the run.
-  line=$(taskset -c 1 ./target/release/herald-bench --addr "$ADDR" --server-pid "$PID" --json ${AUTH[@]+"${AUTH[@]}"} "$@" 2>/dev/null | tail -1) || true
-  kill -TERM "$PID" 2>/dev/null || true
-  wait "$PID" 2>/dev/null || true
+  local pid_args=(--server-pid "$PID")
+  [ ${#EXTRA[@]} -gt 0 ] && pid_args=("${EXTRA[@]}")
+  line=$(taskset -c 1 ./target/release/herald-bench --addr "$ADDR" --json "${pid_args[@]}" ${AUTH[@]+"${AUTH[@]}"} "$@" 2>/dev/null | tail -1) || true
+  for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
   PID=
+  PIDS=()
   [ -n "$line" ] || line=null
   echo "{\"scenario\":\"$name\",\"server\":\"$server\",\"run\":$run,\"result\":$line}" | tee -a "$RESULTS" >&2
   sleep 2
@@ -106,9 +143,12 @@ scenario() { # name runs servers(comma list|all) bench-args...
   local name=$1 runs=$2 which=$3
   shift 3
   [[ -n "$FILTER" && "$name" != *"$FILTER"* ]] && return 0
+  # The servers available here (SERVERS), plus the multi-node Redis kinds when named.
+  local available=("${SERVERS[@]}")
+  command -v redis-server >/dev/null && available+=(herald-redis-3 herald-redis-4)
   for run in $(seq "$runs"); do
-    for server in "${SERVERS[@]}"; do
-      if [ "$which" = all ] || [[ ",$which," == *",$server,"* ]]; then
+    for server in "${available[@]}"; do
+      if { [ "$which" = all ] && [[ " ${SERVERS[*]} " == *" $server "* ]]; } || [[ ",$which," == *",$server,"* ]]; then
         say "$name: $server, run $run of $runs"
         measure "$name" "$server" "$run" "$@"
       fi
@@ -153,5 +193,61 @@ scenario presence-storm     "$RUNS" herald-sqlite presence-storm --stable 100 --
 # The same storm watched by 1,000 members: 2 million presence frames offered in a second, more
 # than the watchers' generator reads; frames a watcher falls behind on are replaced by one list.
 scenario presence-storm-1000 "$RUNS" herald-sqlite presence-storm --stable 1000 --storm 1000 --seconds 1 --token-secret "$SECRET"
+
+# Redis mode across nodes (publishes to the first node; subscribers spread round-robin over
+# three, so two thirds of the deliveries cross nodes through Redis).
+scenario latency-1000x20-3nodes "$RUNS" herald-redis-3 fanout --subscribers 1000 --rate 20 --messages 300
+
+# 75,000 sockets across four nodes on one Redis: more than one generator process may open, so
+# four generators (18,750 subscribers each, one per node) wait for one publish made here.
+scale() { # name runs
+  local name=$1 runs=$2
+  [[ -n "$FILTER" && "$name" != *"$FILTER"* ]] && return 0
+  command -v redis-server >/dev/null || { say "$name: no redis-server, skipped"; return 0; }
+  for run in $(seq "$runs"); do
+    say "$name: herald-redis-4, run $run of $runs"
+    start_server herald-redis-4
+    local addrs=${EXTRA[5]} outs=() gens=() i=0
+    IFS=, read -r -a nodes <<<"$addrs"
+    for node in "${nodes[@]}"; do
+      i=$((i + 1))
+      taskset -c 1 ./target/release/herald-bench --addr "$ADDR" --subscribe-addrs "$node" --json ${AUTH[@]+"${AUTH[@]}"} \
+        fanout --subscribers 18750 --messages 1 --external-publisher --drain 120 --topic scale \
+        >"$OUT/scale-$i.out" 2>"$OUT/scale-$i.err" &
+      gens+=($!)
+    done
+    local deadline=$((SECONDS + 300))
+    while [ "$(cat "$OUT"/scale-*.out 2>/dev/null | grep -c '^ready')" -lt "${#nodes[@]}" ]; do
+      if [ $SECONDS -gt $deadline ]; then say "$name: generators not ready"; break; fi
+      sleep 1
+    done
+    sleep 2
+    local body
+    body=$(printf '%020d' "$(date +%s%6N)")........
+    curl -s -o /dev/null -H "Authorization: Bearer ${AUTH[1]}" -d "$body" "http://$ADDR/api/topics/scale"
+    for g in "${gens[@]}"; do wait "$g" || true; done
+    local line
+    line=$(python3 - "$OUT"/scale-*.out <<'PY'
+import json, sys
+rs = [json.loads(open(f).read().splitlines()[-1]) for f in sys.argv[1:]]
+print(json.dumps({
+    "nodes": len(rs),
+    "subscribers_requested": 18750 * len(rs),
+    "subscribers": sum(r["subscribers"] for r in rs),
+    "delivered": sum(r["delivered"] for r in rs),
+    "last_received_ms": max(r["latency"]["max_ms"] for r in rs),
+    "p99_ms": max(r["latency"]["p99_ms"] for r in rs),
+}))
+PY
+) || line=null
+    for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+    PIDS=()
+    rm -f "$OUT"/scale-*.out
+    echo "{\"scenario\":\"$name\",\"server\":\"herald-redis-4\",\"run\":$run,\"result\":$line}" | tee -a "$RESULTS" >&2
+    sleep 2
+  done
+}
+scale connections-75000-4nodes "$RUNS"
 
 python3 scripts/bench_summary.py "$RESULTS"

@@ -8,9 +8,7 @@
 //! Each member has two sockets: one only reads (the cheap raw reader of the fan-out
 //! benchmark), one only sends. Both are the same user, so presence counts them once.
 
-use super::{
-    histogram, percentiles, proc_stats, raw_ws, source_for, spawn_progress, Cli, Percentiles,
-};
+use super::{histogram, percentiles, raw_ws, source_for, spawn_progress, Cli, Percentiles};
 use anyhow::{bail, Context};
 use clap::Args;
 use futures::{SinkExt, StreamExt};
@@ -116,7 +114,7 @@ pub async fn run(cli: &Cli, a: &ChatArgs) -> anyhow::Result<ChatReport> {
     }
     let setup_seconds = setup.elapsed().as_secs_f64();
     eprintln!("[chat] {n} members in {room} in {setup_seconds:.1}s");
-    let cpu_before = cli.server_pid.and_then(proc_stats::cpu_secs);
+    let cpu_before = cli.cpu_secs();
     let start = Instant::now();
     let start_us = super::now_micros();
     let sent = Arc::new(AtomicU64::new(0));
@@ -150,7 +148,7 @@ pub async fn run(cli: &Cli, a: &ChatArgs) -> anyhow::Result<ChatReport> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let _ = stop_tx.send(true);
-    let cpu_after = cli.server_pid.and_then(proc_stats::cpu_secs);
+    let cpu_after = cli.cpu_secs();
     progress.abort();
     let mut report = ChatReport {
         members: n,
@@ -279,7 +277,7 @@ pub async fn storm(cli: &Cli, a: &StormArgs) -> anyhow::Result<StormReport> {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let cpu_before = cli.server_pid.and_then(proc_stats::cpu_secs);
+    let cpu_before = cli.cpu_secs();
     let start = Instant::now();
     let mut stormers = Vec::with_capacity(a.storm);
     for i in 0..a.storm {
@@ -309,7 +307,7 @@ pub async fn storm(cli: &Cli, a: &StormArgs) -> anyhow::Result<StormReport> {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let settle_ms = closed.elapsed().as_secs_f64() * 1000.0;
-    let cpu_after = cli.server_pid.and_then(proc_stats::cpu_secs);
+    let cpu_after = cli.cpu_secs();
     let report = StormReport {
         stable: a.stable,
         storm: a.storm,

@@ -8,9 +8,7 @@
 //! The key needs `publish:@*` (and `read:@*` for inbox-ops' mark-all-read); sockets sign in
 //! as `bench-<n>` with tokens signed here (`--token-secret`) and follow their own inbox.
 
-use super::{
-    histogram, http, percentiles, proc_stats, raw_ws, source_for, spawn_progress, Cli, Percentiles,
-};
+use super::{histogram, http, percentiles, raw_ws, source_for, spawn_progress, Cli, Percentiles};
 use anyhow::{bail, Context};
 use clap::Args;
 use serde::Serialize;
@@ -125,7 +123,7 @@ pub async fn targeted(cli: &Cli, a: &TargetedArgs) -> anyhow::Result<TargetedRep
         )));
     }
 
-    let cpu_before = cli.server_pid.and_then(proc_stats::cpu_secs);
+    let cpu_before = cli.cpu_secs();
     let start_us = super::now_micros();
     let start = Instant::now();
     let next = Arc::new(AtomicU64::new(0));
@@ -172,7 +170,7 @@ pub async fn targeted(cli: &Cli, a: &TargetedArgs) -> anyhow::Result<TargetedRep
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let _ = stop_tx.send(true);
-    let cpu_after = cli.server_pid.and_then(proc_stats::cpu_secs);
+    let cpu_after = cli.cpu_secs();
     progress.abort();
     let mut report = TargetedReport {
         users,
@@ -183,7 +181,7 @@ pub async fn targeted(cli: &Cli, a: &TargetedArgs) -> anyhow::Result<TargetedRep
         sends_per_sec: sent as f64 / send_seconds,
         send_latency: percentiles(&send_h),
         server_cpu_secs: cpu_before.zip(cpu_after).map(|(b, a)| a - b),
-        server_rss_kib: cli.server_pid.and_then(proc_stats::rss_kib),
+        server_rss_kib: cli.rss_kib(),
         ..Default::default()
     };
     let mut h = histogram();

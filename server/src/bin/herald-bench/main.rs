@@ -50,9 +50,17 @@ struct Cli {
     /// Herald's address.
     #[arg(long, global = true, default_value = "127.0.0.1:3000")]
     addr: SocketAddr,
-    /// The server's pid, to read its memory and CPU time from /proc.
+    /// The server's pid (comma separated for several nodes, summed), to read memory and CPU
+    /// time from /proc.
+    #[arg(long, global = true, value_delimiter = ',')]
+    server_pid: Vec<u32>,
+    /// Redis's pid (Redis mode), to report its CPU time beside the server's.
     #[arg(long, global = true)]
-    server_pid: Option<u32>,
+    redis_pid: Option<u32>,
+    /// Where subscribers connect, round-robin (comma separated; default: --addr). Publishes
+    /// go to --addr: with several nodes, most deliveries cross nodes.
+    #[arg(long, global = true, value_delimiter = ',')]
+    subscribe_addrs: Vec<SocketAddr>,
     /// An API key: sent with every publish, and in the `auth` frame of every socket (unless
     /// --token-secret is given).
     #[arg(long, global = true, env = "HERALD_KEY", hide_env_values = true)]
@@ -67,6 +75,39 @@ struct Cli {
 }
 
 impl Cli {
+    /// The servers' CPU seconds so far (all pids summed).
+    pub(crate) fn cpu_secs(&self) -> Option<f64> {
+        if self.server_pid.is_empty() {
+            return None;
+        }
+        self.server_pid
+            .iter()
+            .map(|p| proc_stats::cpu_secs(*p))
+            .sum::<Option<f64>>()
+    }
+
+    pub(crate) fn rss_kib(&self) -> Option<u64> {
+        if self.server_pid.is_empty() {
+            return None;
+        }
+        self.server_pid
+            .iter()
+            .map(|p| proc_stats::rss_kib(*p))
+            .sum::<Option<u64>>()
+    }
+
+    fn redis_cpu_secs(&self) -> Option<f64> {
+        self.redis_pid.and_then(proc_stats::cpu_secs)
+    }
+
+    /// Where subscriber `i` connects.
+    fn sub_addr(&self, i: usize) -> SocketAddr {
+        match self.subscribe_addrs.len() {
+            0 => self.addr,
+            n => self.subscribe_addrs[i % n],
+        }
+    }
+
     /// What socket `i` sends in its `auth` frame, if anything.
     fn credential(&self, i: usize) -> anyhow::Result<Option<String>> {
         if self.token_secret.is_some() {
@@ -202,6 +243,11 @@ struct FanoutArgs {
     /// Seconds to wait for stragglers after the last publish.
     #[arg(long, default_value_t = 15)]
     drain: u64,
+    /// Publish nothing: once subscribed, print `ready` on stdout and wait (up to --drain
+    /// seconds) for --messages published by someone else (several generator processes
+    /// sharing one publish, for more sockets than one process may open).
+    #[arg(long)]
+    external_publisher: bool,
 }
 
 #[derive(Args, Clone)]
@@ -339,7 +385,7 @@ async fn connections(cli: &Cli, args: &ConnArgs) -> anyhow::Result<ConnReport> {
         return connections_multi(cli, args).await;
     }
     let base = args.child.unwrap_or(0) * args.per_process;
-    let rss_before = cli.server_pid.and_then(proc_stats::rss_kib);
+    let rss_before = cli.rss_kib();
     let stop = Arc::new(AtomicBool::new(false));
     let held = Arc::new(AtomicUsize::new(0));
     let failures = Arc::new(Mutex::new(Vec::<String>::new()));
@@ -406,7 +452,7 @@ async fn connections(cli: &Cli, args: &ConnArgs) -> anyhow::Result<ConnReport> {
         println!("READY {child} {}", held.load(Ordering::Relaxed));
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let rss_after = cli.server_pid.and_then(proc_stats::rss_kib);
+    let rss_after = cli.rss_kib();
     tokio::time::sleep(Duration::from_secs(args.hold)).await;
     progress.abort();
     let report = {
@@ -445,7 +491,7 @@ fn per_conn(before: Option<u64>, after: Option<u64>, n: usize) -> Option<f64> {
 /// server once every child holds its share, and merges their reports.
 async fn connections_multi(cli: &Cli, args: &ConnArgs) -> anyhow::Result<ConnReport> {
     let procs = args.count.div_ceil(args.per_process);
-    let rss_before = cli.server_pid.and_then(proc_stats::rss_kib);
+    let rss_before = cli.rss_kib();
     let exe = std::env::current_exe()?;
     let mut children = Vec::new();
     let mut ready_rx = Vec::new();
@@ -497,7 +543,7 @@ async fn connections_multi(cli: &Cli, args: &ConnArgs) -> anyhow::Result<ConnRep
     }
     eprintln!("[connections] all {procs} generators ready; measuring");
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let rss_after = cli.server_pid.and_then(proc_stats::rss_kib);
+    let rss_after = cli.rss_kib();
     let mut merged = ConnReport {
         requested: args.count,
         server_rss_before_kib: rss_before,
@@ -552,6 +598,8 @@ struct FanoutReport {
     latency: Percentiles,
     server_cpu_secs: Option<f64>,
     server_cpu_secs_per_million: Option<f64>,
+    /// Redis mode: Redis's own CPU per million deliveries.
+    redis_cpu_secs_per_million: Option<f64>,
     /// The load generator's own CPU per million deliveries: it must stay well below the server's.
     client_cpu_secs_per_million: Option<f64>,
     server_rss_kib: Option<u64>,
@@ -672,7 +720,7 @@ async fn fanout(cli: &Cli, a: &FanoutArgs) -> anyhow::Result<FanoutReport> {
     });
     let mut connecting = Vec::new();
     for i in 0..a.subscribers {
-        let (addr, topic) = (cli.addr, a.topic.clone());
+        let (addr, topic) = (cli.sub_addr(i), a.topic.clone());
         let credential = cli.credential(i)?;
         connecting.push(tokio::spawn(async move {
             raw_ws::RawWs::join(addr, source_for(i), credential.as_deref(), &topic).await
@@ -721,14 +769,23 @@ async fn fanout(cli: &Cli, a: &FanoutArgs) -> anyhow::Result<FanoutReport> {
     drop(done_tx);
 
     // Publish on a fixed schedule: message k leaves at start + k / rate.
-    let cpu_before = cli.server_pid.and_then(proc_stats::cpu_secs);
+    let cpu_before = cli.cpu_secs();
+    let redis_before = cli.redis_cpu_secs();
     let own_before = proc_stats::own_cpu_secs();
     let start_us = now_micros();
     let start = Instant::now();
     let next = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
     let mut pubs = Vec::new();
-    for _ in 0..a.publishers.max(1) {
+    if a.external_publisher {
+        println!("ready");
+    }
+    let publishers = if a.external_publisher {
+        0
+    } else {
+        a.publishers.max(1)
+    };
+    for _ in 0..publishers {
         let (addr, next, errors, a) = (cli.addr, next.clone(), errors.clone(), a.clone());
         let key = cli.key.clone();
         pubs.push(tokio::spawn(async move {
@@ -758,6 +815,11 @@ async fn fanout(cli: &Cli, a: &FanoutArgs) -> anyhow::Result<FanoutReport> {
     }
     let publish_seconds = start.elapsed().as_secs_f64();
     let published = a.messages - errors.load(Ordering::Relaxed);
+    if a.external_publisher {
+        // The clock starts at the external publish: each subscriber's latency is measured
+        // from the send time in the body; `seconds` is not meaningful here.
+        eprintln!("[fanout] waiting for {} external publishes", a.messages);
+    }
     let drain_deadline = Instant::now() + Duration::from_secs(a.drain);
     let mut results = Vec::with_capacity(n_subs);
     while results.len() < n_subs {
@@ -774,7 +836,8 @@ async fn fanout(cli: &Cli, a: &FanoutArgs) -> anyhow::Result<FanoutReport> {
             _ => break,
         }
     }
-    let cpu_after = cli.server_pid.and_then(proc_stats::cpu_secs);
+    let cpu_after = cli.cpu_secs();
+    let redis_after = cli.redis_cpu_secs();
     let own_after = proc_stats::own_cpu_secs();
     progress.abort();
     let mut h = histogram();
@@ -824,7 +887,12 @@ async fn fanout(cli: &Cli, a: &FanoutArgs) -> anyhow::Result<FanoutReport> {
             report.client_cpu_secs_per_million = Some((a - b) / (report.delivered as f64 / 1e6));
         }
     }
-    report.server_rss_kib = cli.server_pid.and_then(proc_stats::rss_kib);
+    if let (Some(b), Some(a)) = (redis_before, redis_after) {
+        if report.delivered > 0 {
+            report.redis_cpu_secs_per_million = Some((a - b) / (report.delivered as f64 / 1e6));
+        }
+    }
+    report.server_rss_kib = cli.rss_kib();
     Ok(report)
 }
 
@@ -875,6 +943,7 @@ async fn capacity(cli: &Cli, a: &CapacityArgs) -> anyhow::Result<CapacityReport>
             body_bytes: a.body_bytes,
             topic: format!("capacity-{}-{trial}", std::process::id()),
             drain: 5,
+            external_publisher: false,
         };
         let r = match fanout(cli, &args).await {
             Ok(r) => r,
@@ -979,13 +1048,16 @@ struct PublishReport {
     publishes_per_sec: f64,
     latency: Percentiles,
     server_cpu_secs: Option<f64>,
+    /// Redis mode: Redis's CPU seconds over the run.
+    redis_cpu_secs: Option<f64>,
 }
 
 async fn publish(cli: &Cli, a: &PublishArgs) -> anyhow::Result<PublishReport> {
     let next = Arc::new(AtomicU64::new(0));
     let ok = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
-    let cpu_before = cli.server_pid.and_then(proc_stats::cpu_secs);
+    let cpu_before = cli.cpu_secs();
+    let redis_before = cli.redis_cpu_secs();
     let progress = spawn_progress("publish", {
         let ok = ok.clone();
         move || format!("ok {}", ok.load(Ordering::Relaxed))
@@ -1027,7 +1099,8 @@ async fn publish(cli: &Cli, a: &PublishArgs) -> anyhow::Result<PublishReport> {
     }
     let seconds = start.elapsed().as_secs_f64();
     progress.abort();
-    let cpu_after = cli.server_pid.and_then(proc_stats::cpu_secs);
+    let cpu_after = cli.cpu_secs();
+    let redis_after = cli.redis_cpu_secs();
     let okn = ok.load(Ordering::Relaxed);
     Ok(PublishReport {
         concurrency: a.concurrency,
@@ -1038,6 +1111,7 @@ async fn publish(cli: &Cli, a: &PublishArgs) -> anyhow::Result<PublishReport> {
         publishes_per_sec: okn as f64 / seconds,
         latency: percentiles(&h),
         server_cpu_secs: cpu_before.zip(cpu_after).map(|(b, a)| a - b),
+        redis_cpu_secs: redis_before.zip(redis_after).map(|(b, a)| a - b),
     })
 }
 

@@ -157,7 +157,10 @@ pub(crate) fn parse_message(topic: &str, msg: &[u8]) -> Option<Arc<Stored>> {
 /// the epoch of the Redis server it reached.
 pub(crate) struct Connector {
     client: redis::Client,
-    current: Mutex<Option<(MultiplexedConnection, Arc<str>)>>,
+    /// The connection in use: read (cloned) by every call without waiting on anyone.
+    current: std::sync::RwLock<Option<(MultiplexedConnection, Arc<str>)>>,
+    /// Held while connecting, so that one caller connects and the others wait for it.
+    connecting: Mutex<()>,
 }
 
 impl Connector {
@@ -166,7 +169,8 @@ impl Connector {
             redis::Client::open(url).map_err(|e| StoreError::Backend(format!("redis url: {e}")))?;
         Ok(Self {
             client,
-            current: Mutex::new(None),
+            current: std::sync::RwLock::new(None),
+            connecting: Mutex::new(()),
         })
     }
 
@@ -176,9 +180,12 @@ impl Connector {
 
     /// The connection and its epoch, connecting if there is none.
     async fn get(&self) -> Result<(MultiplexedConnection, Arc<str>), StoreError> {
-        let mut current = self.current.lock().await;
-        if let Some(c) = current.as_ref() {
-            return Ok(c.clone());
+        if let Some(c) = self.current() {
+            return Ok(c);
+        }
+        let _connecting = self.connecting.lock().await;
+        if let Some(c) = self.current() {
+            return Ok(c);
         }
         let made = tokio::time::timeout(CALL_TIMEOUT, async {
             let mut conn = self.client.get_multiplexed_async_connection().await?;
@@ -189,14 +196,21 @@ impl Connector {
         .map_err(|_| unavailable("connecting timed out"))?
         .map_err(|e| unavailable(&e.to_string()))?;
         tracing::info!(epoch = %made.1, "connected to redis");
-        *current = Some(made.clone());
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Some(made.clone());
         Ok(made)
+    }
+
+    fn current(&self) -> Option<(MultiplexedConnection, Arc<str>)> {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Forgets the connection after a failure; the next call reconnects (and reads the
     /// epoch again: a restarted Redis has a new one).
-    async fn reset(&self) {
-        *self.current.lock().await = None;
+    fn reset(&self) {
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
     /// Runs `f` on the connection within [`CALL_TIMEOUT`]; a failure that may be the
@@ -209,17 +223,21 @@ impl Connector {
         let (conn, epoch) = self.get().await?;
         match tokio::time::timeout(CALL_TIMEOUT, f(conn, epoch)).await {
             Ok(Ok(v)) => Ok(v),
+            // The connection's fault: drop it, and say "try again".
             Ok(Err(e))
-                if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError) =>
+                if e.is_io_error()
+                    || e.is_connection_dropped()
+                    || e.is_connection_refusal()
+                    || e.is_timeout()
+                    || e.is_unrecoverable_error() =>
             {
-                Err(StoreError::Backend(format!("redis: {e}")))
-            }
-            Ok(Err(e)) => {
-                self.reset().await;
+                self.reset();
                 Err(unavailable(&e.to_string()))
             }
+            // A script error or an answer of the wrong shape: a bug, not a state.
+            Ok(Err(e)) => Err(StoreError::Backend(format!("redis: {e}"))),
             Err(_) => {
-                self.reset().await;
+                self.reset();
                 Err(unavailable("call timed out"))
             }
         }
@@ -268,6 +286,8 @@ pub struct RedisStore {
     inbox_update: redis::Script,
     inbox_list: redis::Script,
     prune: redis::Script,
+    /// Topics this node has put in the registry.
+    registered: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl RedisStore {
@@ -283,7 +303,22 @@ impl RedisStore {
             inbox_update: redis::Script::new(&scripts::full(scripts::INBOX_UPDATE)),
             inbox_list: redis::Script::new(&scripts::full(scripts::INBOX_LIST)),
             prune: redis::Script::new(&scripts::full(scripts::PRUNE)),
+            registered: std::sync::Mutex::new(std::collections::HashSet::new()),
         })
+    }
+
+    /// Whether this node already put `topic` in the registry (remembered for a bounded number
+    /// of topics; forgetting one only costs a repeated SADD).
+    fn registered(&self, topic: &str) -> bool {
+        let mut known = self.registered.lock().unwrap_or_else(|p| p.into_inner());
+        if known.contains(topic) {
+            return true;
+        }
+        if known.len() >= 100_000 {
+            known.clear();
+        }
+        known.insert(topic.to_owned());
+        false
     }
 
     /// The stored notifications of a `read` script's answer, after its three header fields.
@@ -380,10 +415,14 @@ impl Store for RedisStore {
         let (channel, topics) = (self.keys.channel(topic), self.keys.topics());
         let script = &self.append;
         let (max_count, inbox, time) = (self.retention.max_count, is_inbox(topic), n.time);
-        let (fresh, msg): (u8, Vec<u8>) = self
+        // The registry of topics, for retention by age (another slot: not in the script);
+        // once per topic per node, in the same round trip as its first append.
+        let register = !self.registered(topic);
+        let out: Vec<Vec<u8>> = self
             .conn
             .call(|mut c, epoch| async move {
-                let r = script
+                let mut invocation = script.prepare_invoke();
+                invocation
                     .key(&keys[0])
                     .key(&keys[1])
                     .key(&keys[2])
@@ -394,24 +433,43 @@ impl Store for RedisStore {
                     .arg(max_count)
                     .arg(ttl)
                     .arg(&channel)
-                    .arg(u8::from(inbox))
-                    .invoke_async(&mut c)
-                    .await?;
-                // The registry of topics, for retention by age (another slot: not in the script).
-                let _: () = redis::cmd("SADD")
-                    .arg(&topics)
-                    .arg(topic)
-                    .query_async(&mut c)
-                    .await?;
-                Ok(r)
+                    .arg(u8::from(inbox));
+                if register {
+                    let _: () = redis::cmd("SADD")
+                        .arg(&topics)
+                        .arg(topic)
+                        .query_async(&mut c)
+                        .await?;
+                }
+                invocation.invoke_async(&mut c).await
             })
             .await?;
-        let stored = parse_message(topic, &msg)
-            .ok_or_else(|| StoreError::Corrupt("unreadable append answer".into()))?;
-        Ok(Appended {
-            stored,
-            duplicate: fresh == 0,
-        })
+        let corrupt = || StoreError::Corrupt("unreadable append answer".into());
+        let text = |b: &[u8]| {
+            std::str::from_utf8(b)
+                .map(str::to_owned)
+                .map_err(|_| corrupt())
+        };
+        match out.as_slice() {
+            [fresh, epoch, offset, unread, seq] if fresh.as_slice() == b"1" => {
+                let mut n = n;
+                n.epoch = text(epoch)?;
+                n.offset = text(offset)?.parse().map_err(|_| corrupt())?;
+                let count = match (text(unread)?.parse(), text(seq)?.parse()) {
+                    (Ok(unread), Ok(seq)) => Some(InboxCount { unread, seq }),
+                    _ => None,
+                };
+                Ok(Appended {
+                    stored: Stored::with_inbox(n, count),
+                    duplicate: false,
+                })
+            }
+            [_, msg] => Ok(Appended {
+                stored: parse_message(topic, msg).ok_or_else(corrupt)?,
+                duplicate: true,
+            }),
+            _ => Err(corrupt()),
+        }
     }
 
     async fn read(

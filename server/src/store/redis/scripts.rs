@@ -30,14 +30,15 @@ end
 "#;
 
 /// KEYS: meta, log, state, idem. ARGV: epoch, time, entry, max_count, idem_ttl_ms (0: no
-/// key), channel, inbox (1/0). Returns {1, message} for a new notification, {0, message} for
-/// a repeated idempotency key; message = "epoch:offset:unread:seq:entry".
+/// key), channel, inbox (1/0). Returns {1, epoch, offset, unread, seq} for a new
+/// notification (the caller has the rest), {0, message} for a repeated idempotency key;
+/// message = "epoch:offset:unread:seq:entry", as published.
 pub const APPEND: &str = r#"
 local meta, log, state, idem = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local ttl = tonumber(ARGV[5])
 if ttl > 0 then
   local prev = redis.call('GET', idem)
-  if prev then return {0, prev} end
+  if prev then return {'0', prev} end
 end
 local epoch, top = epoch_of(meta, ARGV[1], true)
 local maxc = tonumber(ARGV[4])
@@ -68,7 +69,7 @@ redis.call('HSET', meta, 's', top)
 local msg = epoch .. ':' .. top .. ':' .. u .. ':' .. q .. ':' .. ARGV[3]
 redis.call('PUBLISH', ARGV[6], msg)
 if ttl > 0 then redis.call('SET', idem, msg, 'PX', ttl) end
-return {1, msg}
+return {'1', epoch, tostring(top), u, q}
 "#;
 
 /// KEYS: meta, log. ARGV: epoch, lo (inclusive), hi (inclusive), limit (0: position only),

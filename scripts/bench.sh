@@ -217,6 +217,7 @@ scale() { # name runs
       gens+=($!)
     done
     local deadline=$((SECONDS + 300))
+    rm -f "$OUT"/scale-*.json
     while [ "$(cat "$OUT"/scale-*.out 2>/dev/null | grep -c '^ready')" -lt "${#nodes[@]}" ]; do
       if [ $SECONDS -gt $deadline ]; then say "$name: generators not ready"; break; fi
       sleep 1
@@ -243,7 +244,7 @@ PY
     for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
     for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
     PIDS=()
-    rm -f "$OUT"/scale-*.out
+    for f in "$OUT"/scale-*.out; do mv "$f" "${f%.out}.json"; done
     echo "{\"scenario\":\"$name\",\"server\":\"herald-redis-4\",\"run\":$run,\"result\":$line}" | tee -a "$RESULTS" >&2
     sleep 2
   done

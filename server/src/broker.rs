@@ -48,6 +48,13 @@ pub trait Broker: Send + Sync + 'static {
     fn unwatch(&self, topic: &str);
     /// Sends `frame` (not stored, no offset) to the subscribers of `topic` on every node.
     async fn send_frame(&self, topic: &str, frame: Utf8Bytes, kind: FrameKind);
+
+    /// A head for a topic this node already follows, without asking the store: the last
+    /// position this node fed to its hub. Valid for a subscription registered before the
+    /// call: everything after it is still to be fed, everything up to it is readable.
+    fn head(&self, _topic: &str) -> Option<crate::store::Head> {
+        None
+    }
 }
 
 /// One node: the embedded stores feed the hub themselves, and frames go straight to it.
@@ -82,5 +89,8 @@ impl Broker for Fanout {
     }
     async fn send_frame(&self, topic: &str, frame: Utf8Bytes, kind: FrameKind) {
         Fanout::send_frame(self, topic, frame, kind).await
+    }
+    fn head(&self, topic: &str) -> Option<crate::store::Head> {
+        Fanout::head(self, topic)
     }
 }

@@ -623,3 +623,37 @@ async fn after_a_redis_restart_the_nodes_put_their_members_back() {
         "bo hears of newcomers after the restart: {seen:?}"
     );
 }
+
+#[tokio::test]
+async fn subscribers_joining_a_node_during_a_fast_publish_miss_nothing_after_their_start() {
+    let (_redis, _, nodes) = cluster(2).await;
+    let a = nodes[0].addr;
+    let publisher = tokio::spawn(async move {
+        for i in 0..300 {
+            publish(a, "busy", &format!("n{i}")).await;
+        }
+    });
+    // Twenty subscribers join node B while it runs (the later ones start from the node's own
+    // last fed position, not Redis's).
+    let mut subs = Vec::new();
+    for _ in 0..20 {
+        let mut c = Client::connect(&nodes[1]).await;
+        let start = c.subscribe("busy", None).await;
+        subs.push((c, start.offset));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    publisher.await.unwrap();
+    let mut checker = Checker::default();
+    for (i, (c, start)) in subs.iter_mut().enumerate() {
+        let got = take(c, (300 - *start) as usize).await;
+        if let Some(first) = got.first() {
+            assert_eq!(
+                first.offset,
+                *start + 1,
+                "subscriber {i} starts right after its head"
+            );
+            assert_eq!(got.last().unwrap().offset, 300);
+        }
+        checker.check(&format!("subscriber {i}"), &got);
+    }
+}

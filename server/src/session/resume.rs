@@ -89,7 +89,17 @@ impl<S: Socket> Session<S> {
                 return self.unavailable(&e, &topic, slot, id).await;
             }
         }
-        let head = match self.state.store.head(&topic).await {
+        // Registered (no position given): this node's last fed position will do, when it
+        // has one; otherwise (and before registering) the store's.
+        let cached = since
+            .is_none()
+            .then(|| self.state.broker.head(&topic))
+            .flatten();
+        let head = match cached {
+            Some(h) => Ok(h),
+            None => self.state.store.head(&topic).await,
+        };
+        let head = match head {
             Ok(h) => h,
             Err(e) => {
                 tracing::error!(error = %e, %topic, "head lookup failed");

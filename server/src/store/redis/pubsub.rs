@@ -69,6 +69,8 @@ pub struct FanoutStats {
 
 pub struct Fanout {
     commands: mpsc::UnboundedSender<Command>,
+    /// Per watched topic, the last position fed to the hub (see [`Fanout::head`]).
+    positions: Positions,
     stats: Arc<std::sync::Mutex<FanoutStats>>,
     store: Arc<RedisStore>,
     hub: Option<Arc<Hub>>,
@@ -91,7 +93,9 @@ impl Fanout {
     ) -> Arc<Self> {
         let (tx, rx) = mpsc::unbounded_channel();
         let stats = Arc::new(std::sync::Mutex::new(FanoutStats::default()));
+        let positions = Positions::default();
         let worker = Worker {
+            positions: positions.clone(),
             keys: store.keys.clone(),
             store: store.clone(),
             hub: hub.clone(),
@@ -104,6 +108,7 @@ impl Fanout {
         tokio::spawn(worker.run(rx, cancel));
         Arc::new(Self {
             commands: tx,
+            positions,
             stats,
             store,
             hub,
@@ -159,6 +164,17 @@ impl Fanout {
         }
     }
 
+    /// The last position this node fed for `topic`, if it follows it (and has one).
+    pub fn head(&self, topic: &str) -> Option<crate::store::Head> {
+        let positions = self.positions.lock().unwrap_or_else(|p| p.into_inner());
+        positions
+            .get(topic)
+            .map(|(epoch, last)| crate::store::Head {
+                epoch: epoch.to_string(),
+                last: *last,
+            })
+    }
+
     /// One local subscriber of `topic` fewer.
     pub fn unwatch(&self, topic: &str) {
         let _ = self.commands.send(Command::Unwatch(topic.to_owned()));
@@ -172,6 +188,9 @@ impl Fanout {
 /// A position fed: epoch and offset.
 type Fed = Option<(Arc<str>, u64)>;
 
+/// The last position fed per watched topic, shared with the sessions' subscribes.
+type Positions = Arc<std::sync::Mutex<HashMap<String, (Arc<str>, u64)>>>;
+
 /// Per watched topic: local subscriptions, and the last position fed.
 #[derive(Default)]
 struct Watched {
@@ -180,6 +199,7 @@ struct Watched {
 }
 
 struct Worker {
+    positions: Positions,
     store: Arc<RedisStore>,
     hub: Option<Arc<Hub>>,
     keys: Keys,
@@ -280,6 +300,10 @@ impl Worker {
             w.count = w.count.saturating_sub(1);
             if w.count == 0 {
                 self.watched.remove(topic);
+                self.positions
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(topic);
                 return true;
             }
         }
@@ -341,6 +365,15 @@ impl Worker {
                             if done.map_or(true, |r| r.is_err()) {
                                 waiting.push(ack);
                                 return End::Lost;
+                            }
+                            // Subscribed first, read second: the top read now is a position
+                            // every later append is fed after, so later subscribers of this
+                            // topic on this node need not ask Redis.
+                            if let Ok(head) = self.store.head(&topic).await {
+                                let w = self.watched.entry(topic.clone()).or_default();
+                                if w.last.is_none() {
+                                    self.fed(&topic, &head.epoch, head.last);
+                                }
                             }
                         }
                         let _ = ack.send(());
@@ -448,6 +481,10 @@ impl Worker {
             match &w.last {
                 Some((e, _)) if **e == *epoch => w.last = Some((e.clone(), offset)),
                 _ => w.last = Some((Arc::from(epoch), offset)),
+            }
+            if let Some(last) = &w.last {
+                let mut positions = self.positions.lock().unwrap_or_else(|p| p.into_inner());
+                positions.insert(topic.to_owned(), last.clone());
             }
         }
     }

@@ -657,3 +657,166 @@ async fn subscribers_joining_a_node_during_a_fast_publish_miss_nothing_after_the
         checker.check(&format!("subscriber {i}"), &got);
     }
 }
+
+/// A TCP proxy in front of Redis that can black-hole the Pub/Sub connections open at a given
+/// moment (they stay open and silent, as behind a dead middlebox), leaving command
+/// connections and later connections alone.
+struct Proxy {
+    addr: std::net::SocketAddr,
+    /// Pub/Sub connections numbered below this are frozen.
+    frozen_below: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    next: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Proxy {
+    async fn start(upstream: u16) -> Self {
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        use std::sync::Arc;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let frozen_below = Arc::new(AtomicU64::new(0));
+        let next = Arc::new(AtomicU64::new(1));
+        let (fb, nx) = (frozen_below.clone(), next.clone());
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let server = tokio::net::TcpStream::connect(("127.0.0.1", upstream))
+                    .await
+                    .unwrap();
+                let (mut cr, mut cw) = client.into_split();
+                let (mut sr, mut sw) = server.into_split();
+                // Numbered when it subscribes (a Pub/Sub connection).
+                let id = Arc::new(AtomicU64::new(0));
+                let pubsub = Arc::new(AtomicBool::new(false));
+                let frozen = {
+                    let (id, fb) = (id.clone(), fb.clone());
+                    move || {
+                        let id = id.load(Ordering::SeqCst);
+                        id != 0 && id < fb.load(Ordering::SeqCst)
+                    }
+                };
+                let (frozen_up, frozen_down) = (frozen.clone(), frozen);
+                let (id_up, nx_up, pubsub_up) = (id.clone(), nx.clone(), pubsub.clone());
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    loop {
+                        let n = match cr.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        if !pubsub_up.load(Ordering::SeqCst)
+                            && buf[..n].windows(9).any(|w| w == b"SUBSCRIBE")
+                        {
+                            pubsub_up.store(true, Ordering::SeqCst);
+                            id_up.store(nx_up.fetch_add(1, Ordering::SeqCst), Ordering::SeqCst);
+                        }
+                        while frozen_up() {
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                        if sw.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    loop {
+                        let n = match sr.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        while frozen_down() {
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                        if cw.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Self {
+            addr,
+            frozen_below,
+            next,
+        }
+    }
+
+    /// Black-holes every Pub/Sub connection open now.
+    fn freeze_existing(&self) {
+        use std::sync::atomic::Ordering;
+        self.frozen_below
+            .store(self.next.load(Ordering::SeqCst), Ordering::SeqCst);
+    }
+}
+
+/// The ids of Redis's Pub/Sub clients.
+async fn pubsub_clients(redis: &RedisServer) -> Vec<String> {
+    let mut conn = redis_conn(redis).await;
+    let list: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .arg("TYPE")
+        .arg("pubsub")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    list.lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test]
+async fn a_silent_pubsub_connection_is_caught_and_what_retention_dropped_is_an_exact_gap() {
+    let redis = RedisServer::start().unwrap();
+    let prefix = herald::store::redis::unique_prefix();
+    let proxy = Proxy::start(redis.port).await;
+    let direct = server(Config {
+        retain_count: 5,
+        ..redis_config(&redis, &prefix)
+    })
+    .await;
+    let behind_proxy = server(Config {
+        retain_count: 5,
+        redis_url: format!("redis://{}/", proxy.addr),
+        ..redis_config(&redis, &prefix)
+    })
+    .await;
+    let mut c = Client::connect(&behind_proxy).await;
+    c.subscribe("cut", None).await;
+    let first = publish(direct.addr, "cut", "first").await;
+    assert_eq!(c.notification().await, first);
+    let before = pubsub_clients(&redis).await;
+    proxy.freeze_existing();
+    let mut sent = Vec::new();
+    for i in 0..20 {
+        sent.push(publish(direct.addr, "cut", &format!("n{i}")).await);
+    }
+    // The position check (through the command connection) finds what the silent Pub/Sub
+    // connection missed: what retention kept, after an exact gap.
+    match c.next().await {
+        ServerFrame::Gap {
+            requested,
+            first_available,
+            ..
+        } => assert_eq!((requested, first_available), (1, 17)),
+        other => panic!("expected a gap, got {other:?}"),
+    }
+    assert_eq!(take(&mut c, 5).await, sent[15..]);
+    // And the probe finds the connection silent: the node drops it and subscribes on a new
+    // one (a Pub/Sub client Redis had not seen before the freeze).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let now = pubsub_clients(&redis).await;
+        if now.iter().any(|id| !before.contains(id)) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the silent connection was never replaced"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let live = publish(direct.addr, "cut", "live again").await;
+    assert_eq!(c.notification().await, live);
+}

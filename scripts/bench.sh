@@ -213,7 +213,7 @@ scale() { # name runs
       i=$((i + 1))
       taskset -c 1 ./target/release/herald-bench --addr "$ADDR" --subscribe-addrs "$node" --json ${AUTH[@]+"${AUTH[@]}"} \
         fanout --subscribers 18750 --messages 1 --external-publisher --drain 120 --topic scale \
-        >"$OUT/scale-$i.out" 2>"$OUT/scale-$i.err" &
+        >"$OUT/scale-$i.out" 2>"$OUT/scale-$run-$i.err" &
       gens+=($!)
     done
     local deadline=$((SECONDS + 300))

@@ -8,7 +8,7 @@
 # between measurements minutes apart on the same machine: absolute figures move by 30% from one
 # day's machine to the next, ratios within one run do not.
 #
-#   scripts/bench.sh                 # everything (about 75 minutes)
+#   scripts/bench.sh                 # everything (75 minutes before Redis mode joined; more now)
 #   scripts/bench.sh fanout-1000     # scenarios whose name contains the word
 #   RUNS=5 scripts/bench.sh          # more runs (default 3)
 #   PEERS=0 scripts/bench.sh         # Herald only

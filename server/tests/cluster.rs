@@ -33,6 +33,24 @@ async fn cluster(n: usize) -> (RedisServer, String, Vec<RunningServer>) {
     (redis, prefix, nodes)
 }
 
+/// A node as its own process (the real binary, to be SIGKILLed), keys in `db`.
+async fn spawn_node(
+    redis: &RedisServer,
+    prefix: &str,
+    db: &std::path::Path,
+) -> (tokio::process::Child, std::net::SocketAddr) {
+    let url = redis.url();
+    let args = [
+        "--store",
+        "redis",
+        "--redis-url",
+        &url,
+        "--redis-prefix",
+        prefix,
+    ];
+    spawn_binary_with(db, &args).await
+}
+
 async fn redis_conn(redis: &RedisServer) -> redis::aio::MultiplexedConnection {
     redis::Client::open(redis.url())
         .unwrap()
@@ -353,18 +371,9 @@ async fn while_redis_is_down_publishes_get_503_and_clients_stay_connected() {
 async fn a_killed_node_s_client_resumes_on_another_node_exactly_once() {
     let redis = RedisServer::start().unwrap();
     let prefix = herald::store::redis::unique_prefix();
-    let url = redis.url();
-    let args = [
-        "--store",
-        "redis",
-        "--redis-url",
-        url.as_str(),
-        "--redis-prefix",
-        prefix.as_str(),
-    ];
     let dir = tempfile::tempdir().unwrap();
-    let (mut a, a_addr) = spawn_binary_with(&dir.path().join("a.db"), &args).await;
-    let (_b, b_addr) = spawn_binary_with(&dir.path().join("b.db"), &args).await;
+    let (mut a, a_addr) = spawn_node(&redis, &prefix, &dir.path().join("a.db")).await;
+    let (_b, b_addr) = spawn_node(&redis, &prefix, &dir.path().join("b.db")).await;
     let mut c = Client::connect_at(a_addr, TEST_KEY).await;
     c.subscribe("ops", None).await;
     let mut sent = Vec::new();
@@ -542,17 +551,8 @@ async fn a_killed_node_s_users_leave_the_room_on_the_other_nodes() {
     let redis = RedisServer::start().unwrap();
     let prefix = herald::store::redis::unique_prefix();
     let watcher_node = server(redis_config(&redis, &prefix)).await;
-    let url = redis.url();
-    let args = [
-        "--store",
-        "redis",
-        "--redis-url",
-        url.as_str(),
-        "--redis-prefix",
-        prefix.as_str(),
-    ];
     let dir = tempfile::tempdir().unwrap();
-    let (mut doomed, doomed_addr) = spawn_binary_with(&dir.path().join("a.db"), &args).await;
+    let (mut doomed, doomed_addr) = spawn_node(&redis, &prefix, &dir.path().join("a.db")).await;
     let (mut bo, _) = member(&watcher_node, "bo", "chat-y").await;
     // ana joins through the other process.
     let token = user_token(&watcher_node, "ana", &["chat-*"], &[], 3600);

@@ -250,10 +250,7 @@ impl Worker {
                         .query_async(&mut c)
                         .await?;
                 }
-                script
-                    .key(&keys[0])
-                    .key(&keys[1])
-                    .key(&keys[2])
+                crate::store::redis::with_keys(script, &keys)
                     .arg(member)
                     .arg(user)
                     .arg(&channel)
@@ -288,10 +285,7 @@ impl Worker {
         self.store
             .conn
             .call(|mut c, _| async move {
-                script
-                    .key(&keys[0])
-                    .key(&keys[1])
-                    .key(&keys[2])
+                crate::store::redis::with_keys(script, &keys)
                     .arg(member)
                     .arg(user)
                     .arg(&channel)

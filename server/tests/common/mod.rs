@@ -253,15 +253,7 @@ impl Client {
 
     /// Connects and authenticates with `credential` (a key or a token), which must be valid.
     pub async fn connect_with(server: &RunningServer, credential: &str) -> Self {
-        let mut c = Self::connect_anonymous(server).await;
-        c.send(&ClientFrame::Auth {
-            token: credential.to_owned(),
-        })
-        .await;
-        match c.next().await {
-            ServerFrame::Authenticated { .. } => c,
-            other => panic!("expected authenticated, got {other:?}"),
-        }
+        Self::connect_at(server.addr, credential).await
     }
 
     /// Connects and consumes the `welcome` frame; sends nothing.

@@ -107,6 +107,14 @@ impl Keys {
     pub(crate) fn key(&self, topic: &str, part: &str) -> String {
         format!("{}:{{{topic}}}:{part}", self.prefix)
     }
+    /// A topic's meta hash, log stream and inbox state, as the scripts take them.
+    fn topic(&self, topic: &str) -> [String; 3] {
+        [
+            self.key(topic, "m"),
+            self.key(topic, "l"),
+            self.key(topic, "s"),
+        ]
+    }
     pub fn channel(&self, topic: &str) -> String {
         format!("{}:ch:{{{topic}}}", self.prefix)
     }
@@ -244,6 +252,18 @@ impl Connector {
     }
 }
 
+/// `script` with every one of `keys` (the topic's, in the order the script names them).
+pub(crate) fn with_keys<'a>(
+    script: &'a redis::Script,
+    keys: &[String],
+) -> redis::ScriptInvocation<'a> {
+    let mut invocation = script.prepare_invoke();
+    for k in keys {
+        invocation.key(k);
+    }
+    invocation
+}
+
 fn unavailable(why: &str) -> StoreError {
     StoreError::Unavailable(format!("redis unavailable: {why}"))
 }
@@ -349,9 +369,7 @@ impl RedisStore {
         let out: Vec<String> = self
             .conn
             .call(|mut c, epoch| async move {
-                script
-                    .key(&keys[0])
-                    .key(&keys[1])
+                with_keys(script, &keys)
                     .arg(&*epoch)
                     .arg(lo)
                     .arg(hi)
@@ -403,15 +421,9 @@ impl Store for RedisStore {
             Some(_) => self.retention.idempotency_window.as_millis().max(1) as u64,
             None => 0,
         };
-        let keys = [
-            self.keys.key(topic, "m"),
-            self.keys.key(topic, "l"),
-            self.keys.key(topic, "s"),
-            self.keys.key(
-                topic,
-                &format!("i:{}", idempotency_key.as_deref().unwrap_or("")),
-            ),
-        ];
+        let [meta, log, state] = self.keys.topic(topic);
+        let key = idempotency_key.as_deref().unwrap_or("");
+        let keys = [meta, log, state, self.keys.key(topic, &format!("i:{key}"))];
         let (channel, topics) = (self.keys.channel(topic), self.keys.topics());
         let script = &self.append;
         let (max_count, inbox, time) = (self.retention.max_count, is_inbox(topic), n.time);
@@ -421,12 +433,8 @@ impl Store for RedisStore {
         let out: Vec<Vec<u8>> = self
             .conn
             .call(|mut c, epoch| async move {
-                let mut invocation = script.prepare_invoke();
+                let mut invocation = with_keys(script, &keys);
                 invocation
-                    .key(&keys[0])
-                    .key(&keys[1])
-                    .key(&keys[2])
-                    .key(&keys[3])
                     .arg(&*epoch)
                     .arg(time)
                     .arg(&entry)
@@ -501,20 +509,13 @@ impl Store for RedisStore {
         let mut dropped = 0u64;
         for topic in self.topics().await? {
             loop {
-                let keys = [
-                    self.keys.key(&topic, "m"),
-                    self.keys.key(&topic, "l"),
-                    self.keys.key(&topic, "s"),
-                ];
+                let keys = self.keys.topic(&topic);
                 let script = &self.prune;
                 let inbox = is_inbox(&topic);
                 let n: u64 = self
                     .conn
                     .call(|mut c, _| async move {
-                        script
-                            .key(&keys[0])
-                            .key(&keys[1])
-                            .key(&keys[2])
+                        with_keys(script, &keys)
                             .arg(cutoff)
                             .arg(PRUNE_CHUNK)
                             .arg(u8::from(inbox))
@@ -547,19 +548,12 @@ impl Store for RedisStore {
             InboxUpdate::ReadAll { up_to } => ("read_all", vec![(*up_to).min(MAX_OFFSET)]),
         };
         let args: Vec<u64> = args.into_iter().map(|o| o.min(MAX_OFFSET)).collect();
-        let keys = [
-            self.keys.key(topic, "m"),
-            self.keys.key(topic, "l"),
-            self.keys.key(topic, "s"),
-        ];
+        let keys = self.keys.topic(topic);
         let script = &self.inbox_update;
         let (changed, unread, seq): (u64, u64, u64) = self
             .conn
             .call(|mut c, epoch| async move {
-                script
-                    .key(&keys[0])
-                    .key(&keys[1])
-                    .key(&keys[2])
+                with_keys(script, &keys)
                     .arg(&*epoch)
                     .arg(op)
                     .arg(&args)
@@ -593,19 +587,12 @@ impl Store for RedisStore {
             app::protocol::InboxFilter::Archived => "archived",
         };
         let category = query.category.clone().unwrap_or_default();
-        let keys = [
-            self.keys.key(topic, "m"),
-            self.keys.key(topic, "l"),
-            self.keys.key(topic, "s"),
-        ];
+        let keys = self.keys.topic(topic);
         let script = &self.inbox_list;
         let out: Vec<String> = self
             .conn
             .call(|mut c, epoch| async move {
-                script
-                    .key(&keys[0])
-                    .key(&keys[1])
-                    .key(&keys[2])
+                with_keys(script, &keys)
                     .arg(&*epoch)
                     .arg(&hi)
                     .arg(filter)

@@ -360,6 +360,20 @@ async fn while_redis_is_down_publishes_get_503_and_clients_stay_connected() {
     // Still connected: a ping is answered.
     c.send(&ClientFrame::Ping { id: Some(5) }).await;
     assert!(matches!(c.next().await, ServerFrame::Pong { id: Some(5) }));
+    // A new subscription cannot start: a typed answer, not a hang.
+    let mut d = Client::connect(&nodes[1]).await;
+    d.send(&ClientFrame::Subscribe {
+        topic: "elsewhere".into(),
+        since: None,
+        id: Some(9),
+    })
+    .await;
+    match d.next().await {
+        ServerFrame::Error { code, id, .. } => {
+            assert_eq!((code.as_str(), id), ("unavailable", Some(9)))
+        }
+        other => panic!("expected an error, got {other:?}"),
+    }
     redis.restart().unwrap();
     let after = publish_retrying(&nodes[0], "ops", "after").await;
     // A restarted Redis without persistence is a new epoch: reset, then the new history.

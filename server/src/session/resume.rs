@@ -24,6 +24,17 @@ pub(super) const REPLAY_PAGE: usize = 128;
 /// or a different epoch sends the subscription back to catching up, where the store fills the
 /// hole or the client is told `gap`/`reset`. While catching up, queued frames are dropped: they
 /// are readable already and the next store read includes them.
+/// The error code for a store failure: `unavailable` for a state that passes (Redis down),
+/// `internal` for the rest.
+fn store_code(e: &crate::store::StoreError) -> ErrorCode {
+    match e {
+        crate::store::StoreError::Unavailable(_) | crate::store::StoreError::Closed => {
+            ErrorCode::Unavailable
+        }
+        _ => ErrorCode::Internal,
+    }
+}
+
 pub(super) fn accept_live(sub: &mut Subscription, n: &Notification) -> bool {
     if sub.phase != Phase::Live {
         return false;
@@ -106,9 +117,7 @@ impl<S: Socket> Session<S> {
                 if since.is_none() {
                     self.unregister(&topic, slot);
                 }
-                return self
-                    .error(ErrorCode::Internal, "store unavailable", id)
-                    .await;
+                return self.error(store_code(&e), "store unavailable", id).await;
             }
         };
         let (epoch, delivered, phase) = match since {
@@ -125,9 +134,7 @@ impl<S: Socket> Session<S> {
                     Err(e) => {
                         tracing::error!(error = %e, %topic, "head lookup failed");
                         self.unregister(&topic, slot);
-                        return self
-                            .error(ErrorCode::Internal, "store unavailable", id)
-                            .await;
+                        return self.error(store_code(&e), "store unavailable", id).await;
                     }
                 };
                 let phase = if again.epoch == p.epoch && again.last == p.offset {

@@ -46,6 +46,8 @@ pub enum Outbound {
     /// A presence announcement; the session writes it unless a list it already wrote
     /// reflects it (see [`crate::presence`]).
     Presence(Arc<crate::presence::Announcement>),
+    /// Nothing to write: wakes the session to act on its resync mark.
+    Wake,
 }
 
 /// One registered connection, shared by the hub (to enqueue) and its session (to drain).
@@ -334,6 +336,17 @@ impl Hub {
         });
         if subs.is_empty() {
             shard.remove(topic);
+        }
+    }
+
+    /// Presence frames for `topic` may have been lost on the way to this node (its Pub/Sub
+    /// connection was down): every subscriber writes fresh member lists.
+    pub fn resync(&self, topic: &str) {
+        let shard = lock(self.shard(topic));
+        for s in shard.get(topic).into_iter().flatten() {
+            s.conn.resync.store(true, Ordering::Release);
+            // A full queue wakes the session anyway.
+            let _ = s.conn.tx.try_send(Outbound::Wake);
         }
     }
 

@@ -265,6 +265,7 @@ impl<S: Socket> Session<S> {
         for item in batch.iter() {
             let msg = match item {
                 Outbound::Ping => Message::Ping(Default::default()),
+                Outbound::Wake => continue,
                 Outbound::TokenExpiring => match self.expiring_frame() {
                     Some(text) => Message::Text(text.into()),
                     None => continue,

@@ -342,8 +342,14 @@ impl Worker {
         for ack in waiting.drain(..) {
             let _ = ack.send(());
         }
-        // What was appended while there was no connection.
+        // What was appended while there was no connection; and presence announcements made
+        // meanwhile are gone: the sessions write fresh lists.
         self.check_positions().await;
+        if let Some(hub) = &self.hub {
+            for topic in self.watched.keys() {
+                hub.resync(topic);
+            }
+        }
         let mut check = tokio::time::interval(CHECK_EVERY);
         check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         check.tick().await;

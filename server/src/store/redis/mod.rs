@@ -296,35 +296,47 @@ async fn epoch_of_server(conn: &mut MultiplexedConnection) -> redis::RedisResult
     Ok(Arc::from(epoch))
 }
 
-/// The store over Redis. Cheap to share; every call is a round trip or a script.
-pub struct RedisStore {
-    pub(crate) conn: Arc<Connector>,
-    pub(crate) keys: Keys,
+/// Appends waiting for their round trip, at most this many (callers wait for room beyond).
+const APPEND_QUEUE: usize = 4096;
+/// Most appends taken from the queue at once.
+const APPEND_BATCH: usize = 256;
+
+/// One append on its way.
+struct Pending {
+    topic: String,
+    /// The notification, without epoch and offset yet.
+    n: Notification,
+    entry: String,
+    key: Option<String>,
+    reply: tokio::sync::oneshot::Sender<Result<Appended, StoreError>>,
+}
+
+/// Sends appends: everything waiting is taken at once, grouped by topic (in arrival order
+/// within a topic), and each topic's group goes to Redis as one script call, the groups side
+/// by side. Like SQLite's group commit: under load, one round trip and one script carry many
+/// publishes, and a lone publish waits for nothing.
+struct Appender {
+    conn: Arc<Connector>,
+    keys: Keys,
     retention: Retention,
-    append: redis::Script,
-    read: redis::Script,
-    inbox_update: redis::Script,
-    inbox_list: redis::Script,
-    prune: redis::Script,
+    script: redis::Script,
     /// Topics this node has put in the registry.
     registered: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
-impl RedisStore {
-    /// Connects lazily: the first call reaches Redis (and a Redis that is down makes calls
-    /// fail with `Unavailable`, not the start).
-    pub fn new(url: &str, prefix: &str, retention: Retention) -> Result<Self, StoreError> {
-        Ok(Self {
-            conn: Arc::new(Connector::new(url)?),
-            keys: Keys::new(prefix),
-            retention,
-            append: redis::Script::new(&scripts::full(scripts::APPEND)),
-            read: redis::Script::new(&scripts::full(scripts::READ)),
-            inbox_update: redis::Script::new(&scripts::full(scripts::INBOX_UPDATE)),
-            inbox_list: redis::Script::new(&scripts::full(scripts::INBOX_LIST)),
-            prune: redis::Script::new(&scripts::full(scripts::PRUNE)),
-            registered: std::sync::Mutex::new(std::collections::HashSet::new()),
-        })
+impl Appender {
+    async fn run(self: Arc<Self>, mut waiting: tokio::sync::mpsc::Receiver<Pending>) {
+        let mut batch = Vec::with_capacity(APPEND_BATCH);
+        while waiting.recv_many(&mut batch, APPEND_BATCH).await > 0 {
+            let mut groups: Vec<(String, Vec<Pending>)> = Vec::new();
+            for p in batch.drain(..) {
+                match groups.iter_mut().find(|(t, _)| *t == p.topic) {
+                    Some((_, g)) => g.push(p),
+                    None => groups.push((p.topic.clone(), vec![p])),
+                }
+            }
+            futures::future::join_all(groups.into_iter().map(|(t, g)| self.send(t, g))).await;
+        }
     }
 
     /// Whether this node already put `topic` in the registry (remembered for a bounded number
@@ -339,6 +351,139 @@ impl RedisStore {
         }
         known.insert(topic.to_owned());
         false
+    }
+
+    /// One script call for `group` (appends to `topic`, in order); answers each.
+    async fn send(&self, topic: String, group: Vec<Pending>) {
+        let ttl = self.retention.idempotency_window.as_millis().max(1) as u64;
+        let mut keys: Vec<String> = self.keys.topic(&topic).into();
+        for p in &group {
+            let key = p.key.as_deref().unwrap_or("");
+            keys.push(self.keys.key(&topic, &format!("i:{key}")));
+        }
+        let (channel, topics) = (self.keys.channel(&topic), self.keys.topics());
+        let (max_count, inbox) = (self.retention.max_count, is_inbox(&topic));
+        // The registry of topics, for retention by age (another slot: not in the script);
+        // once per topic per node, in the same round trip as its first append.
+        let register = !self.registered(&topic);
+        let (script, group_ref, topic_ref) = (&self.script, &group, &topic);
+        let out: Result<Vec<Vec<u8>>, StoreError> = self
+            .conn
+            .call(|mut c, epoch| async move {
+                let mut invocation = with_keys(script, &keys);
+                invocation
+                    .arg(&*epoch)
+                    .arg(max_count)
+                    .arg(&channel)
+                    .arg(u8::from(inbox));
+                for p in group_ref {
+                    let ttl = if p.key.is_some() { ttl } else { 0 };
+                    invocation.arg(p.n.time).arg(&p.entry).arg(ttl);
+                }
+                if register {
+                    let _: () = redis::cmd("SADD")
+                        .arg(&topics)
+                        .arg(topic_ref)
+                        .query_async(&mut c)
+                        .await?;
+                }
+                invocation.invoke_async(&mut c).await
+            })
+            .await;
+        let out = match out {
+            Ok(out) if out.len() == 5 * group.len() => out,
+            Ok(_) => {
+                for p in group {
+                    let _ = p
+                        .reply
+                        .send(Err(StoreError::Corrupt("short append answer".into())));
+                }
+                return;
+            }
+            Err(e) => {
+                let why = e.to_string();
+                for p in group {
+                    let e = match &e {
+                        StoreError::Unavailable(_) => StoreError::Unavailable(why.clone()),
+                        _ => StoreError::Backend(why.clone()),
+                    };
+                    let _ = p.reply.send(Err(e));
+                }
+                return;
+            }
+        };
+        for (p, answer) in group.into_iter().zip(out.chunks_exact(5)) {
+            let _ = p.reply.send(appended(&topic, p.n, answer));
+        }
+    }
+}
+
+/// One notification's five answer values (see the script).
+fn appended(topic: &str, mut n: Notification, answer: &[Vec<u8>]) -> Result<Appended, StoreError> {
+    let corrupt = || StoreError::Corrupt("unreadable append answer".into());
+    let text = |b: &[u8]| {
+        std::str::from_utf8(b)
+            .map(str::to_owned)
+            .map_err(|_| corrupt())
+    };
+    if answer[0].as_slice() != b"1" {
+        return Ok(Appended {
+            stored: parse_message(topic, &answer[1]).ok_or_else(corrupt)?,
+            duplicate: true,
+        });
+    }
+    n.epoch = text(&answer[1])?;
+    n.offset = text(&answer[2])?.parse().map_err(|_| corrupt())?;
+    let count = match (text(&answer[3])?.parse(), text(&answer[4])?.parse()) {
+        (Ok(unread), Ok(seq)) => Some(InboxCount { unread, seq }),
+        _ => None,
+    };
+    Ok(Appended {
+        stored: Stored::with_inbox(n, count),
+        duplicate: false,
+    })
+}
+
+/// The store over Redis. Cheap to share; every call is a round trip or a script.
+pub struct RedisStore {
+    pub(crate) conn: Arc<Connector>,
+    pub(crate) keys: Keys,
+    retention: Retention,
+    /// Appends wait here for [`Appender`], which sends each topic's waiting appends as one
+    /// script call.
+    appends: tokio::sync::mpsc::Sender<Pending>,
+    read: redis::Script,
+    inbox_update: redis::Script,
+    inbox_list: redis::Script,
+    prune: redis::Script,
+}
+
+impl RedisStore {
+    /// Connects lazily: the first call reaches Redis (and a Redis that is down makes calls
+    /// fail with `Unavailable`, not the start).
+    /// Call within a tokio runtime: it starts the task that sends appends.
+    pub fn new(url: &str, prefix: &str, retention: Retention) -> Result<Self, StoreError> {
+        let conn = Arc::new(Connector::new(url)?);
+        let keys = Keys::new(prefix);
+        let (appends, waiting) = tokio::sync::mpsc::channel(APPEND_QUEUE);
+        let appender = Arc::new(Appender {
+            conn: conn.clone(),
+            keys: keys.clone(),
+            retention,
+            script: redis::Script::new(&scripts::full(scripts::APPEND)),
+            registered: std::sync::Mutex::new(std::collections::HashSet::new()),
+        });
+        tokio::spawn(appender.run(waiting));
+        Ok(Self {
+            conn,
+            keys,
+            retention,
+            appends,
+            read: redis::Script::new(&scripts::full(scripts::READ)),
+            inbox_update: redis::Script::new(&scripts::full(scripts::INBOX_UPDATE)),
+            inbox_list: redis::Script::new(&scripts::full(scripts::INBOX_LIST)),
+            prune: redis::Script::new(&scripts::full(scripts::PRUNE)),
+        })
     }
 
     /// The stored notifications of a `read` script's answer, after its three header fields.
@@ -417,67 +562,19 @@ impl Store for RedisStore {
         let n = materialize(topic, "", 0, super::now_ms(), new);
         let entry = serde_json::to_string(&Entry::of(&n))
             .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let ttl = match &idempotency_key {
-            Some(_) => self.retention.idempotency_window.as_millis().max(1) as u64,
-            None => 0,
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let pending = Pending {
+            topic: topic.to_owned(),
+            n,
+            entry,
+            key: idempotency_key,
+            reply,
         };
-        let [meta, log, state] = self.keys.topic(topic);
-        let key = idempotency_key.as_deref().unwrap_or("");
-        let keys = [meta, log, state, self.keys.key(topic, &format!("i:{key}"))];
-        let (channel, topics) = (self.keys.channel(topic), self.keys.topics());
-        let script = &self.append;
-        let (max_count, inbox, time) = (self.retention.max_count, is_inbox(topic), n.time);
-        // The registry of topics, for retention by age (another slot: not in the script);
-        // once per topic per node, in the same round trip as its first append.
-        let register = !self.registered(topic);
-        let out: Vec<Vec<u8>> = self
-            .conn
-            .call(|mut c, epoch| async move {
-                let mut invocation = with_keys(script, &keys);
-                invocation
-                    .arg(&*epoch)
-                    .arg(time)
-                    .arg(&entry)
-                    .arg(max_count)
-                    .arg(ttl)
-                    .arg(&channel)
-                    .arg(u8::from(inbox));
-                if register {
-                    let _: () = redis::cmd("SADD")
-                        .arg(&topics)
-                        .arg(topic)
-                        .query_async(&mut c)
-                        .await?;
-                }
-                invocation.invoke_async(&mut c).await
-            })
-            .await?;
-        let corrupt = || StoreError::Corrupt("unreadable append answer".into());
-        let text = |b: &[u8]| {
-            std::str::from_utf8(b)
-                .map(str::to_owned)
-                .map_err(|_| corrupt())
-        };
-        match out.as_slice() {
-            [fresh, epoch, offset, unread, seq] if fresh.as_slice() == b"1" => {
-                let mut n = n;
-                n.epoch = text(epoch)?;
-                n.offset = text(offset)?.parse().map_err(|_| corrupt())?;
-                let count = match (text(unread)?.parse(), text(seq)?.parse()) {
-                    (Ok(unread), Ok(seq)) => Some(InboxCount { unread, seq }),
-                    _ => None,
-                };
-                Ok(Appended {
-                    stored: Stored::with_inbox(n, count),
-                    duplicate: false,
-                })
-            }
-            [_, msg] => Ok(Appended {
-                stored: parse_message(topic, msg).ok_or_else(corrupt)?,
-                duplicate: true,
-            }),
-            _ => Err(corrupt()),
-        }
+        self.appends
+            .send(pending)
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
     }
 
     async fn read(

@@ -29,47 +29,61 @@ local function unread_of(state, off)
 end
 "#;
 
-/// KEYS: meta, log, state, idem. ARGV: epoch, time, entry, max_count, idem_ttl_ms (0: no
-/// key), channel, inbox (1/0). Returns {1, epoch, offset, unread, seq} for a new
-/// notification (the caller has the rest), {0, message} for a repeated idempotency key;
-/// message = "epoch:offset:unread:seq:entry", as published.
+/// Appends a batch of notifications to one topic, in order.
+/// KEYS: meta, log, state, then one idempotency key per notification. ARGV: epoch, max_count,
+/// channel, inbox (1/0), then per notification: time, entry, idem_ttl_ms (0: no key).
+/// Returns five values per notification: {'1', epoch, offset, unread, seq} for a new one (the
+/// caller has the rest), {'0', message, '', '', ''} for a repeated idempotency key; message =
+/// "epoch:offset:unread:seq:entry", as published on the channel.
 pub const APPEND: &str = r#"
-local meta, log, state, idem = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local ttl = tonumber(ARGV[5])
-if ttl > 0 then
-  local prev = redis.call('GET', idem)
-  if prev then return {'0', prev} end
-end
+local meta, log, state = KEYS[1], KEYS[2], KEYS[3]
 local epoch, top = epoch_of(meta, ARGV[1], true)
-local maxc = tonumber(ARGV[4])
-top = top + 1
-local u, q = '', ''
-if ARGV[7] == '1' then
-  local unread = tonumber(redis.call('HGET', meta, 'u') or '0')
-  local seq = tonumber(redis.call('HGET', meta, 'q') or '0')
-  local len = redis.call('XLEN', log)
-  if len >= maxc then
-    -- What the trim below drops leaves the count.
-    for _, e in ipairs(redis.call('XRANGE', log, '-', '+', 'COUNT', len - maxc + 1)) do
-      local off = string.match(e[1], '^(%d+)')
-      if unread_of(state, off) then
-        unread = unread - 1
-        seq = seq + 1
-      end
-      redis.call('HDEL', state, off)
-    end
-  end
-  unread = unread + 1
-  seq = seq + 1
-  redis.call('HSET', meta, 'u', unread, 'q', seq)
-  u, q = tostring(unread), tostring(seq)
+local maxc, channel, inbox = tonumber(ARGV[2]), ARGV[3], ARGV[4] == '1'
+local unread, seq = 0, 0
+if inbox then
+  unread = tonumber(redis.call('HGET', meta, 'u') or '0')
+  seq = tonumber(redis.call('HGET', meta, 'q') or '0')
 end
-redis.call('XADD', log, 'MAXLEN', maxc, top .. '-0', 't', ARGV[2], 'd', ARGV[3])
+local out = {}
+for i = 1, (#ARGV - 4) / 3 do
+  local time, entry, ttl = ARGV[3 * i + 2], ARGV[3 * i + 3], tonumber(ARGV[3 * i + 4])
+  local idem = KEYS[3 + i]
+  local prev = false
+  if ttl > 0 then prev = redis.call('GET', idem) end
+  if prev then
+    out[#out + 1] = '0'; out[#out + 1] = prev
+    out[#out + 1] = ''; out[#out + 1] = ''; out[#out + 1] = ''
+  else
+    top = top + 1
+    local u, q = '', ''
+    if inbox then
+      local len = redis.call('XLEN', log)
+      if len >= maxc then
+        -- What the trim below drops leaves the count.
+        for _, e in ipairs(redis.call('XRANGE', log, '-', '+', 'COUNT', len - maxc + 1)) do
+          local off = string.match(e[1], '^(%d+)')
+          if unread_of(state, off) then
+            unread = unread - 1
+            seq = seq + 1
+          end
+          redis.call('HDEL', state, off)
+        end
+      end
+      unread = unread + 1
+      seq = seq + 1
+      u, q = tostring(unread), tostring(seq)
+    end
+    redis.call('XADD', log, 'MAXLEN', maxc, top .. '-0', 't', time, 'd', entry)
+    local msg = epoch .. ':' .. top .. ':' .. u .. ':' .. q .. ':' .. entry
+    redis.call('PUBLISH', channel, msg)
+    if ttl > 0 then redis.call('SET', idem, msg, 'PX', ttl) end
+    out[#out + 1] = '1'; out[#out + 1] = epoch; out[#out + 1] = tostring(top)
+    out[#out + 1] = u; out[#out + 1] = q
+  end
+end
 redis.call('HSET', meta, 's', top)
-local msg = epoch .. ':' .. top .. ':' .. u .. ':' .. q .. ':' .. ARGV[3]
-redis.call('PUBLISH', ARGV[6], msg)
-if ttl > 0 then redis.call('SET', idem, msg, 'PX', ttl) end
-return {'1', epoch, tostring(top), u, q}
+if inbox then redis.call('HSET', meta, 'u', unread, 'q', seq) end
+return out
 "#;
 
 /// KEYS: meta, log. ARGV: epoch, lo (inclusive), hi (inclusive), limit (0: position only),

@@ -101,6 +101,15 @@ async fn append(h: &Harness, topic: &str, body: &str) -> Arc<Stored> {
         .stored
 }
 
+/// The feed's next notification; a failure instead of a hang when it never comes (an append
+/// that failed in a spawned task, say).
+async fn fed(feed: &mut mpsc::Receiver<Arc<Stored>>) -> Arc<Stored> {
+    tokio::time::timeout(Duration::from_secs(10), feed.recv())
+        .await
+        .expect("a notification on the feed within 10 s")
+        .expect("the feed is open")
+}
+
 async fn read_all(h: &Harness, topic: &str) -> (TopicPosition, Vec<u64>) {
     let (pos, items) = h
         .store
@@ -200,7 +209,7 @@ async fn the_feed_carries_each_append_once_in_offset_order_after_it_is_readable(
     };
     let mut last = std::collections::HashMap::new();
     for _ in 0..100 {
-        let s = h.feed.recv().await.unwrap();
+        let s = fed(&mut h.feed).await;
         let n = &s.notification;
         let prev = last.insert(n.topic.clone(), n.offset).unwrap_or(0);
         assert_eq!(n.offset, prev + 1, "per-topic offset order on the feed");
@@ -225,7 +234,7 @@ async fn head_is_never_behind_the_feed_and_starts_at_zero(make: Make) {
     assert_eq!(pos.epoch, head.epoch);
     for i in 1..=20u64 {
         append(&h, "t", "x").await;
-        let fed = h.feed.recv().await.unwrap();
+        let fed = fed(&mut h.feed).await;
         assert_eq!(fed.notification.offset, i);
         assert!(h.store.head("t").await.unwrap().last >= i);
     }

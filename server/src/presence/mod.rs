@@ -25,6 +25,12 @@
 //! (the joiner's list, a resync) carries the sequence number it was taken at; the session
 //! writes only presence frames numbered above the last snapshot it wrote, so a frame already
 //! reflected in a list never follows it and the client's list is always a true past state.
+//!
+//! # Several nodes
+//! In Redis mode ([`cluster`]) this node still counts its own sockets, but a user's first and
+//! last socket here go to Redis, which numbers the room's announcements (one sequence per
+//! room) and publishes them to every node; lists come from Redis too. The same rule applies:
+//! a session writes only announcements numbered above the list it last wrote.
 
 pub mod cluster;
 

@@ -169,6 +169,9 @@ pub(crate) struct Connector {
     current: std::sync::RwLock<Option<(MultiplexedConnection, Arc<str>)>>,
     /// Held while connecting, so that one caller connects and the others wait for it.
     connecting: Mutex<()>,
+    /// When a call last got an answer ([`now_ms`](super::now_ms)): a call that times out
+    /// while others are answered is load, not a dead connection.
+    last_answer_ms: std::sync::atomic::AtomicI64,
 }
 
 impl Connector {
@@ -179,6 +182,7 @@ impl Connector {
             client,
             current: std::sync::RwLock::new(None),
             connecting: Mutex::new(()),
+            last_answer_ms: std::sync::atomic::AtomicI64::new(0),
         })
     }
 
@@ -229,8 +233,15 @@ impl Connector {
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
     {
         let (conn, epoch) = self.get().await?;
+        let answered = |this: &Self| {
+            this.last_answer_ms
+                .store(super::now_ms(), std::sync::atomic::Ordering::Relaxed)
+        };
         match tokio::time::timeout(CALL_TIMEOUT, f(conn, epoch)).await {
-            Ok(Ok(v)) => Ok(v),
+            Ok(Ok(v)) => {
+                answered(self);
+                Ok(v)
+            }
             // The connection's fault: drop it, and say "try again".
             Ok(Err(e))
                 if e.is_io_error()
@@ -243,9 +254,19 @@ impl Connector {
                 Err(unavailable(&e.to_string()))
             }
             // A script error or an answer of the wrong shape: a bug, not a state.
-            Ok(Err(e)) => Err(StoreError::Backend(format!("redis: {e}"))),
+            Ok(Err(e)) => {
+                answered(self);
+                Err(StoreError::Backend(format!("redis: {e}")))
+            }
             Err(_) => {
-                self.reset();
+                // Silent for a whole timeout: the connection is dead (or black-holed); drop
+                // it. Answers meanwhile: Redis is busy, keep it.
+                let last = self
+                    .last_answer_ms
+                    .load(std::sync::atomic::Ordering::Relaxed);
+                if super::now_ms() - last > CALL_TIMEOUT.as_millis() as i64 {
+                    self.reset();
+                }
                 Err(unavailable("call timed out"))
             }
         }

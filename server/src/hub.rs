@@ -270,13 +270,14 @@ impl Hub {
     pub fn broadcast(&self, stored: &Arc<Stored>) {
         let topic = stored.notification.topic.as_str();
         let offset = stored.notification.offset;
-        let mut shard = lock(self.shard(topic));
-        let Some(subs) = shard.get_mut(topic) else {
-            return;
-        };
-        // Encode the frame here, once, rather than in the first session to write it.
-        let _ = stored.frame();
-        subs.retain(|s| {
+        // Encode the frame here, once, rather than in the first session to write it (only
+        // when someone follows the topic).
+        let mut encoded = false;
+        self.retain_subscribers(topic, |s| {
+            if !encoded {
+                let _ = stored.frame();
+                encoded = true;
+            }
             let item = Outbound::Notification {
                 slot: s.slot,
                 stored: stored.clone(),
@@ -284,25 +285,35 @@ impl Hub {
             match s.conn.tx.try_send(item) {
                 Ok(()) => true,
                 Err(mpsc::error::TrySendError::Full(_)) => {
-                    // A connection following several busy topics overflows on each of them;
-                    // only the first detection closes it and counts.
-                    if s.conn.close(close_code::SLOW_CONSUMER) {
-                        tracing::warn!(
-                            conn_id = s.conn.id,
-                            topic,
-                            offset,
-                            "slow consumer: closing"
-                        );
-                        self.slow_closed.fetch_add(1, Ordering::Relaxed);
-                    }
-                    false
+                    self.cut_slow(&s.conn, topic, Some(offset))
                 }
                 Err(mpsc::error::TrySendError::Closed(_)) => false,
             }
         });
+    }
+
+    /// Runs `keep` for every subscriber of `topic` under its shard's lock, dropping those it
+    /// answers false for (and the topic once nobody follows it).
+    fn retain_subscribers(&self, topic: &str, keep: impl FnMut(&Subscriber) -> bool) {
+        let mut shard = lock(self.shard(topic));
+        let Some(subs) = shard.get_mut(topic) else {
+            return;
+        };
+        subs.retain(keep);
         if subs.is_empty() {
             shard.remove(topic);
         }
+    }
+
+    /// A full queue where nothing may be dropped: the connection is closed as a slow consumer.
+    /// A connection following several busy topics overflows on each of them; only the first
+    /// detection closes it and counts. Returns false (drop it from the topic).
+    fn cut_slow(&self, conn: &Conn, topic: &str, offset: Option<u64>) -> bool {
+        if conn.close(close_code::SLOW_CONSUMER) {
+            tracing::warn!(conn_id = conn.id, topic, offset = ?offset, "slow consumer: closing");
+            self.slow_closed.fetch_add(1, Ordering::Relaxed);
+        }
+        false
     }
 
     /// Queues what `item` makes for every subscriber of `topic` (but the connection
@@ -313,11 +324,7 @@ impl Hub {
     /// A queue that is half full is not empty, so its session wakes and sees the mark.
     pub fn send_ephemeral(&self, topic: &str, item: impl Fn() -> Outbound, except: Option<u64>) {
         let reserve = self.queue_frames / 2;
-        let mut shard = lock(self.shard(topic));
-        let Some(subs) = shard.get_mut(topic) else {
-            return;
-        };
-        subs.retain(|s| {
+        self.retain_subscribers(topic, |s| {
             if Some(s.conn.id) == except {
                 return true;
             }
@@ -334,9 +341,6 @@ impl Hub {
                 Err(mpsc::error::TrySendError::Closed(_)) => false,
             }
         });
-        if subs.is_empty() {
-            shard.remove(topic);
-        }
     }
 
     /// Presence frames for `topic` may have been lost on the way to this node (its Pub/Sub
@@ -355,29 +359,16 @@ impl Hub {
     /// (an inbox change). Never waits; a full queue is a slow consumer as for `broadcast`.
     pub fn send_frame(&self, topic: &str, frame: Utf8Bytes, except: Option<u64>) {
         let frame = Arc::new(frame);
-        let mut shard = lock(self.shard(topic));
-        let Some(subs) = shard.get_mut(topic) else {
-            return;
-        };
-        subs.retain(|s| {
+        self.retain_subscribers(topic, |s| {
             if Some(s.conn.id) == except {
                 return true;
             }
             match s.conn.tx.try_send(Outbound::Frame(frame.clone())) {
                 Ok(()) => true,
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    if s.conn.close(close_code::SLOW_CONSUMER) {
-                        tracing::warn!(conn_id = s.conn.id, "slow consumer: closing");
-                        self.slow_closed.fetch_add(1, Ordering::Relaxed);
-                    }
-                    false
-                }
+                Err(mpsc::error::TrySendError::Full(_)) => self.cut_slow(&s.conn, topic, None),
                 Err(mpsc::error::TrySendError::Closed(_)) => false,
             }
         });
-        if subs.is_empty() {
-            shard.remove(topic);
-        }
     }
 
     /// One heartbeat pass over every connection: close those silent for longer than `timeout`

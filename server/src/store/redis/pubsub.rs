@@ -231,21 +231,15 @@ impl Worker {
                 _ = cancel.cancelled() => return,
                 c = tokio::time::timeout(super::CALL_TIMEOUT, self.store.conn.client().get_async_pubsub()) => c,
             };
-            let pubsub = match connected {
-                Ok(Ok(p)) => p,
-                Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "redis pub/sub connection failed; retrying");
-                    if self
-                        .idle_until(&mut rx, &mut waiting, backoff, &cancel)
-                        .await
-                    {
-                        return;
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
-                    continue;
-                }
-                Err(_) => {
-                    tracing::warn!("redis pub/sub connection timed out; retrying");
+            let failed = match connected {
+                Ok(Ok(p)) => Ok(p),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err("timed out".to_owned()),
+            };
+            let pubsub = match failed {
+                Ok(p) => p,
+                Err(error) => {
+                    tracing::warn!(error, "redis pub/sub connection failed; retrying");
                     if self
                         .idle_until(&mut rx, &mut waiting, backoff, &cancel)
                         .await

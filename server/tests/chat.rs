@@ -10,21 +10,7 @@ use herald::RunningServer;
 const ROOM: &str = "chat-lobby";
 
 async fn member(server: &RunningServer, user: &str) -> (Client, Vec<String>) {
-    let token = user_token(server, user, &["chat-*"], &["chat-*"], 3600);
-    let mut c = Client::connect_with(server, &token).await;
-    c.send(&ClientFrame::Subscribe {
-        topic: ROOM.into(),
-        since: None,
-        id: Some(1),
-    })
-    .await;
-    loop {
-        match c.next().await {
-            ServerFrame::Subscribed { members, .. } => return (c, members.unwrap_or_default()),
-            ServerFrame::Presence { .. } => continue,
-            other => panic!("expected subscribed, got {other:?}"),
-        }
-    }
+    join_room(server, user, ROOM).await
 }
 
 fn say(body: &str, client_id: Option<&str>, id: u64) -> ClientFrame {

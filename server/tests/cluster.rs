@@ -492,25 +492,6 @@ async fn typing_on_one_node_reaches_a_room_member_on_another() {
     drop(ana);
 }
 
-/// Joins `room` as `user` on `node`; returns the socket and the member list it was given.
-async fn member(node: &RunningServer, user: &str, room: &str) -> (Client, Vec<String>) {
-    let token = user_token(node, user, &["chat-*"], &["chat-*"], 3600);
-    let mut c = Client::connect_with(node, &token).await;
-    c.send(&ClientFrame::Subscribe {
-        topic: room.into(),
-        since: None,
-        id: None,
-    })
-    .await;
-    loop {
-        match c.next().await {
-            ServerFrame::Subscribed { members, .. } => return (c, members.unwrap_or_default()),
-            ServerFrame::Presence { .. } => continue,
-            other => panic!("expected subscribed, got {other:?}"),
-        }
-    }
-}
-
 /// Presence frames that reached `c` before the answer to a ping.
 async fn presence_seen(c: &mut Client) -> Vec<(app::protocol::PresenceAction, String)> {
     c.send(&ClientFrame::Ping { id: Some(77) }).await;
@@ -528,11 +509,11 @@ async fn presence_seen(c: &mut Client) -> Vec<(app::protocol::PresenceAction, St
 async fn a_user_with_tabs_on_two_nodes_is_in_the_room_once() {
     use app::protocol::PresenceAction::{Join, Leave};
     let (_redis, _, nodes) = cluster(3).await;
-    let (mut bo, members) = member(&nodes[2], "bo", "chat-x").await;
+    let (mut bo, members) = join_room(&nodes[2], "bo", "chat-x").await;
     assert_eq!(members, ["bo"]);
-    let (tab_a, members) = member(&nodes[0], "ana", "chat-x").await;
+    let (tab_a, members) = join_room(&nodes[0], "ana", "chat-x").await;
     assert_eq!(members, ["ana", "bo"], "the list spans the nodes");
-    let (tab_b, members) = member(&nodes[1], "ana", "chat-x").await;
+    let (tab_b, members) = join_room(&nodes[1], "ana", "chat-x").await;
     assert_eq!(members, ["ana", "bo"], "two tabs on two nodes, one member");
     // bo's node hears the cluster's announcements on its Pub/Sub connection; give them a
     // moment, then exactly one join.
@@ -555,7 +536,7 @@ async fn a_user_with_tabs_on_two_nodes_is_in_the_room_once() {
         assert!(tokio::time::Instant::now() < deadline, "ana never left");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let (_cy, members) = member(&nodes[0], "cy", "chat-x").await;
+    let (_cy, members) = join_room(&nodes[0], "cy", "chat-x").await;
     assert_eq!(members, ["bo", "cy"]);
 }
 
@@ -567,7 +548,7 @@ async fn a_killed_node_s_users_leave_the_room_on_the_other_nodes() {
     let watcher_node = server(redis_config(&redis, &prefix)).await;
     let dir = tempfile::tempdir().unwrap();
     let (mut doomed, doomed_addr) = spawn_node(&redis, &prefix, &dir.path().join("a.db")).await;
-    let (mut bo, _) = member(&watcher_node, "bo", "chat-y").await;
+    let (mut bo, _) = join_room(&watcher_node, "bo", "chat-y").await;
     // ana joins through the other process.
     let token = user_token(&watcher_node, "ana", &["chat-*"], &[], 3600);
     let mut ana = Client::connect_at(doomed_addr, &token).await;
@@ -596,8 +577,8 @@ async fn a_killed_node_s_users_leave_the_room_on_the_other_nodes() {
 #[tokio::test]
 async fn after_a_redis_restart_the_nodes_put_their_members_back() {
     let (mut redis, _, nodes) = cluster(2).await;
-    let (mut bo, _) = member(&nodes[1], "bo", "chat-z").await;
-    let (_ana, members) = member(&nodes[0], "ana", "chat-z").await;
+    let (mut bo, _) = join_room(&nodes[1], "bo", "chat-z").await;
+    let (_ana, members) = join_room(&nodes[0], "ana", "chat-z").await;
     assert_eq!(members, ["ana", "bo"]);
     let mut bo_list: std::collections::BTreeSet<String> =
         ["ana", "bo"].into_iter().map(String::from).collect();

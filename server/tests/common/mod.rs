@@ -350,6 +350,26 @@ impl Client {
     }
 }
 
+/// Signs in as `user` (may read and write `chat-*`) and subscribes to `room`; returns the
+/// socket and the member list it was given (presence frames before it are skipped).
+pub async fn join_room(server: &RunningServer, user: &str, room: &str) -> (Client, Vec<String>) {
+    let token = user_token(server, user, &["chat-*"], &["chat-*"], 3600);
+    let mut c = Client::connect_with(server, &token).await;
+    c.send(&ClientFrame::Subscribe {
+        topic: room.into(),
+        since: None,
+        id: Some(1),
+    })
+    .await;
+    loop {
+        match c.next().await {
+            ServerFrame::Subscribed { members, .. } => return (c, members.unwrap_or_default()),
+            ServerFrame::Presence { .. } => continue,
+            other => panic!("expected subscribed, got {other:?}"),
+        }
+    }
+}
+
 /// `GET /api/stats` as JSON.
 pub async fn stats(addr: SocketAddr) -> serde_json::Value {
     http(addr, "GET", "/api/stats", &[], b"").await.json()

@@ -4,7 +4,7 @@ SHELL := /bin/bash
 export PATH := $(CURDIR)/.tools/node_modules/.bin:$(HOME)/.cargo/bin:$(PATH)
 ADDR ?= 127.0.0.1:3000
 
-.PHONY: run test setup setup-e2e build test-rust test-e2e lint watch bench
+.PHONY: run test setup setup-e2e build test-rust test-e2e lint watch bench dist
 
 ## Build the release app and serve it on http://$(ADDR) (SQLite in ./data).
 run: setup build
@@ -39,3 +39,9 @@ watch: setup
 
 bench: setup
 	cargo build --release -p herald --bin herald --bin herald-bench
+
+## The binary to ship: LTO, stripped (profile `dist`), with the site beside it in target/site.
+dist: setup
+	cargo leptos build --release
+	cargo build -p herald --bin herald --profile dist
+	@ls -l target/dist/herald

@@ -76,6 +76,7 @@ pub const MAX_INBOX_PAGE: usize = 200;
 /// `epoch` identifies one history of the topic; it changes only when that history is reset,
 /// so an offset is meaningful only together with its epoch. Offsets start at 1 and increase
 /// by exactly one per notification.
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Position {
     pub epoch: String,
@@ -83,6 +84,7 @@ pub struct Position {
 }
 
 /// What a publisher supplies; the store adds id, offset and time.
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NewNotification {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -105,6 +107,7 @@ pub struct NewNotification {
 }
 
 /// A stored notification, as every reader sees it.
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Notification {
     /// Unique id (random, URL-safe).
@@ -195,6 +198,7 @@ pub enum ClientFrame {
 }
 
 /// Which inbox items a listing shows.
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum InboxFilter {
@@ -234,6 +238,7 @@ pub struct InboxQuery {
 /// A change to an inbox's read state. `read_all` marks read every notification up to and
 /// including `up_to` (the newest one the client has seen), so an arrival that races the
 /// click stays unread.
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum InboxUpdate {
@@ -277,6 +282,7 @@ impl InboxUpdate {
 }
 
 /// One inbox item: the notification and its read state.
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InboxItem {
     pub notification: Notification,
@@ -285,6 +291,7 @@ pub struct InboxItem {
 }
 
 /// A page of an inbox, with the unread count as of the same moment.
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InboxPage {
     pub user: String,
@@ -476,6 +483,7 @@ pub enum ServerFrame {
 }
 
 /// Every error code Herald sends, over HTTP (`{"error":{"code":..}}`) and in `error` frames.
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
@@ -618,6 +626,27 @@ pub mod close_code {
         }
     }
 
+    /// A short stable name for `code` (metrics labels, logs); `other` for a code not above.
+    pub fn name(code: u16) -> &'static str {
+        match code {
+            NORMAL => "normal",
+            GOING_AWAY => "going_away",
+            PROTOCOL_ERROR => "protocol_error",
+            INVALID_PAYLOAD => "invalid_payload",
+            POLICY => "policy",
+            TOO_BIG => "too_big",
+            INTERNAL => "internal",
+            SLOW_CONSUMER => "slow_consumer",
+            HEARTBEAT_TIMEOUT => "heartbeat_timeout",
+            RATE_LIMITED => "rate_limited",
+            UNAUTHORIZED => "unauthorized",
+            AUTH_TIMEOUT => "auth_timeout",
+            TOKEN_EXPIRED => "token_expired",
+            TOO_MANY_CONNECTIONS => "too_many_connections",
+            _ => "other",
+        }
+    }
+
     /// Every code above, for tests and documentation.
     pub const ALL: &[u16] = &[
         NORMAL,
@@ -742,11 +771,13 @@ impl NewNotification {
 }
 
 /// The JSON error body of every failed HTTP request: `{"error":{"code":..,"message":..}}`.
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {
     pub error: ErrorDetail,
 }
 
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorDetail {
     pub code: ErrorCode,
@@ -754,6 +785,7 @@ pub struct ErrorDetail {
 }
 
 /// One page of `GET /api/topics/{topic}/notifications`.
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HistoryPage {
     pub topic: String,
@@ -1007,6 +1039,16 @@ mod tests {
             let r = close_code::reason(code);
             assert!(!r.is_empty() && r.len() <= 123, "{code}: {r:?}");
         }
+    }
+
+    #[test]
+    fn every_close_code_has_its_own_name() {
+        let names: std::collections::HashSet<_> = close_code::ALL
+            .iter()
+            .map(|&c| close_code::name(c))
+            .collect();
+        assert_eq!(names.len(), close_code::ALL.len());
+        assert!(!names.contains("other"));
     }
 
     #[test]

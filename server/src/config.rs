@@ -40,6 +40,15 @@ pub enum Mode {
     Production,
 }
 
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line (for journald, Loki, Elasticsearch and the like).
+    Json,
+}
+
 /// Subcommands besides serving.
 #[derive(Clone, Debug, Subcommand)]
 pub enum Command {
@@ -352,6 +361,33 @@ pub struct Config {
     #[arg(long, env = "HERALD_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
 
+    /// Log lines as text or as JSON lines. Levels come from RUST_LOG (default
+    /// `info,tower_http=warn`).
+    #[arg(
+        long,
+        env = "HERALD_LOG_FORMAT",
+        value_enum,
+        default_value = "text",
+        global = true
+    )]
+    pub log_format: LogFormat,
+
+    /// On SIGTERM, the window (seconds) over which connected clients are told to reconnect
+    /// (close 1001), spread evenly, so that they do not all land on the other nodes in the
+    /// same second. Readiness answers 503 from the start of the drain.
+    #[arg(long, env = "HERALD_DRAIN_SECS", default_value_t = 10)]
+    pub drain_secs: u64,
+
+    /// A key that may read `GET /metrics` (besides admin keys), for a Prometheus scraper
+    /// that should hold no other power. At least 16 characters.
+    #[arg(long, env = "HERALD_METRICS_KEY", hide_env_values = true)]
+    pub metrics_key: Option<String>,
+
+    /// Also serve `GET /metrics`, without credentials, on this address (a private
+    /// interface or loopback that only the scraper reaches).
+    #[arg(long, env = "HERALD_METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
+
     /// Seconds to wait for connections to close on shutdown.
     #[arg(long, env = "HERALD_SHUTDOWN_GRACE_SECS", default_value_t = 5)]
     pub shutdown_grace_secs: u64,
@@ -399,6 +435,7 @@ impl Config {
             db: PathBuf::from(":memory:"),
             mode: Mode::Production,
             token_secret: Some(Self::TEST_TOKEN_SECRET.into()),
+            drain_secs: 0,
             ..Self::default()
         }
     }

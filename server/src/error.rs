@@ -100,13 +100,22 @@ impl IntoResponse for ApiError {
         let status = self.status();
         let retry_after = match &self {
             ApiError::RateLimited(wait, _) => Some(wait.as_secs_f64().ceil().max(1.0) as u64),
-            ApiError::Store(StoreError::Unavailable(_)) => Some(1),
+            ApiError::Store(StoreError::Unavailable(_)) | ApiError::Unavailable(_) => Some(1),
             _ => None,
         };
         // 500s are bugs or broken storage and are logged each time; 503s are states (a full
         // store, a dead writer that was logged once when it died) and would flood the log.
         if status == StatusCode::INTERNAL_SERVER_ERROR {
             tracing::error!(error = %self, "request failed");
+        }
+        match &self {
+            ApiError::Auth(e) => crate::metrics::auth_failure(e.reason()),
+            ApiError::RateLimited(_, what) => crate::metrics::rate_limited(limit_name(what)),
+            ApiError::Invalid(ErrorCode::RateLimited, _) => {
+                crate::metrics::rate_limited("publish_burst")
+            }
+            ApiError::TooManyConnections(_) => crate::metrics::rate_limited("connections_per_ip"),
+            _ => {}
         }
         let body = ErrorBody {
             error: ErrorDetail {
@@ -126,5 +135,16 @@ impl IntoResponse for ApiError {
             );
         }
         resp
+    }
+}
+
+/// The metrics label of a rate limit, from the message its refusal carries.
+fn limit_name(message: &str) -> &'static str {
+    if message.contains("connections") {
+        "connects_per_ip"
+    } else if message.contains("address") {
+        "publish_per_ip"
+    } else {
+        "publish_per_credential"
     }
 }

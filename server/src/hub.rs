@@ -152,7 +152,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// A snapshot of the hub's counters.
-#[derive(Debug, Clone, Copy, serde::Serialize)]
+#[derive(Debug, Clone, Copy, serde::Serialize, utoipa::ToSchema)]
 pub struct HubStats {
     /// Open WebSocket connections.
     pub connections: usize,
@@ -160,6 +160,21 @@ pub struct HubStats {
     pub delivered: u64,
     /// Connections closed because their queue overflowed; each connection counts once.
     pub slow_closed: u64,
+}
+
+/// What the hub holds at one moment (see [`Hub::census`]).
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Census {
+    /// Topics with at least one local subscriber.
+    pub topics: usize,
+    /// Local subscriptions over all topics.
+    pub subscriptions: usize,
+    /// Frames waiting in connection queues, over all connections.
+    pub queued_frames: usize,
+    /// The longest connection queue, in frames.
+    pub queue_depth_max: usize,
+    /// The topics with the most local subscribers, most first.
+    pub busiest: Vec<(Arc<str>, usize)>,
 }
 
 impl Hub {
@@ -205,6 +220,7 @@ impl Hub {
             warn_at_ms: AtomicU64::new(0),
         });
         lock(&self.conns[conn.id as usize % SHARDS]).insert(conn.id, conn.clone());
+        crate::metrics::hot().connections_opened.increment(1);
         Some((
             Registration {
                 hub: self.clone(),
@@ -227,7 +243,37 @@ impl Hub {
     pub fn record_written(&self, frames: u64) {
         if frames > 0 {
             self.delivered.fetch_add(frames, Ordering::Relaxed);
+            crate::metrics::hot().deliveries.increment(frames);
         }
+    }
+
+    /// Counts what the hub holds now, for `/metrics` and the admin view: one pass over the
+    /// shards (under their locks, one at a time), so only at scrape time. `busiest` is how
+    /// many of the topics with the most local subscribers to list.
+    pub fn census(&self, busiest: usize) -> Census {
+        let mut census = Census::default();
+        let mut top: Vec<(usize, Arc<str>)> = Vec::new();
+        for shard in self.topics.iter() {
+            let shard = lock(shard);
+            census.topics += shard.len();
+            for (topic, subs) in shard.iter() {
+                census.subscriptions += subs.len();
+                if busiest > 0 {
+                    top.push((subs.len(), topic.clone()));
+                }
+            }
+        }
+        top.sort_unstable_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+        top.truncate(busiest);
+        census.busiest = top.into_iter().map(|(n, t)| (t, n)).collect();
+        for shard in self.conns.iter() {
+            for conn in lock(shard).values() {
+                let queued = conn.tx.max_capacity() - conn.tx.capacity();
+                census.queued_frames += queued;
+                census.queue_depth_max = census.queue_depth_max.max(queued);
+            }
+        }
+        census
     }
 
     pub fn stats(&self) -> HubStats {
@@ -312,6 +358,7 @@ impl Hub {
         if conn.close(close_code::SLOW_CONSUMER) {
             tracing::warn!(conn_id = conn.id, topic, offset = ?offset, "slow consumer: closing");
             self.slow_closed.fetch_add(1, Ordering::Relaxed);
+            crate::metrics::hot().slow_consumer_cuts.increment(1);
         }
         false
     }
@@ -437,6 +484,15 @@ impl Hub {
                 }
             }
         }
+    }
+
+    /// Every open connection, in no particular order (the drain closes them one by one).
+    pub fn open_connections(&self) -> Vec<Arc<Conn>> {
+        let mut all = Vec::with_capacity(self.connections());
+        for shard in self.conns.iter() {
+            all.extend(lock(shard).values().cloned());
+        }
+        all
     }
 
     /// Asks every connection to close with `code` (shutdown: 1001).

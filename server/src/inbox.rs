@@ -90,8 +90,23 @@ pub async fn send(
     new: NewNotification,
     key: Option<String>,
 ) -> Result<Appended, ApiError> {
-    validate_user(user)?;
-    Ok(state.store.append(&inbox_topic(user), new, key).await?)
+    let sent = async {
+        validate_user(user)?;
+        Ok(state.store.append(&inbox_topic(user), new, key).await?)
+    }
+    .await;
+    crate::metrics::publish(crate::metrics::Route::Inbox, outcome(&sent));
+    sent
+}
+
+/// How a publish ended, for the metrics.
+pub(crate) fn outcome(result: &Result<Appended, ApiError>) -> crate::metrics::Outcome {
+    use crate::metrics::Outcome;
+    match result {
+        Ok(a) if a.duplicate => Outcome::Duplicate,
+        Ok(_) => Outcome::Stored,
+        Err(e) => crate::metrics::failed_outcome(e.code()),
+    }
 }
 
 /// Stores `new` in each user's inbox, all queued at once (one or a few group commits).

@@ -21,12 +21,14 @@ pub mod auth;
 pub mod broker;
 pub mod cli;
 pub mod config;
+pub mod drain;
 pub mod error;
 pub mod hooks;
 pub mod hub;
 pub mod inbox;
 pub mod limits;
 pub mod listener;
+pub mod metrics;
 pub mod presence;
 pub mod session;
 pub mod store;
@@ -42,7 +44,7 @@ use anyhow::Context as _;
 use app::protocol::close_code;
 use app::{shell, App, HistoryLoader};
 use axum::extract::FromRef;
-use axum::routing::{get, post};
+
 use axum::Router;
 use leptos::config::LeptosOptions;
 use leptos::prelude::provide_context;
@@ -80,6 +82,8 @@ pub struct Shared {
     pub leptos_options: LeptosOptions,
     /// Every connection task and session; shutdown waits on it.
     pub tracker: TaskTracker,
+    /// Set when the drain starts (see [`drain`]): readiness fails, upgrades are refused.
+    pub draining: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Clone)]
@@ -250,6 +254,11 @@ fn build(
         _ => None,
     };
     config.hard_frame_bytes = config.hard_frame_bytes.max(config.max_frame_bytes);
+    if config.metrics_key.as_ref().is_some_and(|k| k.len() < 16) {
+        anyhow::bail!("--metrics-key must be at least 16 characters");
+    }
+    metrics::install();
+    tokio::spawn(metrics::upkeep(cancel.clone()));
     let authority = Arc::new(auth::setup::authority(&config, addr)?);
     if !auth::setup::in_memory(&config.db) {
         tokio::spawn(auth::keys::watch(authority.keys.clone(), cancel.clone()));
@@ -285,6 +294,7 @@ fn build(
         limits,
         leptos_options,
         tracker,
+        draining: std::sync::atomic::AtomicBool::new(false),
     }));
     {
         // Rate tables hold only recent callers.
@@ -302,22 +312,8 @@ fn build(
     let routes = generate_route_list(App);
     let loader = history_loader(state.clone());
     let opts = state.leptos_options.clone();
-    let router = Router::new()
-        .route("/ws", get(api::websocket))
-        .route("/api/health", get(api::health))
-        .route("/api/stats", get(api::stats))
-        .route("/api/topics/{topic}", post(api::publish))
-        .route("/api/topics/{topic}/notifications", get(api::history))
-        .route("/api/users/{user}/notifications", post(api::inbox::send))
-        .route("/api/notifications", post(api::inbox::send_many))
-        .route(
-            "/api/users/{user}/inbox",
-            get(api::inbox::list).post(api::inbox::update),
-        )
-        .route("/api/tokens", post(api::mint_token))
-        .route("/api/dev/token", post(api::dev_token))
-        .route("/api/keys", get(api::list_keys).post(api::add_key))
-        .route("/api/keys/{id}", axum::routing::delete(api::revoke_key))
+    let (api_routes, _) = api::router();
+    let router = api_routes
         .leptos_routes_with_context(
             &state,
             routes,
@@ -425,6 +421,9 @@ async fn serve(
         tls,
     } = built;
     let addr = listener.local_addr()?;
+    if let Some(metrics_addr) = state.config.metrics_addr {
+        serve_metrics(metrics_addr, state.clone(), cancel.clone())?;
+    }
     let grace = Duration::from_secs(state.config.shutdown_grace_secs);
     let scheme = if tls.is_some() { "https" } else { "http" };
     let accept = tokio::spawn(
@@ -446,11 +445,21 @@ async fn serve(
     );
     tracing::info!(%addr, "herald listening on {scheme}://{addr}");
     let outcome = tokio::select! {
-        _ = shutdown => {
-            tracing::info!("shutting down: closing connections with 1001");
-            Ok(())
-        }
+        _ = shutdown => Ok(()),
         why = state.store.failed() => Err(anyhow::anyhow!("store failed: {why}")),
+    };
+    let outcome = match outcome {
+        Ok(()) => {
+            let window = Duration::from_secs(state.config.drain_secs);
+            tokio::select! {
+                () = drain::drain(&state, window) => {
+                    tracing::info!("drained; closing what is left with 1001");
+                    Ok(())
+                }
+                why = state.store.failed() => Err(anyhow::anyhow!("store failed: {why}")),
+            }
+        }
+        Err(e) => Err(e),
     };
     cancel.cancel();
     let code = if outcome.is_ok() {
@@ -471,6 +480,37 @@ async fn serve(
         );
     }
     outcome
+}
+
+/// `GET /metrics` without credentials on a separate address (`--metrics-addr`), until
+/// `cancel`.
+fn serve_metrics(
+    addr: SocketAddr,
+    state: AppState,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    let listener =
+        listener::bind(addr).with_context(|| format!("binding --metrics-addr {addr}"))?;
+    let app = Router::new()
+        .route(
+            "/metrics",
+            axum::routing::get(
+                |axum::extract::State(state): axum::extract::State<AppState>| async move {
+                    api::ops::render_metrics(&state)
+                },
+            ),
+        )
+        .with_state(state);
+    tracing::info!(%addr, "metrics on http://{addr}/metrics");
+    tokio::spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { cancel.cancelled().await })
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "metrics listener failed");
+        }
+    });
+    Ok(())
 }
 
 /// A server running in this process (for tests and the benchmark tool).

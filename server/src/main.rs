@@ -3,7 +3,7 @@
 //! `herald subscribe`, be a command-line client of a running server.
 
 use clap::Parser;
-use herald::config::{Command, Config};
+use herald::config::{Command, Config, LogFormat};
 use tracing_subscriber::EnvFilter;
 
 /// mimalloc keeps per-connection memory low under connection churn, where glibc's allocator
@@ -13,13 +13,19 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| EnvFilter::new("info,tower_http=warn")),
-        )
-        .init();
     let config = Config::parse();
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,tower_http=warn"));
+    let logs = tracing_subscriber::fmt().with_env_filter(filter);
+    match config.log_format {
+        LogFormat::Text => logs.init(),
+        // Fields at the top level of each line, next to level, target and message.
+        LogFormat::Json => logs
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init(),
+    }
     match &config.command {
         Some(Command::Keys(cmd)) => return herald::auth::cli::keys(&config.db, cmd),
         Some(Command::Publish(args)) => return herald::cli::publish(args).await,

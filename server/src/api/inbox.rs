@@ -25,6 +25,11 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 
 /// `POST /api/users/{user}/notifications`.
+#[utoipa::path(post, path = "/api/users/{user}/notifications", tag = "inbox", security(("bearer" = [])),
+    params(("user" = String, Path), ("Idempotency-Key" = Option<String>, Header)),
+    request_body(content((NewNotification = "application/json"), (String = "text/plain"))),
+    responses((status = 201, body = Notification), (status = 400, description = "bad input", body = app::protocol::ErrorBody), (status = 401, description = "no or bad credentials", body = app::protocol::ErrorBody), (status = 403, description = "not allowed", body = app::protocol::ErrorBody), (status = 429, body = app::protocol::ErrorBody),
+        (status = 503, body = app::protocol::ErrorBody)))]
 pub async fn send(
     State(state): State<AppState>,
     Path(user): Path<String>,
@@ -50,7 +55,7 @@ pub async fn send(
 }
 
 /// The body of `POST /api/notifications`: the users, and the notification as for a topic.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct Bulk {
     pub users: Vec<String>,
     #[serde(flatten)]
@@ -58,7 +63,7 @@ pub struct Bulk {
 }
 
 /// What happened for one user of a bulk send.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct BulkResult {
     pub user: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -69,7 +74,7 @@ pub struct BulkResult {
     pub error: Option<app::protocol::ErrorDetail>,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct BulkReply {
     pub results: Vec<BulkResult>,
 }
@@ -77,6 +82,9 @@ pub struct BulkReply {
 /// `POST /api/notifications` with `{"users": [...], "body": ..., ...}`: stored for each user
 /// (all at once, so they share group commits). Every user must be within the caller's grants
 /// before anything is stored; the reply lists, per user, the stored notification or the error.
+#[utoipa::path(post, path = "/api/notifications", tag = "inbox", security(("bearer" = [])),
+    params(("Idempotency-Key" = Option<String>, Header)), request_body = Bulk,
+    responses((status = 200, body = BulkReply), (status = 400, description = "bad input", body = app::protocol::ErrorBody), (status = 401, description = "no or bad credentials", body = app::protocol::ErrorBody), (status = 403, description = "not allowed", body = app::protocol::ErrorBody), (status = 429, body = app::protocol::ErrorBody)))]
 pub async fn send_many(
     State(state): State<AppState>,
     uri: axum::http::Uri,
@@ -159,15 +167,23 @@ fn bulk_rate(
 }
 
 /// Query of `GET /api/users/{user}/inbox` (strings, so a bad value gets our JSON error).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListParams {
+    /// `unread`, `all` (default) or `archived`.
     filter: Option<String>,
     category: Option<String>,
+    /// The offset to list before (exclusive), from the previous page's `next`.
+    #[param(value_type = Option<u64>)]
     before: Option<String>,
+    #[param(value_type = Option<u32>)]
     limit: Option<String>,
 }
 
 /// `GET /api/users/{user}/inbox?filter=unread|all|archived&category=&before=&limit=`.
+#[utoipa::path(get, path = "/api/users/{user}/inbox", tag = "inbox", security(("bearer" = [])),
+    params(("user" = String, Path), ListParams),
+    responses((status = 200, body = InboxPage), (status = 400, description = "bad input", body = app::protocol::ErrorBody), (status = 401, description = "no or bad credentials", body = app::protocol::ErrorBody), (status = 403, description = "not allowed", body = app::protocol::ErrorBody)))]
 pub async fn list(
     State(state): State<AppState>,
     Path(user): Path<String>,
@@ -199,7 +215,7 @@ pub async fn list(
 }
 
 /// The answer to an inbox update.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Updated {
     pub changed: u64,
     pub unread: u64,
@@ -207,6 +223,9 @@ pub struct Updated {
 }
 
 /// `POST /api/users/{user}/inbox` with an [`InboxUpdate`].
+#[utoipa::path(post, path = "/api/users/{user}/inbox", tag = "inbox", security(("bearer" = [])),
+    params(("user" = String, Path)), request_body = app::protocol::InboxUpdate,
+    responses((status = 200, body = Updated), (status = 400, description = "bad input", body = app::protocol::ErrorBody), (status = 401, description = "no or bad credentials", body = app::protocol::ErrorBody), (status = 403, description = "not allowed", body = app::protocol::ErrorBody)))]
 pub async fn update(
     State(state): State<AppState>,
     Path(user): Path<String>,

@@ -17,6 +17,9 @@
 //! and the rendered page use.
 
 pub mod inbox;
+pub mod ops;
+
+use utoipa::OpenApi as _;
 
 use crate::auth::{Action, Grants, Pattern};
 use crate::error::ApiError;
@@ -31,6 +34,81 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 
+/// The API description: every route below is registered through [`router`], which adds it to
+/// both the router and this document, so the two cannot disagree.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "Herald",
+        description = "A real-time notification hub: publish over HTTP, receive over a \
+WebSocket, resume from an offset. Credentials: `Authorization: Bearer <API key or user token>`."
+    ),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "topics", description = "publish and read a topic's history"),
+        (name = "inbox", description = "notifications to a person, with read state"),
+        (name = "identity", description = "API keys and user tokens"),
+        (name = "realtime", description = "the WebSocket"),
+        (name = "operations", description = "health, readiness, metrics, the admin overview"),
+    )
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
+    }
+}
+
+/// Every API route, and the OpenAPI document that describes exactly those routes.
+pub fn router() -> (axum::Router<AppState>, utoipa::openapi::OpenApi) {
+    use utoipa_axum::{router::OpenApiRouter, routes};
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(websocket))
+        .routes(routes!(ops::health))
+        .routes(routes!(ops::ready))
+        .routes(routes!(ops::metrics))
+        .routes(routes!(ops::overview))
+        .routes(routes!(stats))
+        .routes(routes!(publish))
+        .routes(routes!(history))
+        .routes(routes!(inbox::send))
+        .routes(routes!(inbox::send_many))
+        .routes(routes!(inbox::list, inbox::update))
+        .routes(routes!(mint_token))
+        .routes(routes!(dev_token))
+        .routes(routes!(list_keys, add_key))
+        .routes(routes!(revoke_key))
+        .routes(routes!(openapi_json))
+        .split_for_parts()
+}
+
+/// `GET /api/openapi.json`: this API's OpenAPI 3 document.
+#[utoipa::path(get, path = "/api/openapi.json", tag = "operations",
+    responses((status = 200, description = "the OpenAPI 3 document", content_type = "application/json")))]
+pub async fn openapi_json() -> Response {
+    static DOC: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let doc = DOC.get_or_init(|| {
+        let (_, doc) = router();
+        doc.to_pretty_json().unwrap_or_default()
+    });
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        doc.as_str(),
+    )
+        .into_response()
+}
+
 /// Longest accepted `Idempotency-Key`.
 const MAX_IDEMPOTENCY_KEY: usize = 128;
 /// Default and largest history page.
@@ -42,6 +120,18 @@ const MAX_PAGE: usize = 500;
 /// A `Content-Type: application/json` body is a [`NewNotification`] (`title`, `body`,
 /// `priority` 1-5, `tags`, `link`); any other body is the plain-text notification body, with
 /// optional `Title`, `Priority`, `Tags` (comma separated) and `Link` headers (ntfy style).
+#[utoipa::path(post, path = "/api/topics/{topic}", tag = "topics",
+    security(("bearer" = [])),
+    params(("topic" = String, Path, description = "1 to 64 letters, digits, '_' or '-'"),
+        ("Title" = Option<String>, Header, description = "plain-text bodies: the title"),
+        ("Priority" = Option<u8>, Header, description = "plain-text bodies: 1 (min) to 5 (max)"),
+        ("Tags" = Option<String>, Header, description = "plain-text bodies: comma separated"),
+        ("Link" = Option<String>, Header, description = "plain-text bodies: an http(s) link"),
+        ("Idempotency-Key" = Option<String>, Header, description = "a retry with the same key is stored once")),
+    request_body(content((NewNotification = "application/json"), (String = "text/plain"))),
+    responses((status = 201, description = "stored (header idempotent-replayed: true for a retry)", body = Notification),
+        (status = 400, description = "bad input", body = app::protocol::ErrorBody), (status = 401, description = "no or bad credentials", body = app::protocol::ErrorBody), (status = 403, description = "not allowed", body = app::protocol::ErrorBody), (status = 413, body = app::protocol::ErrorBody), (status = 429, body = app::protocol::ErrorBody),
+        (status = 503, description = "the store cannot take it now; Retry-After", body = app::protocol::ErrorBody)))]
 pub async fn publish(
     State(state): State<AppState>,
     Path(topic): Path<String>,
@@ -129,13 +219,12 @@ where
     B: http_body::Body<Data = bytes::Bytes>,
     B::Error: Into<axum::BoxError>,
 {
-    validate_topic(topic)?;
-    // Before the body is read: an unauthorized client gets its answer without sending it.
-    let who = state.auth.from_request(headers, query)?;
-    state.auth.check(&who, Action::Publish, topic)?;
-    publish_rate(state, &who, peer)?;
-    let (new, key) = read_notification(state, headers, body).await?;
-    let appended = state.store.append(topic, new, key).await?;
+    let appended = publish_checked(state, topic, query, peer, headers, body).await;
+    crate::metrics::publish(
+        crate::metrics::Route::Http,
+        crate::inbox::outcome(&appended),
+    );
+    let appended = appended?;
     tracing::debug!(
         topic,
         offset = appended.stored.notification.offset,
@@ -143,6 +232,28 @@ where
         "published"
     );
     Ok(created(&appended))
+}
+
+/// Checks and stores a publish.
+async fn publish_checked<B>(
+    state: &AppState,
+    topic: &str,
+    query: Option<&str>,
+    peer: Option<std::net::IpAddr>,
+    headers: &HeaderMap,
+    body: B,
+) -> Result<crate::store::Appended, ApiError>
+where
+    B: http_body::Body<Data = bytes::Bytes>,
+    B::Error: Into<axum::BoxError>,
+{
+    validate_topic(topic)?;
+    // Before the body is read: an unauthorized client gets its answer without sending it.
+    let who = state.auth.from_request(headers, query)?;
+    state.auth.check(&who, Action::Publish, topic)?;
+    publish_rate(state, &who, peer)?;
+    let (new, key) = read_notification(state, headers, body).await?;
+    Ok(state.store.append(topic, new, key).await?)
 }
 
 /// The per-address and per-credential publish rates, for every route that stores.
@@ -311,11 +422,19 @@ fn visible<'a>(name: &str, value: &'a HeaderValue) -> Result<&'a str, ApiError> 
     })
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct HistoryParams {
+    /// Oldest first: the offset to start after (exclusive).
+    #[param(value_type = Option<u64>)]
     since: Option<String>,
+    /// Newest first: the offset to stop before (exclusive).
+    #[param(value_type = Option<u64>)]
     before: Option<String>,
+    /// 1 to 500 (default 50).
+    #[param(value_type = Option<u32>)]
     limit: Option<String>,
+    /// `desc` (default) or `asc`.
     order: Option<String>,
 }
 
@@ -338,6 +457,9 @@ pub(crate) fn parse_param<T: std::str::FromStr>(
 ///
 /// `order=desc` (the default) pages newest first: follow `next` as `before`. `order=asc` pages
 /// oldest first from `since` (exclusive): follow `next` as `since`. `limit` is 1 to 500.
+#[utoipa::path(get, path = "/api/topics/{topic}/notifications", tag = "topics",
+    security(("bearer" = [])), params(("topic" = String, Path), HistoryParams),
+    responses((status = 200, body = HistoryPage), (status = 400, description = "bad input", body = app::protocol::ErrorBody), (status = 401, description = "no or bad credentials", body = app::protocol::ErrorBody), (status = 403, description = "not allowed", body = app::protocol::ErrorBody)))]
 pub async fn history(
     State(state): State<AppState>,
     Path(topic): Path<String>,
@@ -399,28 +521,16 @@ pub async fn history_page(
     })
 }
 
-/// `GET /api/health`: 200 `{"status":"ok"}` while the server can work; 503
-/// `{"status":"failing","error":...}` once the store has failed for good (the process is then
-/// on its way out, so that a supervisor restarts it).
-pub async fn health(State(state): State<AppState>) -> Response {
-    match state.store.fatal() {
-        None => Json(serde_json::json!({ "status": "ok" })).into_response(),
-        Some(why) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(serde_json::json!({ "status": "failing", "error": why })),
-        )
-            .into_response(),
-    }
-}
-
 /// What `GET /api/stats` reports.
-#[derive(Debug, serde::Serialize)]
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct Stats {
     #[serde(flatten)]
     pub hub: crate::hub::HubStats,
     pub store: crate::store::StoreStats,
 }
 
+#[utoipa::path(get, path = "/api/stats", tag = "operations", security(("bearer" = [])),
+    responses((status = 200, body = Stats), (status = 400, description = "bad input", body = app::protocol::ErrorBody), (status = 401, description = "no or bad credentials", body = app::protocol::ErrorBody), (status = 403, description = "not allowed", body = app::protocol::ErrorBody)))]
 pub async fn stats(
     State(state): State<AppState>,
     uri: axum::http::Uri,
@@ -441,7 +551,7 @@ fn json_body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError
 }
 
 /// `POST /api/tokens` and `POST /api/dev/token` answer this.
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct MintedToken {
     pub token: String,
     pub user: String,
@@ -449,12 +559,16 @@ pub struct MintedToken {
     pub expires_at: i64,
 }
 
-#[derive(Debug, Deserialize)]
-struct MintRequest {
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub struct MintRequest {
     user: String,
+    /// Topic patterns the user may read: a topic, a prefix ending in `*`, or `*`.
     #[serde(default)]
+    #[schema(value_type = Vec<String>)]
     read: Vec<Pattern>,
+    /// Topic patterns the user may publish to.
     #[serde(default)]
+    #[schema(value_type = Vec<String>)]
     publish: Vec<Pattern>,
     #[serde(default)]
     ttl_secs: Option<u64>,
@@ -463,6 +577,9 @@ struct MintRequest {
 /// `POST /api/tokens` `{"user":"ana","read":["general"],"publish":["chat-*"],"ttl_secs":900}`:
 /// a signed user token, for backends that would rather ask Herald than sign their own. The
 /// key must hold every grant it hands out (`read:*` may mint `read:general`, not `publish:`).
+#[utoipa::path(post, path = "/api/tokens", tag = "identity", security(("bearer" = [])),
+    request_body = MintRequest,
+    responses((status = 201, body = MintedToken), (status = 400, description = "bad input", body = app::protocol::ErrorBody), (status = 401, description = "no or bad credentials", body = app::protocol::ErrorBody), (status = 403, description = "not allowed", body = app::protocol::ErrorBody), (status = 501, description = "tokens are signed by an identity provider", body = app::protocol::ErrorBody)))]
 pub async fn mint_token(
     State(state): State<AppState>,
     uri: axum::http::Uri,
@@ -523,8 +640,8 @@ fn mint(
     })
 }
 
-#[derive(Debug, Deserialize)]
-struct DevTokenRequest {
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub struct DevTokenRequest {
     user: String,
     #[serde(default)]
     ttl_secs: Option<u64>,
@@ -532,6 +649,9 @@ struct DevTokenRequest {
 
 /// `POST /api/dev/token` `{"user":"ana"}`: development mode's sign-in, a token that may read
 /// and publish every topic. 404 in production mode.
+#[utoipa::path(post, path = "/api/dev/token", tag = "identity", request_body = DevTokenRequest,
+    responses((status = 201, body = MintedToken), (status = 400, body = app::protocol::ErrorBody),
+        (status = 404, description = "production mode", body = app::protocol::ErrorBody)))]
 pub async fn dev_token(
     State(state): State<AppState>,
     body: bytes::Bytes,
@@ -553,13 +673,15 @@ pub async fn dev_token(
     Ok((StatusCode::CREATED, Json(minted)).into_response())
 }
 
-#[derive(Debug, Deserialize)]
-struct AddKeyRequest {
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub struct AddKeyRequest {
     name: String,
     allow: Vec<String>,
 }
 
 /// `GET /api/keys` (admin): every key's id, name, scopes, times; never a key.
+#[utoipa::path(get, path = "/api/keys", tag = "identity", security(("bearer" = [])),
+    responses((status = 200, body = Vec<crate::auth::KeyRecord>), (status = 400, description = "bad input", body = app::protocol::ErrorBody), (status = 401, description = "no or bad credentials", body = app::protocol::ErrorBody), (status = 403, description = "not allowed", body = app::protocol::ErrorBody)))]
 pub async fn list_keys(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -571,6 +693,9 @@ pub async fn list_keys(
 
 /// `POST /api/keys` `{"name":"ci","allow":["publish:ops-*"]}` (admin): 201 with the key,
 /// shown this once.
+#[utoipa::path(post, path = "/api/keys", tag = "identity", security(("bearer" = [])),
+    request_body = AddKeyRequest,
+    responses((status = 201, description = "the key (shown this once), its id, name and scopes", body = NewKey), (status = 400, description = "bad input", body = app::protocol::ErrorBody), (status = 401, description = "no or bad credentials", body = app::protocol::ErrorBody), (status = 403, description = "not allowed", body = app::protocol::ErrorBody)))]
 pub async fn add_key(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -582,11 +707,29 @@ pub async fn add_key(
     let grants =
         Grants::from_scopes(&req.allow).map_err(|e| ApiError::Invalid(ErrorCode::BadField, e))?;
     let (rec, key) = on_keys(&state, move |keys| keys.add(&req.name, grants, false)).await?;
-    let body = serde_json::json!({ "key": key, "id": rec.id, "name": rec.name, "scopes": rec.grants.scopes() });
+    let body = NewKey {
+        key,
+        id: rec.id.clone(),
+        name: rec.name.clone(),
+        scopes: rec.grants.scopes(),
+    };
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
+/// A key just created: the only time the key itself is shown.
+#[derive(Debug, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct NewKey {
+    pub key: String,
+    pub id: String,
+    pub name: String,
+    pub scopes: Vec<String>,
+}
+
 /// `DELETE /api/keys/{id}` (admin): 204; 404 if there is no such active key.
+#[utoipa::path(delete, path = "/api/keys/{id}", tag = "identity", security(("bearer" = [])),
+    params(("id" = String, Path)),
+    responses((status = 204, description = "revoked; it stops working at once"), (status = 400, description = "bad input", body = app::protocol::ErrorBody), (status = 401, description = "no or bad credentials", body = app::protocol::ErrorBody), (status = 403, description = "not allowed", body = app::protocol::ErrorBody),
+        (status = 404, body = app::protocol::ErrorBody)))]
 pub async fn revoke_key(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -626,6 +769,14 @@ fn key_error(e: crate::auth::keys::KeyError) -> ApiError {
 
 /// `GET /ws`: checks the Origin and the connection cap *before* upgrading, so a refused
 /// client gets a clear HTTP error instead of a socket that closes at once.
+#[utoipa::path(get, path = "/ws", tag = "realtime",
+    description = "The WebSocket upgrade. The first frame is `auth` with a user token or API key \
+(never in the URL); then `subscribe` (with `since` to resume), `publish`, inbox and presence \
+frames. The frames and close codes are defined in the `app::protocol` module.",
+    responses((status = 101, description = "switching protocols"),
+        (status = 403, description = "origin not allowed", body = app::protocol::ErrorBody),
+        (status = 429, body = app::protocol::ErrorBody),
+        (status = 503, description = "connection cap reached, or the node is draining", body = app::protocol::ErrorBody)))]
 pub async fn websocket(
     State(state): State<AppState>,
     uri: axum::http::Uri,
@@ -634,6 +785,11 @@ pub async fn websocket(
     ws: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
     check_origin(&headers, &state.config.allowed_origins)?;
+    if state.draining.load(std::sync::atomic::Ordering::Acquire) {
+        return Err(ApiError::Unavailable(
+            "this node is shutting down; connect to another".into(),
+        ));
+    }
     // The token goes in the first frame; one in the URL would be in every access log.
     if let Some(q) = uri.query() {
         crate::auth::refuse_credentials_in(q)?;
@@ -697,6 +853,7 @@ fn check_origin(headers: &HeaderMap, allowed: &[String]) -> Result<(), ApiError>
 
 #[cfg(test)]
 mod tests {
+    use super::ops::{health, ready};
     use super::*;
 
     fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
@@ -735,7 +892,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn health_fails_once_the_store_has_failed_for_good() {
+    async fn health_and_readiness_fail_once_the_store_writer_is_gone() {
         use crate::hooks::Hooks;
         use crate::store::{Retention, SqliteOptions, SqliteStore, Store};
         use std::sync::atomic::{AtomicBool, Ordering};
@@ -775,8 +932,10 @@ mod tests {
                 crate::auth::setup::authority(&config, "127.0.0.1:0".parse().unwrap()).unwrap(),
             ),
             config,
+            draining: Default::default(),
         }));
         assert_eq!(health(State(state.clone())).await.status(), StatusCode::OK);
+        assert_eq!(ready(State(state.clone())).await.status(), StatusCode::OK);
         die.store(true, Ordering::SeqCst);
         let new = NewNotification {
             body: "x".into(),
@@ -784,6 +943,13 @@ mod tests {
         };
         assert!(store.append("t", new, None).await.is_err());
         store.failed().await;
+        let not_ready = ready(State(state.clone())).await;
+        assert_eq!(not_ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let body = axum::body::to_bytes(not_ready.into_body(), 4096)
+            .await
+            .unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(json["status"], "unavailable");
         let resp = health(State(state)).await;
         assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
         let body = axum::body::to_bytes(resp.into_body(), 4096).await.unwrap();

@@ -54,11 +54,13 @@ pub enum KeyRefusal {
 }
 
 /// One key, as stored (its secret's hash stays inside this module).
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct KeyRecord {
     pub id: String,
     pub name: String,
+    /// Scopes: `publish:PATTERN`, `read:PATTERN`, `admin:*`.
     #[serde(serialize_with = "scopes")]
+    #[schema(value_type = Vec<String>)]
     pub grants: Grants,
     /// Unix seconds.
     pub created: i64,

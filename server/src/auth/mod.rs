@@ -101,6 +101,20 @@ pub enum AuthError {
 }
 
 impl AuthError {
+    /// A short stable name for metrics and logs.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            AuthError::Missing => "missing",
+            AuthError::Invalid(_) => "invalid",
+            AuthError::Expired => "expired",
+            AuthError::Revoked => "revoked",
+            AuthError::Forbidden { .. } => "forbidden",
+            AuthError::AdminOnly => "admin_only",
+            AuthError::InUrl => "in_url",
+            AuthError::SubjectMismatch(_) => "subject_mismatch",
+        }
+    }
+
     pub fn code(&self) -> ErrorCode {
         match self {
             AuthError::Missing => ErrorCode::Unauthorized,

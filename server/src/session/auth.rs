@@ -76,6 +76,7 @@ impl<S: Socket> Session<S> {
                         "{} already has {} connections open",
                         u.id, self.state.config.max_connections_per_user
                     );
+                    crate::metrics::rate_limited("connections_per_user");
                     self.error(ErrorCode::TooManyConnections, &msg, None)
                         .await?;
                     return Err(Stop::Close(close_code::TOO_MANY_CONNECTIONS));
@@ -146,6 +147,7 @@ impl<S: Socket> Session<S> {
 
     /// An `error` frame for a refused credential or permission.
     pub(super) async fn refuse(&mut self, e: &AuthError, id: Option<u64>) -> Result<(), Stop> {
+        crate::metrics::auth_failure(e.reason());
         self.error(e.code(), &e.to_string(), id).await
     }
 

@@ -10,6 +10,7 @@
 
 use super::{Session, Socket, Stop};
 use crate::auth::Action;
+use crate::metrics::Outcome;
 use app::protocol::{validate_topic, ErrorCode, NewNotification, ServerFrame};
 use std::time::Duration;
 
@@ -21,12 +22,29 @@ const TYPING_EVERY: Duration = Duration::from_secs(1);
 pub const TYPING_EXPIRES: Duration = Duration::from_secs(5);
 
 impl<S: Socket> Session<S> {
+    /// A `publish` frame: checked, stored, acknowledged (and counted).
     pub(super) async fn publish(
+        &mut self,
+        topic: String,
+        message: NewNotification,
+        client_id: Option<String>,
+        id: Option<u64>,
+    ) -> Result<(), Stop> {
+        let mut outcome = Outcome::Rejected;
+        let result = self
+            .publish_counted(topic, message, client_id, id, &mut outcome)
+            .await;
+        crate::metrics::publish(crate::metrics::Route::Socket, outcome);
+        result
+    }
+
+    async fn publish_counted(
         &mut self,
         topic: String,
         mut message: NewNotification,
         client_id: Option<String>,
         id: Option<u64>,
+        outcome: &mut Outcome,
     ) -> Result<(), Stop> {
         if let Err(e) =
             validate_topic(&topic).and_then(|()| message.validate(self.state.config.max_body_bytes))
@@ -46,6 +64,7 @@ impl<S: Socket> Session<S> {
             return self.refuse(&crate::auth::AuthError::Missing, id).await;
         };
         if let Err(wait) = self.state.limits.publish(who) {
+            crate::metrics::rate_limited("publish_per_credential");
             let msg = format!("too many publishes; retry in {} ms", wait.as_millis());
             return self.error(ErrorCode::RateLimited, &msg, id).await;
         }
@@ -53,18 +72,31 @@ impl<S: Socket> Session<S> {
         message.author = self.user_id();
         let key = client_id.map(|c| format!("{}\u{1f}{c}", who.rate_key()));
         match self.state.store.append(&topic, message, key).await {
-            Ok(a) => match id {
-                Some(id) => {
-                    let position = a.stored.notification.position();
-                    self.io.send(&ServerFrame::Ack { id, position }).await
-                }
-                None => Ok(()),
-            },
+            Ok(a) if a.duplicate => {
+                *outcome = Outcome::Duplicate;
+                self.ack(&a, id).await
+            }
+            Ok(a) => {
+                *outcome = Outcome::Stored;
+                self.ack(&a, id).await
+            }
             Err(e) => {
+                let code = super::resume::store_code(&e);
+                *outcome = crate::metrics::failed_outcome(code);
                 tracing::error!(error = %e, topic, "publish from socket failed");
                 let msg = "the notification could not be stored";
-                self.error(ErrorCode::Internal, msg, id).await
+                self.error(code, msg, id).await
             }
+        }
+    }
+
+    async fn ack(&mut self, a: &crate::store::Appended, id: Option<u64>) -> Result<(), Stop> {
+        match id {
+            Some(id) => {
+                let position = a.stored.notification.position();
+                self.io.send(&ServerFrame::Ack { id, position }).await
+            }
+            None => Ok(()),
         }
     }
 

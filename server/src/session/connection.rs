@@ -44,11 +44,19 @@ impl<T> Socket for T where
 pub struct Connection<S> {
     socket: S,
     conn: Arc<Conn>,
+    /// Frames and payload bytes fed since the last flush, for the write metrics.
+    fed_frames: u32,
+    fed_bytes: u64,
 }
 
 impl<S: Socket> Connection<S> {
     pub fn new(socket: S, conn: Arc<Conn>) -> Self {
-        Self { socket, conn }
+        Self {
+            socket,
+            conn,
+            fed_frames: 0,
+            fed_bytes: 0,
+        }
     }
 
     /// The next inbound message; `None` when the peer is gone.
@@ -59,11 +67,26 @@ impl<S: Socket> Connection<S> {
     /// Hands `msg` to the socket's write buffer (it leaves on `flush`, or earlier when the
     /// buffer is full).
     pub async fn feed(&mut self, msg: Message) -> Result<(), Stop> {
+        self.fed_frames += 1;
+        self.fed_bytes += match &msg {
+            Message::Text(t) => t.len(),
+            Message::Binary(b) | Message::Ping(b) | Message::Pong(b) => b.len(),
+            Message::Close(_) => 0,
+        } as u64;
         guarded(&self.conn, self.socket.feed(msg)).await
     }
 
+    /// Sends what was fed; counts the batch (frames per flush, bytes out) once it has left.
     pub async fn flush(&mut self) -> Result<(), Stop> {
-        guarded(&self.conn, self.socket.flush()).await
+        guarded(&self.conn, self.socket.flush()).await?;
+        if self.fed_frames > 0 {
+            let m = crate::metrics::hot();
+            m.write_batch.record(f64::from(self.fed_frames));
+            m.sent_bytes.increment(self.fed_bytes);
+            self.fed_frames = 0;
+            self.fed_bytes = 0;
+        }
+        Ok(())
     }
 
     /// Encodes, feeds and flushes one frame.

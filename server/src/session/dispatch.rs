@@ -37,6 +37,7 @@ impl<S: Socket> Session<S> {
             Verdict::Allow => {}
             Verdict::Close => return Err(Stop::Close(close_code::RATE_LIMITED)),
             Verdict::Refuse { first } => {
+                crate::metrics::rate_limited("socket_frames");
                 let data = matches!(msg, Message::Text(_) | Message::Binary(_));
                 if first && data {
                     let msg = format!(

@@ -173,6 +173,9 @@ impl<S: Socket> Session<S> {
         if let Stop::Close(code) = stop {
             tracing::debug!(conn_id, code, "closing");
             self.io.close(code).await;
+            crate::metrics::connection_closed(Some(code));
+        } else {
+            crate::metrics::connection_closed(None);
         }
         if let Some(counter) = self.user_slot.take() {
             self.state.limits.conns_per_user.release(counter);

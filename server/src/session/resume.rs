@@ -26,7 +26,7 @@ pub(super) const REPLAY_PAGE: usize = 128;
 /// are readable already and the next store read includes them.
 /// The error code for a store failure: `unavailable` for a state that passes (Redis down),
 /// `internal` for the rest.
-fn store_code(e: &crate::store::StoreError) -> ErrorCode {
+pub(super) fn store_code(e: &crate::store::StoreError) -> ErrorCode {
     match e {
         crate::store::StoreError::Unavailable(_) | crate::store::StoreError::Closed => {
             ErrorCode::Unavailable
@@ -146,6 +146,9 @@ impl<S: Socket> Session<S> {
             }
             Some(p) => (p.epoch, p.offset, Phase::CatchingUp { registered: false }),
         };
+        if phase != Phase::Live {
+            crate::metrics::hot().resume_replays.increment(1);
+        }
         // A user subscribing to a room with presence becomes a member of it.
         // Its list reflects every presence frame numbered up to the snapshot's `seq`; the
         // session writes only later ones.
@@ -233,6 +236,7 @@ impl<S: Socket> Session<S> {
                 epoch: pos.epoch,
                 first_available: pos.first,
             };
+            crate::metrics::hot().reset_frames.increment(1);
             return self.io.send(&reset).await;
         }
         let first_available = page.first().map_or(pos.first, |s| s.notification.offset);
@@ -244,6 +248,7 @@ impl<S: Socket> Session<S> {
                 requested: after,
                 first_available,
             };
+            crate::metrics::hot().gap_frames.increment(1);
             self.io.feed(super::connection::encode(&gap)).await?;
         }
         let short = page.len() < REPLAY_PAGE;

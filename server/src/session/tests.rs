@@ -134,6 +134,7 @@ fn fixture(config: Config) -> Fixture {
         auth,
         leptos_options: LeptosOptions::builder().output_name("herald").build(),
         tracker: TaskTracker::new(),
+        draining: Default::default(),
     }));
     Fixture { state, store, feed }
 }

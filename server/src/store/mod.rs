@@ -168,7 +168,7 @@ pub struct Head {
 }
 
 /// Counters a store keeps about itself (for `/api/stats` and tests).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct StoreStats {
     /// Reads that went to disk (history pages, and heads not in the cache).
     pub disk_reads: u64,
@@ -270,6 +270,13 @@ pub trait Store: Send + Sync + 'static {
     /// should report unhealthy and exit so that a supervisor restarts it.
     fn fatal(&self) -> Option<String> {
         None
+    }
+
+    /// Whether the store can take a write now, without asking it anything (readiness must
+    /// answer at once and never wait behind publishes): the writer is alive (SQLite), a
+    /// connection is up (Redis). `Err` says why not.
+    fn ready(&self) -> Result<(), String> {
+        self.fatal().map_or(Ok(()), Err)
     }
 
     /// Resolves with the reason once [`Store::fatal`] has one.

@@ -11,6 +11,8 @@ use std::sync::Arc;
 pub struct PausingStore {
     pub inner: Arc<dyn Store>,
     pub topic: &'static str,
+    /// What pauses: history reads (twice each), or appends (once, before the store has it).
+    pub what: Pause,
     pub pauses_left: AtomicUsize,
     pub pauses: tokio::sync::mpsc::UnboundedSender<tokio::sync::oneshot::Sender<()>>,
 }
@@ -44,6 +46,9 @@ impl Store for PausingStore {
         new: app::protocol::NewNotification,
         key: Option<String>,
     ) -> Result<Appended, StoreError> {
+        if self.what == Pause::Appends {
+            self.pause(topic).await;
+        }
         self.inner.append(topic, new, key).await
     }
     async fn read(
@@ -51,6 +56,9 @@ impl Store for PausingStore {
         topic: &str,
         q: ReadQuery,
     ) -> Result<(TopicPosition, Vec<Arc<Stored>>), StoreError> {
+        if self.what == Pause::Appends {
+            return self.inner.read(topic, q).await;
+        }
         self.pause(topic).await;
         let r = self.inner.read(topic, q).await;
         self.pause(topic).await;
@@ -85,6 +93,17 @@ pub type Pauses = tokio::sync::mpsc::UnboundedReceiver<tokio::sync::oneshot::Sen
 /// Hooks that wrap the server's store in a [`PausingStore`] for `topic` that pauses `pauses`
 /// times (twice per read: before it and after it); each pause arrives on the returned channel.
 pub fn hooks(topic: &'static str, pauses: usize) -> (Hooks, Pauses) {
+    hooks_for(topic, pauses, Pause::Reads)
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pause {
+    Reads,
+    Appends,
+}
+
+/// [`hooks`] for reads or appends.
+pub fn hooks_for(topic: &'static str, pauses: usize, what: Pause) -> (Hooks, Pauses) {
     let (pauses_tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let slot = std::sync::Mutex::new(Some(pauses_tx));
     let hooks = Hooks {
@@ -92,6 +111,7 @@ pub fn hooks(topic: &'static str, pauses: usize) -> (Hooks, Pauses) {
             Arc::new(PausingStore {
                 inner,
                 topic,
+                what,
                 pauses_left: AtomicUsize::new(pauses),
                 pauses: slot.lock().unwrap().take().expect("one store"),
             }) as Arc<dyn Store>

@@ -233,6 +233,7 @@ impl Connector {
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
     {
         let (conn, epoch) = self.get().await?;
+        crate::metrics::hot().redis_round_trips.increment(1);
         let answered = |this: &Self| {
             this.last_answer_ms
                 .store(super::now_ms(), std::sync::atomic::Ordering::Relaxed)
@@ -388,6 +389,7 @@ impl Appender {
         // once per topic per node, in the same round trip as its first append.
         let register = !self.registered(&topic);
         let (script, group_ref, topic_ref) = (&self.script, &group, &topic);
+        let started = std::time::Instant::now();
         let out: Result<Vec<Vec<u8>>, StoreError> = self
             .conn
             .call(|mut c, epoch| async move {
@@ -411,6 +413,9 @@ impl Appender {
                 invocation.invoke_async(&mut c).await
             })
             .await;
+        let m = crate::metrics::hot();
+        m.redis_append.record(started.elapsed().as_secs_f64());
+        m.redis_group.record(group.len() as f64);
         let out = match out {
             Ok(out) if out.len() == 5 * group.len() => out,
             Ok(_) => {
@@ -574,6 +579,16 @@ impl RedisStore {
 
 #[async_trait]
 impl Store for RedisStore {
+    /// A connection is up: made, and not dropped by a failed call since. Every node calls
+    /// Redis at least every two seconds (presence liveness, the fan-out's checks), so a Redis
+    /// that went away is noticed within a call timeout of that.
+    fn ready(&self) -> Result<(), String> {
+        match self.conn.current() {
+            Some(_) => Ok(()),
+            None => Err("not connected to redis".into()),
+        }
+    }
+
     async fn append(
         &self,
         topic: &str,

@@ -255,6 +255,7 @@ impl Worker {
             match self.serve(pubsub, &mut rx, &mut waiting, &cancel).await {
                 End::Cancelled => return,
                 End::Lost => {
+                    crate::metrics::pubsub_repair("reconnect");
                     tracing::warn!("redis pub/sub connection lost; reconnecting");
                 }
             }
@@ -468,6 +469,7 @@ impl Worker {
                     return;
                 }
                 if n.offset > offset + 1 {
+                    crate::metrics::pubsub_repair("hole");
                     self.repair(topic, *offset, n.offset - 1).await;
                 }
             }
@@ -554,12 +556,14 @@ impl Worker {
                 };
                 match last {
                     Some((e, offset)) if **e == *epoch && top > *offset => {
+                        crate::metrics::pubsub_repair("check");
                         self.repair(topic, *offset, top).await;
                     }
                     // A new epoch (Redis restarted or failed over) whose first message was
                     // missed: its newest notification tells the sessions, which then reset
                     // and read the rest themselves.
                     Some((e, _)) if **e != *epoch && top > 0 => {
+                        crate::metrics::pubsub_repair("epoch");
                         self.repair(topic, top - 1, top).await;
                     }
                     // Nothing fed yet: the sessions read the history themselves; start here.

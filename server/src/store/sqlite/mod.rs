@@ -574,6 +574,16 @@ impl Store for SqliteStore {
         self.fatal.borrow().clone()
     }
 
+    fn ready(&self) -> Result<(), String> {
+        if let Some(why) = self.fatal() {
+            return Err(why);
+        }
+        if self.writer.is_closed() {
+            return Err("the database writer has stopped".into());
+        }
+        Ok(())
+    }
+
     async fn failed(&self) -> String {
         let mut rx = self.fatal.clone();
         loop {

@@ -218,6 +218,7 @@ impl Writer {
         // after the commit, so nobody sees an offset that could still be rolled back.
         let mut touched: HashMap<String, Touched> = HashMap::new();
         let mut results = Vec::with_capacity(appends.len());
+        let (started, group) = (std::time::Instant::now(), appends.len());
         let outcome = (|| -> Result<(), StoreError> {
             let tx = self.conn.transaction()?;
             let now = now_ms();
@@ -317,6 +318,9 @@ impl Writer {
             tx.commit()?;
             Ok(())
         })();
+        let m = crate::metrics::hot();
+        m.sqlite_commit.record(started.elapsed().as_secs_f64());
+        m.sqlite_group.record(group as f64);
 
         match outcome {
             Ok(()) => {

@@ -837,3 +837,170 @@ async fn a_silent_pubsub_connection_is_caught_and_what_retention_dropped_is_an_e
     let live = publish(direct.addr, "cut", "live again").await;
     assert_eq!(c.notification().await, live);
 }
+
+/// The addresses of the nodes that are up and not draining: where clients (re)connect and
+/// publishers send.
+type Live = std::sync::Arc<std::sync::Mutex<Vec<std::net::SocketAddr>>>;
+
+fn pick(live: &Live, not: Option<std::net::SocketAddr>, i: usize) -> std::net::SocketAddr {
+    let live = live.lock().unwrap();
+    let choices: Vec<_> = live.iter().copied().filter(|a| Some(*a) != not).collect();
+    choices[i % choices.len()]
+}
+
+/// A subscriber that, told to go (1001) or cut off, reconnects to another live node and
+/// resumes from the last offset it has; until `stop` and `want` notifications.
+async fn resuming_subscriber(
+    live: Live,
+    n: usize,
+    stop: tokio_util::sync::CancellationToken,
+    want: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    ready: tokio::sync::mpsc::Sender<()>,
+) -> (Vec<Notification>, usize) {
+    let mut got: Vec<Notification> = Vec::new();
+    let mut start: Option<Position> = None;
+    let mut reconnects = 0;
+    let mut node = None;
+    let mut ready = Some(ready);
+    'connect: loop {
+        let addr = pick(&live, node, n + reconnects);
+        let Some(mut c) = Client::try_connect_at(addr, TEST_KEY).await else {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        };
+        node = Some(addr);
+        let since = got.last().map(|n| n.position()).or(start.clone());
+        c.send(&ClientFrame::Subscribe {
+            topic: "ops".into(),
+            since,
+            id: None,
+        })
+        .await;
+        loop {
+            let frame = tokio::select! {
+                f = c.try_next() => f,
+                _ = tokio::time::sleep(Duration::from_millis(50)) => {
+                    let enough = got.len() >= want.load(std::sync::atomic::Ordering::SeqCst);
+                    if stop.is_cancelled() && enough {
+                        return (got, reconnects);
+                    }
+                    continue;
+                }
+            };
+            match frame {
+                Ok(ServerFrame::Subscribed { position, .. }) => {
+                    start.get_or_insert(position);
+                    if let Some(r) = ready.take() {
+                        r.send(()).await.unwrap();
+                    }
+                }
+                Ok(ServerFrame::Notification(n)) => got.push(n),
+                Ok(ServerFrame::Gap { .. } | ServerFrame::Reset { .. }) => {
+                    panic!("nothing may be lost in a rolling restart")
+                }
+                Ok(_) => {}
+                Err(_) => {
+                    reconnects += 1;
+                    continue 'connect;
+                }
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_rolling_restart_under_publish_load_delivers_everything_exactly_once() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let redis = RedisServer::start().unwrap();
+    let prefix = herald::store::redis::unique_prefix();
+    let config = || Config {
+        drain_secs: 1,
+        ..redis_config(&redis, &prefix)
+    };
+    let mut nodes = Vec::new();
+    for _ in 0..3 {
+        nodes.push(server(config()).await);
+    }
+    let live: Live = Arc::new(std::sync::Mutex::new(
+        nodes.iter().map(|n| n.addr).collect(),
+    ));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let want = Arc::new(AtomicUsize::new(usize::MAX));
+    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel(12);
+    let subscribers: Vec<_> = (0..12)
+        .map(|i| {
+            tokio::spawn(resuming_subscriber(
+                live.clone(),
+                i,
+                stop.clone(),
+                want.clone(),
+                ready_tx.clone(),
+            ))
+        })
+        .collect();
+    for _ in 0..12 {
+        ready_rx.recv().await.unwrap();
+    }
+    // A steady publisher: one every 5 ms to the live nodes in turn; a node that refuses
+    // (it is gone) is retried on another. Every acknowledged publish is recorded.
+    let publisher = {
+        let (live, stop) = (live.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut acked: Vec<Notification> = Vec::new();
+            let mut i = 0;
+            while !stop.is_cancelled() {
+                i += 1;
+                let addr = pick(&live, None, i);
+                let body = format!("n{i}");
+                let bearer = format!("Bearer {TEST_KEY}");
+                let auth = [("Authorization", bearer.as_str())];
+                match try_http_as(addr, "POST", "/api/topics/ops", &auth, body.as_bytes()).await {
+                    Ok(r) if r.status == 201 => acked.push(r.notification()),
+                    Ok(r) => assert_eq!(r.status, 503, "{}", r.body),
+                    Err(_) => {} // the node went away between the pick and the request
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            acked
+        })
+    };
+    // Restart each node in turn: out of the live set, drain (SIGTERM's path), a new one in.
+    for i in 0..3 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let old = std::mem::replace(&mut nodes[i], server(config()).await);
+        live.lock().unwrap().retain(|a| *a != old.addr);
+        live.lock().unwrap().push(nodes[i].addr);
+        tokio::time::timeout(WAIT, old.stop())
+            .await
+            .expect("the node drains in time")
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.cancel();
+    let acked = publisher.await.unwrap();
+    assert!(acked.len() > 100, "{} publishes", acked.len());
+    let last = acked.iter().map(|n| n.offset).max().unwrap();
+    want.store(last as usize, Ordering::SeqCst);
+    let mut checker = Checker::default();
+    let mut first: Option<Vec<Notification>> = None;
+    let mut moved = 0;
+    for (i, s) in subscribers.into_iter().enumerate() {
+        let (got, reconnects) = tokio::time::timeout(WAIT * 3, s)
+            .await
+            .expect("every subscriber catches up")
+            .unwrap();
+        moved += reconnects;
+        checker.check(&format!("subscriber {i}"), &got);
+        let ids: std::collections::HashSet<_> = got.iter().map(|n| &n.id).collect();
+        for n in &acked {
+            assert!(ids.contains(&n.id), "subscriber {i} missed {n:?}");
+        }
+        match &first {
+            None => first = Some(got),
+            Some(f) => assert_eq!(&got, f, "subscriber {i} saw another sequence"),
+        }
+    }
+    // Every subscriber was on a restarted node at least once.
+    assert!(moved >= 12, "{moved} reconnects");
+}

@@ -139,7 +139,21 @@ pub async fn http_as(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> HttpResponse {
-    let mut s = TcpStream::connect(addr).await.expect("connect");
+    try_http_as(addr, method, path, headers, body)
+        .await
+        .expect("an HTTP answer")
+}
+
+/// [`http_as`] that reports a refused or broken connection instead of panicking (a node
+/// that is going away).
+pub async fn try_http_as(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<HttpResponse> {
+    let mut s = TcpStream::connect(addr).await?;
     let mut req = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
         body.len()
@@ -148,15 +162,16 @@ pub async fn http_as(
         req.push_str(&format!("{k}: {v}\r\n"));
     }
     req.push_str("\r\n");
-    s.write_all(req.as_bytes()).await.unwrap();
-    s.write_all(body).await.unwrap();
+    s.write_all(req.as_bytes()).await?;
+    s.write_all(body).await?;
     let mut raw = Vec::new();
     tokio::time::timeout(WAIT, s.read_to_end(&mut raw))
         .await
-        .expect("response in time")
-        .unwrap();
+        .expect("response in time")?;
     let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, rest) = text.split_once("\r\n\r\n").expect("complete response");
+    let Some((head, rest)) = text.split_once("\r\n\r\n") else {
+        return Err(std::io::Error::other("incomplete response"));
+    };
     let mut lines = head.lines();
     let status = lines
         .next()
@@ -180,11 +195,11 @@ pub async fn http_as(
     } else {
         rest.to_owned()
     };
-    HttpResponse {
+    Ok(HttpResponse {
         status,
         headers,
         body,
-    }
+    })
 }
 
 fn dechunk(mut s: &str) -> String {
@@ -271,6 +286,27 @@ impl Client {
         match c.next().await {
             ServerFrame::Authenticated { .. } => c,
             other => panic!("expected authenticated, got {other:?}"),
+        }
+    }
+
+    /// [`Client::connect_at`] that returns `None` when the node refuses or goes away.
+    pub async fn try_connect_at(addr: SocketAddr, credential: &str) -> Option<Self> {
+        let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws"))
+            .await
+            .ok()?;
+        let mut c = Self { ws };
+        let Ok(ServerFrame::Welcome { .. }) = c.try_next().await else {
+            return None;
+        };
+        let auth = ClientFrame::Auth {
+            token: credential.to_owned(),
+        };
+        c.ws.send(Message::text(serde_json::to_string(&auth).ok()?))
+            .await
+            .ok()?;
+        match c.try_next().await {
+            Ok(ServerFrame::Authenticated { .. }) => Some(c),
+            _ => None,
         }
     }
 

@@ -20,7 +20,7 @@ setup-e2e:
 	@scripts/setup.sh --e2e
 
 build:
-	cargo leptos build --release
+	cargo leptos build --release --precompress
 
 test-rust:
 	cargo test -p app -p herald
@@ -42,6 +42,6 @@ bench: setup
 
 ## The binary to ship: LTO, stripped (profile `dist`), with the site beside it in target/site.
 dist: setup
-	cargo leptos build --release
+	cargo leptos build --release --precompress
 	cargo build -p herald --bin herald --profile dist
 	@ls -l target/dist/herald

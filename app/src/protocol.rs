@@ -800,6 +800,76 @@ pub struct HistoryPage {
     pub next: Option<u64>,
 }
 
+/// `GET /api/admin/overview`: what the admin page shows (an admin key).
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Overview {
+    pub version: String,
+    /// `sqlite`, `memory` or `redis`.
+    pub store: String,
+    /// Whether the node takes new work (see `GET /api/ready`).
+    pub ready: bool,
+    pub draining: bool,
+    /// Why not ready, when not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_ready: Option<String>,
+    pub connections: usize,
+    pub max_connections: usize,
+    pub subscriptions: usize,
+    pub topics: usize,
+    /// The topics with the most subscribers on this node, most first.
+    pub busiest: Vec<BusyTopic>,
+    /// Since start: publishes stored (all routes), notification frames written, connections
+    /// cut as slow consumers. Rates come from two readings.
+    pub published: u64,
+    pub delivered: u64,
+    pub slow_consumer_cuts: u64,
+    pub queued_frames: usize,
+    pub queue_depth_max: usize,
+    pub store_queued_writes: u64,
+}
+
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BusyTopic {
+    pub topic: String,
+    pub subscribers: usize,
+}
+
+/// One API key as `GET /api/keys` lists it (never the key itself).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyInfo {
+    pub id: String,
+    pub name: String,
+    /// Scopes: `publish:PATTERN`, `read:PATTERN`, `admin:*`.
+    pub grants: Vec<String>,
+    /// Unix seconds.
+    pub created: i64,
+    #[serde(default)]
+    pub revoked: Option<i64>,
+    #[serde(default)]
+    pub dev: bool,
+}
+
+/// `POST /api/keys` `{"name":..,"allow":[..]}`.
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddKey {
+    pub name: String,
+    /// Scopes: `publish:PATTERN`, `read:PATTERN` or `admin:*`.
+    pub allow: Vec<String>,
+}
+
+/// A key just created: the only time the key itself is shown.
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewKey {
+    pub key: String,
+    pub id: String,
+    pub name: String,
+    pub scopes: Vec<String>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -31,6 +31,7 @@ pub mod listener;
 pub mod metrics;
 pub mod presence;
 pub mod session;
+pub mod site;
 pub mod store;
 
 #[cfg(test)]
@@ -110,7 +111,10 @@ fn leptos_options(config: &Config, addr: SocketAddr) -> LeptosOptions {
         .site_root
         .clone()
         .unwrap_or_else(|| PathBuf::from(env("LEPTOS_SITE_ROOT", "target/site")));
+    let hash_file = env("LEPTOS_HASH_FILE_NAME", "hash.txt");
     LeptosOptions::builder()
+        .hash_files(site::hashed_names(&hash_file))
+        .hash_file(std::sync::Arc::from(hash_file))
         .output_name(env("LEPTOS_OUTPUT_NAME", "herald"))
         .site_root(site_root.to_string_lossy().into_owned())
         .site_pkg_dir(env("LEPTOS_SITE_PKG_DIR", "pkg"))
@@ -312,15 +316,26 @@ fn build(
     let routes = generate_route_list(App);
     let loader = history_loader(state.clone());
     let opts = state.leptos_options.clone();
+    let page_headers = site::page_headers(site::reload_origin(&opts));
     let (api_routes, _) = api::router();
     let router = api_routes
+        .merge(site::bundle(&opts))
         .leptos_routes_with_context(
             &state,
             routes,
-            move || provide_context(loader.clone()),
+            {
+                let page_headers = page_headers.clone();
+                move || {
+                    provide_context(loader.clone());
+                    page_headers();
+                }
+            },
             move || shell(opts.clone()),
         )
-        .fallback(leptos_axum::file_and_error_handler::<AppState, _>(shell))
+        .fallback(leptos_axum::file_and_error_handler_with_context::<
+            AppState,
+            _,
+        >(page_headers, shell))
         .layer(axum::middleware::from_fn_with_state(
             request_timeout,
             api::request_deadline,
@@ -332,7 +347,7 @@ fn build(
     } else {
         router
     };
-    let router = router.with_state(state.clone());
+    let router = site::security_headers(router).with_state(state.clone());
     Ok(Built {
         router,
         state,

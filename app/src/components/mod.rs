@@ -1,6 +1,7 @@
 //! The notification center page: header (connection state, unread bell), followed topics,
 //! the live list, a publish form and toasts.
 
+pub mod admin;
 mod chat;
 mod inbox;
 mod publish;

@@ -673,12 +673,6 @@ pub async fn dev_token(
     Ok((StatusCode::CREATED, Json(minted)).into_response())
 }
 
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
-pub struct AddKeyRequest {
-    name: String,
-    allow: Vec<String>,
-}
-
 /// `GET /api/keys` (admin): every key's id, name, scopes, times; never a key.
 #[utoipa::path(get, path = "/api/keys", tag = "identity", security(("bearer" = [])),
     responses((status = 200, body = Vec<crate::auth::KeyRecord>), (status = 400, description = "bad input", body = app::protocol::ErrorBody), (status = 401, description = "no or bad credentials", body = app::protocol::ErrorBody), (status = 403, description = "not allowed", body = app::protocol::ErrorBody)))]
@@ -694,8 +688,8 @@ pub async fn list_keys(
 /// `POST /api/keys` `{"name":"ci","allow":["publish:ops-*"]}` (admin): 201 with the key,
 /// shown this once.
 #[utoipa::path(post, path = "/api/keys", tag = "identity", security(("bearer" = [])),
-    request_body = AddKeyRequest,
-    responses((status = 201, description = "the key (shown this once), its id, name and scopes", body = NewKey), (status = 400, description = "bad input", body = app::protocol::ErrorBody), (status = 401, description = "no or bad credentials", body = app::protocol::ErrorBody), (status = 403, description = "not allowed", body = app::protocol::ErrorBody)))]
+    request_body = app::protocol::AddKey,
+    responses((status = 201, description = "the key (shown this once), its id, name and scopes", body = app::protocol::NewKey), (status = 400, description = "bad input", body = app::protocol::ErrorBody), (status = 401, description = "no or bad credentials", body = app::protocol::ErrorBody), (status = 403, description = "not allowed", body = app::protocol::ErrorBody)))]
 pub async fn add_key(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -703,26 +697,17 @@ pub async fn add_key(
 ) -> Result<Response, ApiError> {
     let who = state.auth.from_request(&headers, None)?;
     state.auth.check_admin(&who)?;
-    let req: AddKeyRequest = json_body(&body)?;
+    let req: app::protocol::AddKey = json_body(&body)?;
     let grants =
         Grants::from_scopes(&req.allow).map_err(|e| ApiError::Invalid(ErrorCode::BadField, e))?;
     let (rec, key) = on_keys(&state, move |keys| keys.add(&req.name, grants, false)).await?;
-    let body = NewKey {
+    let body = app::protocol::NewKey {
         key,
         id: rec.id.clone(),
         name: rec.name.clone(),
         scopes: rec.grants.scopes(),
     };
     Ok((StatusCode::CREATED, Json(body)).into_response())
-}
-
-/// A key just created: the only time the key itself is shown.
-#[derive(Debug, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
-pub struct NewKey {
-    pub key: String,
-    pub id: String,
-    pub name: String,
-    pub scopes: Vec<String>,
 }
 
 /// `DELETE /api/keys/{id}` (admin): 204; 404 if there is no such active key.

@@ -14,6 +14,7 @@
 
 use crate::error::ApiError;
 use crate::AppState;
+use app::protocol::{BusyTopic, Overview};
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -153,36 +154,6 @@ fn metrics_key_matches(state: &crate::Shared, headers: &HeaderMap) -> bool {
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
     subtle::ConstantTimeEq::ct_eq(given.as_bytes(), expected.as_bytes()).into()
-}
-
-/// What the admin page shows.
-#[derive(Debug, Serialize, serde::Deserialize, utoipa::ToSchema)]
-pub struct Overview {
-    pub version: String,
-    pub store: String,
-    pub ready: bool,
-    pub draining: bool,
-    /// Why not ready, when not.
-    pub not_ready: Option<String>,
-    pub connections: usize,
-    pub max_connections: usize,
-    pub subscriptions: usize,
-    pub topics: usize,
-    pub busiest: Vec<BusyTopic>,
-    /// Since start: publishes stored (all routes), notification frames written, connections
-    /// cut as slow consumers. The page derives rates from two readings.
-    pub published: u64,
-    pub delivered: u64,
-    pub slow_consumer_cuts: u64,
-    pub queued_frames: usize,
-    pub queue_depth_max: usize,
-    pub store_queued_writes: u64,
-}
-
-#[derive(Debug, Serialize, serde::Deserialize, utoipa::ToSchema)]
-pub struct BusyTopic {
-    pub topic: String,
-    pub subscribers: usize,
 }
 
 /// `GET /api/admin/overview` (admin key): the figures `/metrics` has, as JSON, plus the

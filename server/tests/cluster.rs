@@ -966,11 +966,11 @@ async fn a_rolling_restart_under_publish_load_delivers_everything_exactly_once()
         })
     };
     // Restart each node in turn: out of the live set, drain (SIGTERM's path), a new one in.
-    for i in 0..3 {
+    for node in nodes.iter_mut() {
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let old = std::mem::replace(&mut nodes[i], server(config()).await);
+        let old = std::mem::replace(node, server(config()).await);
         live.lock().unwrap().retain(|a| *a != old.addr);
-        live.lock().unwrap().push(nodes[i].addr);
+        live.lock().unwrap().push(node.addr);
         tokio::time::timeout(WAIT, old.stop())
             .await
             .expect("the node drains in time")

@@ -82,7 +82,7 @@ start_server() { # name -> sets PID, PIDS, AUTH, EXTRA
   # The per-credential publish rate (1000/s by default) is raised, not removed, so its check
   # is still paid: one key publishes 100,000/s here.
   local herald=(./target/release/herald --addr "$ADDR" --db "$OUT/bench.db" --mode production --token-secret "$SECRET"
-    --publish-per-sec-per-credential 100000000)
+    --publish-per-sec-per-credential 100000000 --drain-secs 0)
   case $1 in
     herald-memory) RUST_LOG=warn taskset -c 0 "${herald[@]}" --store memory >"$OUT/server.log" 2>&1 & ;;
     herald-sqlite) RUST_LOG=warn taskset -c 0 "${herald[@]}" --store sqlite >"$OUT/server.log" 2>&1 & ;;
@@ -255,5 +255,38 @@ PY
   done
 }
 scale connections-75000-4nodes "$RUNS"
+
+# The web app in Chromium (Herald only): bytes a first visit (empty cache) and a repeat visit
+# transfer, and the time from navigation until the page is live (hydrated, socket open).
+page_load() { # name runs
+  local name=$1 runs=$2
+  [[ -n "$FILTER" && "$name" != *"$FILTER"* ]] && return 0
+  [ -d end2end/node_modules/@playwright/test ] || { say "$name: no Playwright (make setup-e2e), skipped"; return 0; }
+  say "$name: herald-memory, $runs visits of each kind"
+  start_server herald-memory
+  local line
+  line=$(cd end2end && node measure/page-load.mjs "http://$ADDR" "${AUTH[1]}" "$runs" 2>/dev/null | python3 -c '
+import json, sys
+rows = {r["visit"]: r for r in map(json.loads, sys.stdin)}
+f, r = rows["first-visit"], rows["repeat-visit"]
+print(json.dumps({"first_visit_bytes": f["bytes"], "first_live_ms": f["live_ms"],
+                  "repeat_visit_bytes": r["bytes"], "repeat_live_ms": r["live_ms"]}))') || line=null
+  for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+  PIDS=()
+  echo "{\"scenario\":\"$name\",\"server\":\"herald-memory\",\"run\":1,\"result\":$line}" | tee -a "$RESULTS" >&2
+}
+page_load page-load "$RUNS"
+
+# The binary that ships (profile dist: fat LTO, stripped), and the bundle the page loads.
+binary_size() {
+  [[ -n "$FILTER" && "binary-size" != *"$FILTER"* ]] && return 0
+  say "binary-size: building the dist profile (incremental)"
+  cargo build -q -p herald --bin herald --profile dist
+  local wasm
+  wasm=$(ls target/site/pkg/*.wasm | head -1)
+  echo "{\"scenario\":\"binary-size\",\"server\":\"herald\",\"run\":1,\"result\":{\"dist_bytes\":$(stat -c %s target/dist/herald),\"release_bytes\":$(stat -c %s target/release/herald),\"wasm_bytes\":$(stat -c %s "$wasm"),\"wasm_br_bytes\":$(stat -c %s "$wasm.br" 2>/dev/null || echo null),\"wasm_gz_bytes\":$(stat -c %s "$wasm.gz" 2>/dev/null || echo null)}}" | tee -a "$RESULTS" >&2
+}
+binary_size
 
 python3 scripts/bench_summary.py "$RESULTS"

@@ -63,6 +63,14 @@ def describe(name, rs):
                 f"failures (worst) {fmt(worst(rs, 'handshake_failures'))}, "
                 f"connect p99 {fmt(med(rs, 'connect_p99_ms'))} ms, "
                 f"RSS/conn {fmt(med(rs, 'server_rss_per_conn_kib'), 2)} KiB")
+    if name.startswith("page-load"):
+        return (f"first visit {fmt(med(rs, 'first_visit_bytes'))} bytes, live after "
+                f"{fmt(med(rs, 'first_live_ms'))} ms; repeat visit {fmt(med(rs, 'repeat_visit_bytes'))} bytes, "
+                f"live after {fmt(med(rs, 'repeat_live_ms'))} ms (medians)")
+    if name.startswith("binary-size"):
+        return (f"dist binary {fmt(med(rs, 'dist_bytes'))} bytes (release with line tables "
+                f"{fmt(med(rs, 'release_bytes'))}); wasm {fmt(med(rs, 'wasm_bytes'))} bytes, "
+                f"brotli {fmt(med(rs, 'wasm_br_bytes'))}, gzip {fmt(med(rs, 'wasm_gz_bytes'))}")
     if name.startswith("publish"):
         return (f"{fmt(med(rs, 'publishes_per_sec'), 0)} publishes/s, "
                 f"p50 {fmt(med(rs, 'latency', 'p50_ms'), 2)} / p99 {fmt(med(rs, 'latency', 'p99_ms'), 2)} ms, "

@@ -351,3 +351,66 @@ async fn the_openapi_document_lists_every_route_and_every_listed_route_is_served
         assert!(notification.get(field).is_some(), "{field}");
     }
 }
+
+#[tokio::test]
+async fn the_binary_reports_its_version_and_logs_json_lines_when_asked() {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+        .arg("--version")
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("herald {}", env!("CARGO_PKG_VERSION"))
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args([
+            "--addr",
+            "127.0.0.1:0",
+            "--store",
+            "memory",
+            "--log-format",
+            "json",
+        ])
+        .arg("--db")
+        .arg(dir.path().join("h.db"))
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    use tokio::io::AsyncBufReadExt;
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let listening = tokio::time::timeout(WAIT, async {
+        let mut seen = 0;
+        while let Some(line) = lines.next_line().await.unwrap() {
+            // Development mode prints the key and a curl line for people; every log line
+            // is one JSON object.
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+                continue;
+            };
+            seen += 1;
+            assert!(
+                v["level"].is_string() && v["timestamp"].is_string(),
+                "{line}"
+            );
+            if v["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("listening"))
+            {
+                return (v, seen);
+            }
+        }
+        panic!("the server exited");
+    })
+    .await
+    .unwrap();
+    // Fields are top-level: `addr` beside the message.
+    assert!(listening.0["addr"]
+        .as_str()
+        .unwrap()
+        .starts_with("127.0.0.1:"));
+    child.kill().await.unwrap();
+}

@@ -46,7 +46,7 @@ pub struct Connection<S> {
     conn: Arc<Conn>,
     /// Frames and payload bytes fed since the last flush, for the write metrics.
     fed_frames: u32,
-    fed_bytes: u64,
+    fed_bytes: u32,
 }
 
 impl<S: Socket> Connection<S> {
@@ -66,27 +66,39 @@ impl<S: Socket> Connection<S> {
 
     /// Hands `msg` to the socket's write buffer (it leaves on `flush`, or earlier when the
     /// buffer is full).
-    pub async fn feed(&mut self, msg: Message) -> Result<(), Stop> {
-        self.fed_frames += 1;
-        self.fed_bytes += match &msg {
+    pub fn feed(&mut self, msg: Message) -> impl Future<Output = Result<(), Stop>> + '_ {
+        self.count(&msg);
+        guarded(&self.conn, self.socket.feed(msg))
+    }
+
+    /// Sends what was fed, and counts it (frames per flush, bytes out).
+    pub fn flush(&mut self) -> impl Future<Output = Result<(), Stop>> + '_ {
+        self.counted();
+        guarded(&self.conn, self.socket.flush())
+    }
+
+    /// Adds a frame to the batch being fed (kept out of the futures: every idle connection
+    /// carries their state).
+    fn count(&mut self, msg: &Message) {
+        let len = match msg {
             Message::Text(t) => t.len(),
             Message::Binary(b) | Message::Ping(b) | Message::Pong(b) => b.len(),
             Message::Close(_) => 0,
-        } as u64;
-        guarded(&self.conn, self.socket.feed(msg)).await
+        };
+        self.fed_frames += 1;
+        self.fed_bytes = self.fed_bytes.saturating_add(len as u32);
     }
 
-    /// Sends what was fed; counts the batch (frames per flush, bytes out) once it has left.
-    pub async fn flush(&mut self) -> Result<(), Stop> {
-        guarded(&self.conn, self.socket.flush()).await?;
+    /// Records the batch a flush sends: handed to the socket (a write that then fails ends
+    /// the connection).
+    fn counted(&mut self) {
         if self.fed_frames > 0 {
             let m = crate::metrics::hot();
             m.write_batch.record(f64::from(self.fed_frames));
-            m.sent_bytes.increment(self.fed_bytes);
+            m.sent_bytes.increment(u64::from(self.fed_bytes));
             self.fed_frames = 0;
             self.fed_bytes = 0;
         }
-        Ok(())
     }
 
     /// Encodes, feeds and flushes one frame.

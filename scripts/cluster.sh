@@ -78,7 +78,8 @@ frontend herald
     default_backend nodes
 backend nodes
     balance roundrobin
-    option httpchk GET /api/health
+    # Readiness, not liveness: a draining node (SIGTERM) leaves the rotation at once.
+    option httpchk GET /api/ready
 $BACKENDS
 EOF
 haproxy -f "$RUN/haproxy.cfg" -db >"$RUN/haproxy.log" 2>&1 &

@@ -150,21 +150,6 @@ pub fn AdminPage() -> AnyView {
 #[component]
 fn Dashboard(admin: Admin) -> AnyView {
     let o = move || admin.overview.get().unwrap_or_default();
-    let now = move || admin.rates.with(|r| r.last().copied().unwrap_or_default());
-    let publishes = move || {
-        sparkline(
-            &admin
-                .rates
-                .with(|r| r.iter().map(|x| x.publishes).collect::<Vec<_>>()),
-        )
-    };
-    let deliveries = move || {
-        sparkline(
-            &admin
-                .rates
-                .with(|r| r.iter().map(|x| x.deliveries).collect::<Vec<_>>()),
-        )
-    };
     let health = move || {
         let o = o();
         match (o.ready, o.draining, o.not_ready) {
@@ -192,22 +177,10 @@ fn Dashboard(admin: Admin) -> AnyView {
                 <span class="value" data-testid="admin-subscriptions">{move || o().subscriptions}</span>
                 <span class="sub">{move || format!("{} topics", o().topics)}</span>
             </div>
-            <div class="card stat">
-                <span class="label">"Published"</span>
-                <span class="value" data-testid="admin-published">{move || o().published}</span>
-                <span class="sub">{move || per_sec(now().publishes)}</span>
-                <svg class="spark" viewBox="0 0 120 32" aria-hidden="true">
-                    <polyline fill="none" stroke="currentColor" stroke-width="1.5" points=publishes/>
-                </svg>
-            </div>
-            <div class="card stat">
-                <span class="label">"Delivered"</span>
-                <span class="value" data-testid="admin-delivered">{move || o().delivered}</span>
-                <span class="sub">{move || per_sec(now().deliveries)}</span>
-                <svg class="spark" viewBox="0 0 120 32" aria-hidden="true">
-                    <polyline fill="none" stroke="currentColor" stroke-width="1.5" points=deliveries/>
-                </svg>
-            </div>
+            <RateCard label="Published" testid="admin-published" total=Signal::derive(move || o().published)
+                rates=Signal::derive(move || admin.rates.with(|r| r.iter().map(|x| x.publishes).collect()))/>
+            <RateCard label="Delivered" testid="admin-delivered" total=Signal::derive(move || o().delivered)
+                rates=Signal::derive(move || admin.rates.with(|r| r.iter().map(|x| x.deliveries).collect()))/>
             <div class="card stat">
                 <span class="label">"Slow-consumer cuts"</span>
                 <span class="value" data-testid="admin-cuts">{move || o().slow_consumer_cuts}</span>
@@ -232,6 +205,27 @@ fn Dashboard(admin: Admin) -> AnyView {
         </section>
     }
     .into_any()
+}
+
+/// A counter since start, its rate now, and the rate's recent history as a small chart.
+#[component]
+fn RateCard(
+    label: &'static str,
+    testid: &'static str,
+    total: Signal<u64>,
+    rates: Signal<Vec<f64>>,
+) -> impl IntoView {
+    let now = move || rates.with(|r| r.last().copied().unwrap_or_default());
+    view! {
+        <div class="card stat">
+            <span class="label">{label}</span>
+            <span class="value" data-testid=testid>{move || total.get()}</span>
+            <span class="sub">{move || per_sec(now())}</span>
+            <svg class="spark" viewBox="0 0 120 32" aria-hidden="true">
+                <polyline fill="none" stroke="currentColor" stroke-width="1.5" points=move || sparkline(&rates.get())/>
+            </svg>
+        </div>
+    }
 }
 
 #[component]

@@ -219,7 +219,16 @@ where
     B: http_body::Body<Data = bytes::Bytes>,
     B::Error: Into<axum::BoxError>,
 {
-    let appended = publish_checked(state, topic, query, peer, headers, body).await;
+    let appended = async {
+        validate_topic(topic)?;
+        // Before the body is read: an unauthorized client gets its answer without sending it.
+        let who = state.auth.from_request(headers, query)?;
+        state.auth.check(&who, Action::Publish, topic)?;
+        publish_rate(state, &who, peer)?;
+        let (new, key) = read_notification(state, headers, body).await?;
+        Ok(state.store.append(topic, new, key).await?)
+    }
+    .await;
     crate::metrics::publish(
         crate::metrics::Route::Http,
         crate::inbox::outcome(&appended),
@@ -232,28 +241,6 @@ where
         "published"
     );
     Ok(created(&appended))
-}
-
-/// Checks and stores a publish.
-async fn publish_checked<B>(
-    state: &AppState,
-    topic: &str,
-    query: Option<&str>,
-    peer: Option<std::net::IpAddr>,
-    headers: &HeaderMap,
-    body: B,
-) -> Result<crate::store::Appended, ApiError>
-where
-    B: http_body::Body<Data = bytes::Bytes>,
-    B::Error: Into<axum::BoxError>,
-{
-    validate_topic(topic)?;
-    // Before the body is read: an unauthorized client gets its answer without sending it.
-    let who = state.auth.from_request(headers, query)?;
-    state.auth.check(&who, Action::Publish, topic)?;
-    publish_rate(state, &who, peer)?;
-    let (new, key) = read_notification(state, headers, body).await?;
-    Ok(state.store.append(topic, new, key).await?)
 }
 
 /// The per-address and per-credential publish rates, for every route that stores.

@@ -1004,3 +1004,58 @@ async fn a_rolling_restart_under_publish_load_delivers_everything_exactly_once()
     // Every subscriber was on a restarted node at least once.
     assert!(moved >= 12, "{moved} reconnects");
 }
+
+/// Scripts Redis has run (appends and reads are scripts), from `INFO commandstats`.
+async fn scripts_run(redis: &RedisServer) -> u64 {
+    let mut conn = redis_conn(redis).await;
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    info.lines()
+        .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
+        .filter_map(|l| {
+            l.split("calls=")
+                .nth(1)?
+                .split(',')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
+}
+
+#[tokio::test]
+async fn a_burst_of_subscribes_to_one_topic_reads_its_top_from_redis_once_per_node() {
+    let (redis, _prefix, nodes) = cluster(1).await;
+    let node = &nodes[0];
+    let first = publish(node.addr, "burst", "before").await;
+    let mut clients = Vec::new();
+    for _ in 0..200 {
+        clients.push(Client::connect(node).await);
+    }
+    let before = scripts_run(&redis).await;
+    // All at once: the first subscribe makes the node read the top while the others arrive.
+    for c in &mut clients {
+        c.send(&ClientFrame::Subscribe {
+            topic: "burst".into(),
+            since: None,
+            id: None,
+        })
+        .await;
+    }
+    for c in &mut clients {
+        match c.next().await {
+            ServerFrame::Subscribed { position, .. } => assert_eq!(position, first.position()),
+            other => panic!("{other:?}"),
+        }
+    }
+    let reads = scripts_run(&redis).await - before;
+    assert!(reads <= 2, "{reads} reads of the top for 200 subscribes");
+    // And they are all live from there.
+    let n = publish(node.addr, "burst", "after").await;
+    for c in &mut clients {
+        assert_eq!(c.notification().await.id, n.id);
+    }
+}

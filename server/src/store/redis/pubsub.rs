@@ -36,8 +36,9 @@ use tokio_util::sync::CancellationToken;
 pub const CHECK_EVERY: Duration = Duration::from_secs(2);
 /// How often the node's probe goes round its own Pub/Sub connection.
 pub const PROBE_EVERY: Duration = Duration::from_secs(2);
-/// Longest wait for a `watch` (the subscription confirmed) before the caller gets an error.
-const WATCH_TIMEOUT: Duration = Duration::from_secs(3);
+/// Longest wait for a `watch` (the subscription confirmed and, for a topic's first watch, its
+/// top read) before the caller gets an error: both calls' timeouts and a second to spare.
+const WATCH_TIMEOUT: Duration = Duration::from_secs(5);
 /// Notifications read per repair round trip.
 const REPAIR_PAGE: usize = 500;
 
@@ -102,6 +103,8 @@ impl Fanout {
             feed,
             scope,
             watched: HashMap::new(),
+            pending: HashMap::new(),
+            heads: mpsc::unbounded_channel(),
             stats: stats.clone(),
             probe: format!("probe-{}", crate::store::random_id(10)),
         };
@@ -206,6 +209,14 @@ struct Worker {
     feed: Feed,
     scope: Scope,
     watched: HashMap<String, Watched>,
+    /// Watches of topics whose top is being read (their first watch on this connection):
+    /// answered together when the read is back, so that they find the node's position.
+    pending: HashMap<String, Vec<oneshot::Sender<()>>>,
+    /// Tops read in the background (the worker goes on serving meanwhile).
+    heads: (
+        mpsc::UnboundedSender<(String, Result<crate::store::Head, StoreError>)>,
+        mpsc::UnboundedReceiver<(String, Result<crate::store::Head, StoreError>)>,
+    ),
     stats: Arc<std::sync::Mutex<FanoutStats>>,
     probe: String,
 }
@@ -255,6 +266,11 @@ impl Worker {
             match self.serve(pubsub, &mut rx, &mut waiting, &cancel).await {
                 End::Cancelled => return,
                 End::Lost => {
+                    // Watches waiting for a top: answered after the next subscribe, and the
+                    // sessions read the top themselves.
+                    for (_, acks) in self.pending.drain() {
+                        waiting.extend(acks);
+                    }
                     crate::metrics::pubsub_repair("reconnect");
                     tracing::warn!("redis pub/sub connection lost; reconnecting");
                 }
@@ -295,6 +311,7 @@ impl Worker {
             w.count = w.count.saturating_sub(1);
             if w.count == 0 {
                 self.watched.remove(topic);
+                self.pending.remove(topic);
                 self.positions
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
@@ -369,15 +386,20 @@ impl Worker {
                             }
                             // Subscribed first, read second: the top read now is a position
                             // every later append is fed after, so later subscribers of this
-                            // topic on this node need not ask Redis.
-                            if let Ok(head) = self.store.head(&topic).await {
-                                let w = self.watched.entry(topic.clone()).or_default();
-                                if w.last.is_none() {
-                                    self.fed(&topic, &head.epoch, head.last);
-                                }
-                            }
+                            // topic on this node need not ask Redis. Read in the background:
+                            // a burst of subscribes to other topics (and this topic's
+                            // messages) is served meanwhile; this topic's watches wait for it.
+                            let (store, heads, topic2) = (self.store.clone(), self.heads.0.clone(), topic.clone());
+                            tokio::spawn(async move {
+                                let head = store.head(&topic2).await;
+                                let _ = heads.send((topic2, head));
+                            });
+                            self.pending.entry(topic).or_default().push(ack);
+                        } else if let Some(acks) = self.pending.get_mut(&topic) {
+                            acks.push(ack);
+                        } else {
+                            let _ = ack.send(());
                         }
-                        let _ = ack.send(());
                     }
                     Some(Command::Unwatch(topic)) => {
                         if self.forget(&topic) {
@@ -422,6 +444,17 @@ impl Worker {
                     match parse_message(&topic, payload) {
                         Some(stored) => self.deliver(&topic, stored).await,
                         None => tracing::error!(channel, "unreadable message on a topic channel"),
+                    }
+                }
+                Some((topic, head)) = self.heads.1.recv() => {
+                    if let Ok(head) = head {
+                        if self.watched.get(&topic).is_some_and(|w| w.last.is_none()) {
+                            self.fed(&topic, &head.epoch, head.last);
+                        }
+                    }
+                    // Read or not (then each session asks Redis itself), the watches go on.
+                    for ack in self.pending.remove(&topic).unwrap_or_default() {
+                        let _ = ack.send(());
                     }
                 }
                 _ = check.tick() => self.check_positions().await,

@@ -1059,3 +1059,41 @@ async fn a_burst_of_subscribes_to_one_topic_reads_its_top_from_redis_once_per_no
         assert_eq!(c.notification().await.id, n.id);
     }
 }
+
+#[tokio::test]
+async fn when_reading_the_top_fails_the_node_reads_again_instead_of_each_subscriber() {
+    let (redis, _prefix, nodes) = cluster(1).await;
+    let node = &nodes[0];
+    let first = publish(node.addr, "stalled", "before").await;
+    let mut clients = Vec::new();
+    for _ in 0..100 {
+        clients.push(Client::connect(node).await);
+    }
+    // Scripts (the read of the top is one) wait in Redis for 3 s: the node's first read
+    // times out (2 s) while 100 subscribes wait on it.
+    let mut conn = redis_conn(&redis).await;
+    let before = scripts_run(&redis).await;
+    let _: () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(3000)
+        .arg("WRITE")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    for c in &mut clients {
+        c.send(&ClientFrame::Subscribe {
+            topic: "stalled".into(),
+            since: None,
+            id: None,
+        })
+        .await;
+    }
+    for c in &mut clients {
+        match c.next().await {
+            ServerFrame::Subscribed { position, .. } => assert_eq!(position, first.position()),
+            other => panic!("{other:?}"),
+        }
+    }
+    let reads = scripts_run(&redis).await - before;
+    assert!(reads <= 5, "{reads} reads of the top for 100 subscribes");
+}

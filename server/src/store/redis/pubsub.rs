@@ -39,6 +39,8 @@ pub const PROBE_EVERY: Duration = Duration::from_secs(2);
 /// Longest wait for a `watch` (the subscription confirmed and, for a topic's first watch, its
 /// top read) before the caller gets an error: both calls' timeouts and a second to spare.
 const WATCH_TIMEOUT: Duration = Duration::from_secs(5);
+/// Pause before reading a topic's top again after a failed read.
+const TOP_RETRY: Duration = Duration::from_millis(100);
 /// Notifications read per repair round trip.
 const REPAIR_PAGE: usize = 500;
 
@@ -188,6 +190,9 @@ impl Fanout {
     }
 }
 
+/// A topic's top, read in the background.
+type TopRead = (String, Result<crate::store::Head, StoreError>);
+
 /// A position fed: epoch and offset.
 type Fed = Option<(Arc<str>, u64)>;
 
@@ -214,8 +219,8 @@ struct Worker {
     pending: HashMap<String, Vec<oneshot::Sender<()>>>,
     /// Tops read in the background (the worker goes on serving meanwhile).
     heads: (
-        mpsc::UnboundedSender<(String, Result<crate::store::Head, StoreError>)>,
-        mpsc::UnboundedReceiver<(String, Result<crate::store::Head, StoreError>)>,
+        mpsc::UnboundedSender<TopRead>,
+        mpsc::UnboundedReceiver<TopRead>,
     ),
     stats: Arc<std::sync::Mutex<FanoutStats>>,
     probe: String,
@@ -389,11 +394,7 @@ impl Worker {
                             // topic on this node need not ask Redis. Read in the background:
                             // a burst of subscribes to other topics (and this topic's
                             // messages) is served meanwhile; this topic's watches wait for it.
-                            let (store, heads, topic2) = (self.store.clone(), self.heads.0.clone(), topic.clone());
-                            tokio::spawn(async move {
-                                let head = store.head(&topic2).await;
-                                let _ = heads.send((topic2, head));
-                            });
+                            self.read_top(&topic, Duration::ZERO);
                             self.pending.entry(topic).or_default().push(ack);
                         } else if let Some(acks) = self.pending.get_mut(&topic) {
                             acks.push(ack);
@@ -447,12 +448,26 @@ impl Worker {
                     }
                 }
                 Some((topic, head)) = self.heads.1.recv() => {
-                    if let Ok(head) = head {
-                        if self.watched.get(&topic).is_some_and(|w| w.last.is_none()) {
-                            self.fed(&topic, &head.epoch, head.last);
+                    match head {
+                        Ok(head) => {
+                            if self.watched.get(&topic).is_some_and(|w| w.last.is_none()) {
+                                self.fed(&topic, &head.epoch, head.last);
+                            }
+                        }
+                        Err(e) => {
+                            // Redis is struggling: read again for the watches still waiting
+                            // (each gives up at its own timeout) rather than sending every
+                            // one of them to Redis on its own.
+                            if let Some(acks) = self.pending.get_mut(&topic) {
+                                acks.retain(|a| !a.is_closed());
+                                if !acks.is_empty() {
+                                    tracing::debug!(error = %e, topic, "reading the top again");
+                                    self.read_top(&topic, TOP_RETRY);
+                                    continue;
+                                }
+                            }
                         }
                     }
-                    // Read or not (then each session asks Redis itself), the watches go on.
                     for ack in self.pending.remove(&topic).unwrap_or_default() {
                         let _ = ack.send(());
                     }
@@ -471,6 +486,16 @@ impl Worker {
                 }
             }
         }
+    }
+
+    /// Reads `topic`'s top in the background, after `delay`; the answer comes back on `heads`.
+    fn read_top(&self, topic: &str, delay: Duration) {
+        let (store, heads, topic) = (self.store.clone(), self.heads.0.clone(), topic.to_owned());
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let head = store.head(&topic).await;
+            let _ = heads.send((topic, head));
+        });
     }
 
     fn keys_prefix(&self) -> String {

@@ -67,6 +67,8 @@ async fn metrics_parse_as_prometheus_text_and_move_with_traffic() {
     // Other tests in this process share the recorder: at least what this one did.
     let stored = [("route", "http"), ("result", "stored")];
     assert!(delta("herald_publishes_total", &stored) >= 3.0);
+    let rejected = [("route", "http"), ("result", "rejected")];
+    assert!(delta("herald_publishes_total", &rejected) >= 1.0);
     assert!(delta("herald_deliveries_written_total", &[]) >= 3.0);
     assert!(delta("herald_sent_bytes_total", &[]) > 0.0);
     assert!(delta("herald_write_batch_frames_count", &[]) >= 1.0);

@@ -1026,6 +1026,25 @@ async fn scripts_run(redis: &RedisServer) -> u64 {
         .sum()
 }
 
+/// Every client sends its subscribe to `topic` before any answer is read (all at once, as a
+/// burst), then each must be subscribed at `at`.
+async fn subscribe_together(clients: &mut [Client], topic: &str, at: &Position) {
+    for c in clients.iter_mut() {
+        c.send(&ClientFrame::Subscribe {
+            topic: topic.into(),
+            since: None,
+            id: None,
+        })
+        .await;
+    }
+    for c in clients.iter_mut() {
+        match c.next().await {
+            ServerFrame::Subscribed { position, .. } => assert_eq!(&position, at),
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_burst_of_subscribes_to_one_topic_reads_its_top_from_redis_once_per_node() {
     let (redis, _prefix, nodes) = cluster(1).await;
@@ -1037,20 +1056,7 @@ async fn a_burst_of_subscribes_to_one_topic_reads_its_top_from_redis_once_per_no
     }
     let before = scripts_run(&redis).await;
     // All at once: the first subscribe makes the node read the top while the others arrive.
-    for c in &mut clients {
-        c.send(&ClientFrame::Subscribe {
-            topic: "burst".into(),
-            since: None,
-            id: None,
-        })
-        .await;
-    }
-    for c in &mut clients {
-        match c.next().await {
-            ServerFrame::Subscribed { position, .. } => assert_eq!(position, first.position()),
-            other => panic!("{other:?}"),
-        }
-    }
+    subscribe_together(&mut clients, "burst", &first.position()).await;
     let reads = scripts_run(&redis).await - before;
     assert!(reads <= 2, "{reads} reads of the top for 200 subscribes");
     // And they are all live from there.
@@ -1080,20 +1086,7 @@ async fn when_reading_the_top_fails_the_node_reads_again_instead_of_each_subscri
         .query_async(&mut conn)
         .await
         .unwrap();
-    for c in &mut clients {
-        c.send(&ClientFrame::Subscribe {
-            topic: "stalled".into(),
-            since: None,
-            id: None,
-        })
-        .await;
-    }
-    for c in &mut clients {
-        match c.next().await {
-            ServerFrame::Subscribed { position, .. } => assert_eq!(position, first.position()),
-            other => panic!("{other:?}"),
-        }
-    }
+    subscribe_together(&mut clients, "stalled", &first.position()).await;
     let reads = scripts_run(&redis).await - before;
     assert!(reads <= 5, "{reads} reads of the top for 100 subscribes");
 }

@@ -148,11 +148,7 @@ fn metrics_key_matches(state: &crate::Shared, headers: &HeaderMap) -> bool {
     let Some(expected) = state.config.metrics_key.as_deref() else {
         return false;
     };
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
+    let given = crate::auth::bearer(headers).ok().flatten().unwrap_or("");
     subtle::ConstantTimeEq::ct_eq(given.as_bytes(), expected.as_bytes()).into()
 }
 

@@ -168,19 +168,10 @@ impl Authority {
         if let Some(q) = query {
             refuse_credentials_in(q)?;
         }
-        let Some(value) = headers.get(header::AUTHORIZATION) else {
-            return Ok(Identity::Anonymous);
-        };
-        let value = value
-            .to_str()
-            .map_err(|_| AuthError::Invalid("Authorization must be visible ASCII"))?;
-        let credential = value
-            .strip_prefix("Bearer ")
-            .or_else(|| value.strip_prefix("bearer "))
-            .ok_or(AuthError::Invalid(
-                "Authorization must be: Bearer <API key or token>",
-            ))?;
-        self.authenticate(credential.trim())
+        match bearer(headers)? {
+            Some(credential) => self.authenticate(credential),
+            None => Ok(Identity::Anonymous),
+        }
     }
 
     /// May `who` do `action` to `topic`?
@@ -257,6 +248,23 @@ impl Authority {
 }
 
 /// Refuses a query string that carries something that looks like a credential.
+/// The credential of an `Authorization: Bearer ...` header; `None` without the header.
+pub fn bearer(headers: &HeaderMap) -> Result<Option<&str>, AuthError> {
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let value = value
+        .to_str()
+        .map_err(|_| AuthError::Invalid("Authorization must be visible ASCII"))?;
+    let credential = value
+        .strip_prefix("Bearer ")
+        .or_else(|| value.strip_prefix("bearer "))
+        .ok_or(AuthError::Invalid(
+            "Authorization must be: Bearer <API key or token>",
+        ))?;
+    Ok(Some(credential.trim()))
+}
+
 pub fn refuse_credentials_in(query: &str) -> Result<(), AuthError> {
     let carries = query.split('&').any(|pair| {
         let name = pair.split('=').next().unwrap_or("");

@@ -16,7 +16,7 @@
 //!   stored or why not.
 
 use crate::error::ApiError;
-use crate::store::{Appended, InboxChange, InboxCount};
+use crate::store::{AppendItem, Appended, InboxChange, InboxCount};
 use crate::AppState;
 use app::protocol::{
     inbox_topic, validate_user, ErrorCode, InboxPage, InboxQuery, InboxUpdate, NewNotification,
@@ -109,8 +109,9 @@ pub(crate) fn outcome(result: &Result<Appended, ApiError>) -> crate::metrics::Ou
     }
 }
 
-/// Stores `new` in each user's inbox, all queued at once (one or a few group commits).
-/// One result per user, in order; a user named twice gets one copy.
+/// Stores `new` in each user's inbox, submitted together ([`crate::store::Store::append_many`]:
+/// one group commit on SQLite). One result per user, in order; a user named twice gets one
+/// copy.
 pub async fn send_many(
     state: &AppState,
     users: &[String],
@@ -125,11 +126,28 @@ pub async fn send_many(
     }
     let mut seen = std::collections::HashSet::new();
     let unique: Vec<&String> = users.iter().filter(|u| seen.insert(*u)).collect();
-    let sends = unique
+    for user in &unique {
+        validate_user(user)?;
+    }
+    let items = unique
         .iter()
-        .map(|u| send(state, u, new.clone(), key.map(str::to_owned)));
-    let results = futures::future::join_all(sends).await;
-    Ok(unique.into_iter().cloned().zip(results).collect())
+        .map(|u| AppendItem {
+            topic: inbox_topic(u),
+            new: new.clone(),
+            key: key.map(str::to_owned),
+        })
+        .collect();
+    let results = state.store.append_many(items).await;
+    Ok(unique
+        .into_iter()
+        .cloned()
+        .zip(results)
+        .map(|(user, r)| {
+            let r = r.map_err(ApiError::from);
+            crate::metrics::publish(crate::metrics::Route::Inbox, outcome(&r));
+            (user, r)
+        })
+        .collect())
 }
 
 /// The `inbox_count` frame that follows an inbox arrival on the socket.

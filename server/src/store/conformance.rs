@@ -163,6 +163,7 @@ every_store!(
     an_inbox_lists_newest_first_by_filter_and_category,
     pruned_unread_notifications_leave_the_count,
     concurrent_changes_and_arrivals_keep_the_count_exact,
+    append_many_appends_each_item_as_append_would,
 );
 
 type Make = fn(Retention) -> futures::future::BoxFuture<'static, Harness>;
@@ -306,6 +307,77 @@ async fn idempotency_returns_the_original_and_appends_nothing(make: Make) {
     let other = h.store.append("u", note("three"), key()).await.unwrap();
     assert!(!other.duplicate);
     assert_eq!(read_all(&h, "t").await.1, vec![1]);
+}
+
+async fn append_many_appends_each_item_as_append_would(make: Make) {
+    let mut h = make(retention()).await;
+    let key = |k: &str| Some(k.to_owned());
+    let seen = h
+        .store
+        .append("@b", note("before"), key("k"))
+        .await
+        .unwrap();
+    let item = |topic: &str, body: &str, key: Option<String>| AppendItem {
+        topic: topic.into(),
+        new: note(body),
+        key,
+    };
+    let results = h
+        .store
+        .append_many(vec![
+            item("@a", "a1", None),
+            item("@b", "b-again", key("k")),
+            item("@c", "c1", key("k")),
+            item("@a", "a2", None),
+            item("@c", "c-again", key("k")),
+        ])
+        .await;
+    let got: Vec<(String, u64, bool, String)> = results
+        .into_iter()
+        .map(|r| {
+            let a = r.unwrap();
+            let n = &a.stored.notification;
+            (n.topic.clone(), n.offset, a.duplicate, n.body.clone())
+        })
+        .collect();
+    let want = |t: &str, o: u64, d: bool, b: &str| (t.to_owned(), o, d, b.to_owned());
+    assert_eq!(
+        got,
+        vec![
+            want("@a", 1, false, "a1"),
+            want("@b", 1, true, "before"),
+            want("@c", 1, false, "c1"),
+            want("@a", 2, false, "a2"),
+            want("@c", 1, true, "c1"),
+        ],
+        "one result per item, in order, each as its own append (keys included)"
+    );
+    assert_eq!(seen.stored.notification.offset, 1);
+    // The feed has each new one once (the first append's included), in offset order per topic.
+    let mut fed_items = Vec::new();
+    for _ in 0..4 {
+        let s = fed(&mut h.feed).await;
+        fed_items.push((s.notification.topic.clone(), s.notification.offset));
+    }
+    for topic in ["@a", "@b", "@c"] {
+        let offsets: Vec<u64> = fed_items
+            .iter()
+            .filter(|(t, _)| t == topic)
+            .map(|(_, o)| *o)
+            .collect();
+        let want: Vec<u64> = if topic == "@a" { vec![1, 2] } else { vec![1] };
+        assert_eq!(offsets, want, "{topic} on the feed");
+    }
+    assert_eq!(read_all(&h, "@a").await.1, vec![1, 2]);
+    assert_eq!(
+        h.store
+            .inbox_list("@a", Default::default(), 10)
+            .await
+            .unwrap()
+            .1
+            .unread,
+        2
+    );
 }
 
 async fn retention_by_count_keeps_the_newest_and_never_reuses_offsets(make: Make) {
@@ -579,6 +651,71 @@ async fn sqlite_an_inbox_change_in_the_same_batch_as_an_arrival_keeps_the_count(
         (1, 1),
         "the batch's end kept the change"
     );
+}
+
+/// A bulk (`append_many`) is one group commit, never split between two, even when it is
+/// larger than `max_batch`. Forced: the first commit is held until the bulk is queued behind
+/// it, so the writer finds it all waiting (one by one, 1,000 appends would be taken 600 and
+/// 400).
+#[tokio::test]
+async fn sqlite_a_bulk_is_one_group_commit() {
+    let (held_tx, held_rx) = std::sync::mpsc::channel::<()>();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let release_rx = std::sync::Mutex::new(release_rx);
+    let commits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = commits.clone();
+    let hooks = Hooks {
+        before_commit: Some(Arc::new(move || {
+            if counted.fetch_add(1, Ordering::SeqCst) == 0 {
+                let _ = held_tx.send(());
+                let _ = release_rx.lock().unwrap().recv();
+            }
+        })),
+        ..Hooks::default()
+    };
+    let options = SqliteOptions {
+        sync: SyncMode::Normal,
+        max_batch: 600,
+        ..SqliteOptions::default()
+    };
+    let mut h = sqlite_with(retention(), options, hooks);
+    let store = h.store.clone();
+    let first = tokio::spawn(async move { store.append("t", note("first"), None).await });
+    tokio::task::spawn_blocking(move || held_rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    let items = (0..1000)
+        .map(|i| AppendItem {
+            topic: format!("@user-{i}"),
+            new: note("bulk"),
+            key: None,
+        })
+        .collect();
+    let store = h.store.clone();
+    let bulk = tokio::spawn(async move { store.append_many(items).await });
+    while h.store.stats().queued_writes < 1 {
+        tokio::task::yield_now().await;
+    }
+    release_tx.send(()).unwrap();
+    first.await.unwrap().unwrap();
+    let results = bulk.await.unwrap();
+    assert_eq!(results.len(), 1000);
+    for (i, r) in results.into_iter().enumerate() {
+        let n = &r.unwrap().stored.notification;
+        assert_eq!(
+            (n.topic.as_str(), n.offset),
+            (format!("@user-{i}").as_str(), 1)
+        );
+    }
+    assert_eq!(
+        commits.load(Ordering::SeqCst),
+        2,
+        "the held append's commit and one for the whole bulk"
+    );
+    for _ in 0..1001 {
+        fed(&mut h.feed).await;
+    }
 }
 
 /// The WAL is copied back into the database by the checkpoint thread, not only by the

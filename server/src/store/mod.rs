@@ -221,6 +221,14 @@ pub struct Retention {
     pub idempotency_window: Duration,
 }
 
+/// One append of an [`Store::append_many`].
+#[derive(Debug, Clone)]
+pub struct AppendItem {
+    pub topic: String,
+    pub new: NewNotification,
+    pub key: Option<String>,
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Assigns the next offset on `topic`, makes the notification durable, sends it to the feed
@@ -231,6 +239,17 @@ pub trait Store: Send + Sync + 'static {
         new: NewNotification,
         idempotency_key: Option<String>,
     ) -> Result<Appended, StoreError>;
+
+    /// Appends each item as [`Store::append`] would, submitted together: a store that groups
+    /// its writes (SQLite) commits them all in one transaction (a bulk send to 1,000 inboxes
+    /// is one group commit, never split between two). One result per item, in order; each
+    /// stands alone, as if appended by itself.
+    async fn append_many(&self, items: Vec<AppendItem>) -> Vec<Result<Appended, StoreError>> {
+        let appends = items
+            .into_iter()
+            .map(|i| async move { self.append(&i.topic, i.new, i.key).await });
+        futures::future::join_all(appends).await
+    }
 
     /// Reads retained notifications, with the topic's position at the time of the read.
     async fn read(

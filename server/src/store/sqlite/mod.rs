@@ -22,8 +22,8 @@
 mod writer;
 
 use super::{
-    random_id, Appended, Feed, Head, InboxChange, InboxCount, ReadQuery, Retention, Store,
-    StoreError, StoreStats, Stored, TopicPosition,
+    random_id, AppendItem, Appended, Feed, Head, InboxChange, InboxCount, ReadQuery, Retention,
+    Store, StoreError, StoreStats, Stored, TopicPosition,
 };
 use crate::config::SyncMode;
 use crate::hooks::Hooks;
@@ -93,6 +93,11 @@ const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(2
 /// The writer checkpoints by itself only beyond this many WAL pages (about 40 MB): a
 /// backstop for a checkpoint thread that cannot keep up.
 const BACKSTOP_CHECKPOINT_PAGES: i64 = 10_000;
+/// The writer's page cache, in KiB (SQLite's default is 2 MiB). An append writes the last
+/// leaf of its topic's B-tree; with arrivals spread over many topics (a bulk send to 1,000
+/// inboxes touches 1,000 leaves) a small cache reads each of them back from the OS on every
+/// commit. Measured on the bulk benchmark: 15-20% more notifications stored per second.
+const WRITER_CACHE_KIB: i64 = 64 * 1024;
 /// Appends waiting for the writer; publishers wait (backpressure) beyond this.
 const WRITE_QUEUE: usize = 8192;
 /// No offset can exceed SQLite's largest integer; larger query bounds mean "no bound".
@@ -263,6 +268,7 @@ impl SqliteStore {
         }
         let mut conn = Connection::open(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "cache_size", -WRITER_CACHE_KIB)?;
         let sync = match options.sync {
             SyncMode::Full => "FULL",
             SyncMode::Normal => "NORMAL",
@@ -444,6 +450,21 @@ impl Store for SqliteStore {
             reply,
         })
         .await
+    }
+
+    async fn append_many(&self, items: Vec<AppendItem>) -> Vec<Result<Appended, StoreError>> {
+        let n = items.len();
+        let closed = || (0..n).map(|_| Err(StoreError::Closed)).collect();
+        let (reply, rx) = oneshot::channel();
+        if self
+            .writer
+            .send(Command::AppendMany { items, reply })
+            .await
+            .is_err()
+        {
+            return closed();
+        }
+        rx.await.unwrap_or_else(|_| closed())
     }
 
     async fn read(

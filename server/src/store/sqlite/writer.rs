@@ -9,8 +9,8 @@
 use super::{head_on_disk, inbox_count, PositionCache, SqliteOptions};
 use crate::hooks::Hooks;
 use crate::store::{
-    is_inbox, materialize, now_ms, Appended, Feed, InboxChange, InboxCount, Retention, StoreError,
-    Stored,
+    is_inbox, materialize, now_ms, AppendItem, Appended, Feed, InboxChange, InboxCount, Retention,
+    StoreError, Stored,
 };
 use app::protocol::{InboxUpdate, NewNotification, Notification};
 use rusqlite::{params, Connection, OptionalExtension};
@@ -20,6 +20,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot, watch};
 
 type AppendReply = oneshot::Sender<Result<Appended, StoreError>>;
+pub(super) type ManyReply = oneshot::Sender<Vec<Result<Appended, StoreError>>>;
 type PruneReply = oneshot::Sender<Result<u64, StoreError>>;
 type InboxReply = oneshot::Sender<Result<InboxChange, StoreError>>;
 
@@ -29,6 +30,12 @@ pub(super) enum Command {
         new: NewNotification,
         key: Option<String>,
         reply: AppendReply,
+    },
+    /// Appends that go into one group commit together (never split between two), answered
+    /// together, one result per item in order.
+    AppendMany {
+        items: Vec<AppendItem>,
+        reply: ManyReply,
     },
     Prune {
         reply: PruneReply,
@@ -43,8 +50,47 @@ pub(super) enum Command {
 /// Work committed in one group transaction, in the order it was queued: appends, and inbox
 /// state changes (which must see every append queued before them).
 enum Work {
-    Append(String, NewNotification, Option<String>, AppendReply),
+    Append(String, NewNotification, Option<String>, Sink),
     Inbox(String, InboxUpdate, InboxReply),
+}
+
+/// Where an append's result goes: its own reply, or its place in an `AppendMany`'s results.
+enum Sink {
+    One(AppendReply),
+    Many { job: usize, index: usize },
+}
+
+/// An `AppendMany` of the batch, collecting its items' results.
+struct ManyJob {
+    results: Vec<Option<Result<Appended, StoreError>>>,
+    reply: ManyReply,
+}
+
+impl ManyJob {
+    /// Sends the results; an item the batch never got to (it failed before) is `Closed`, as
+    /// for a single append whose reply was dropped.
+    fn answer(self) {
+        let results = self
+            .results
+            .into_iter()
+            .map(|r| r.unwrap_or(Err(StoreError::Closed)))
+            .collect();
+        let _ = self.reply.send(results);
+    }
+}
+
+/// Delivers one append's result to where it goes.
+fn answer(sink: Sink, many: &mut [ManyJob], result: Result<Appended, StoreError>) {
+    match sink {
+        Sink::One(reply) => {
+            let _ = reply.send(result);
+        }
+        Sink::Many { job, index } => {
+            if let Some(slot) = many.get_mut(job).and_then(|j| j.results.get_mut(index)) {
+                *slot = Some(result);
+            }
+        }
+    }
 }
 
 /// Topics examined per prune chunk when pruning by count.
@@ -64,9 +110,9 @@ pub(super) struct Writer {
 
 /// What one append in a batch turned into, before the commit decides its fate.
 enum Pending {
-    New(Arc<Stored>, AppendReply),
-    Duplicate(Arc<Stored>, AppendReply),
-    Failed(StoreError, AppendReply),
+    New(Arc<Stored>, Sink),
+    Duplicate(Arc<Stored>, Sink),
+    Failed(StoreError, Sink),
     Inbox(InboxChange, InboxReply),
 }
 
@@ -139,17 +185,29 @@ impl Writer {
         let mut batch = Vec::with_capacity(max_batch);
         let mut prune: Option<PruneJob> = None;
         let mut open = true;
+        // Appends (and other commands) in `batch`: an `AppendMany` counts its items.
+        let size = |c: &Command| match c {
+            Command::AppendMany { items, .. } => items.len(),
+            _ => 1,
+        };
         while open || prune.is_some() {
+            let mut queued = 0;
             if prune.is_none() {
                 // Idle: wait for work.
                 match rx.blocking_recv() {
-                    Some(c) => batch.push(c),
+                    Some(c) => {
+                        queued += size(&c);
+                        batch.push(c);
+                    }
                     None => break,
                 }
             }
-            while batch.len() < max_batch {
+            while queued < max_batch {
                 match rx.try_recv() {
-                    Ok(c) => batch.push(c),
+                    Ok(c) => {
+                        queued += size(&c);
+                        batch.push(c);
+                    }
                     Err(mpsc::error::TryRecvError::Empty) => break,
                     Err(mpsc::error::TryRecvError::Disconnected) => {
                         open = false;
@@ -157,7 +215,8 @@ impl Writer {
                     }
                 }
             }
-            let mut appends = Vec::with_capacity(batch.len());
+            let mut appends = Vec::with_capacity(queued);
+            let mut many = Vec::new();
             for c in batch.drain(..) {
                 match c {
                     Command::Append {
@@ -165,7 +224,22 @@ impl Writer {
                         new,
                         key,
                         reply,
-                    } => appends.push(Work::Append(topic, new, key, reply)),
+                    } => appends.push(Work::Append(topic, new, key, Sink::One(reply))),
+                    Command::AppendMany { items, reply } => {
+                        let job = many.len();
+                        many.push(ManyJob {
+                            results: (0..items.len()).map(|_| None).collect(),
+                            reply,
+                        });
+                        for (index, i) in items.into_iter().enumerate() {
+                            appends.push(Work::Append(
+                                i.topic,
+                                i.new,
+                                i.key,
+                                Sink::Many { job, index },
+                            ));
+                        }
+                    }
                     Command::Inbox {
                         topic,
                         update,
@@ -179,7 +253,10 @@ impl Writer {
                 }
             }
             if !appends.is_empty() {
-                self.append_batch(appends);
+                self.append_batch(appends, &mut many);
+            }
+            for job in many {
+                job.answer();
             }
             if let Some(job) = &mut prune {
                 let step = self.prune_chunk(job);
@@ -213,7 +290,7 @@ impl Writer {
         tracing::debug!("sqlite writer stopped");
     }
 
-    fn append_batch(&mut self, appends: Vec<Work>) {
+    fn append_batch(&mut self, appends: Vec<Work>, many: &mut [ManyJob]) {
         // Topic -> (epoch, last offset) as this batch leaves it; published to the cache only
         // after the commit, so nobody sees an offset that could still be rolled back.
         let mut touched: HashMap<String, Touched> = HashMap::new();
@@ -331,23 +408,23 @@ impl Writer {
                 }
                 for p in results {
                     match p {
-                        Pending::New(stored, reply) => {
+                        Pending::New(stored, sink) => {
                             // The hub may be gone during shutdown; the notification is stored.
                             let _ = self.feed.blocking_send(stored.clone());
-                            let _ = reply.send(Ok(Appended {
+                            let appended = Appended {
                                 stored,
                                 duplicate: false,
-                            }));
+                            };
+                            answer(sink, many, Ok(appended));
                         }
-                        Pending::Duplicate(stored, reply) => {
-                            let _ = reply.send(Ok(Appended {
+                        Pending::Duplicate(stored, sink) => {
+                            let appended = Appended {
                                 stored,
                                 duplicate: true,
-                            }));
+                            };
+                            answer(sink, many, Ok(appended));
                         }
-                        Pending::Failed(e, reply) => {
-                            let _ = reply.send(Err(e));
-                        }
+                        Pending::Failed(e, sink) => answer(sink, many, Err(e)),
                         Pending::Inbox(change, reply) => {
                             let _ = reply.send(Ok(change));
                         }
@@ -359,9 +436,9 @@ impl Writer {
                 for p in results {
                     let err = StoreError::Backend(e.to_string());
                     match p {
-                        Pending::New(_, r) | Pending::Duplicate(_, r) | Pending::Failed(_, r) => {
-                            let _ = r.send(Err(err));
-                        }
+                        Pending::New(_, sink)
+                        | Pending::Duplicate(_, sink)
+                        | Pending::Failed(_, sink) => answer(sink, many, Err(err)),
                         Pending::Inbox(_, r) => {
                             let _ = r.send(Err(err));
                         }

@@ -73,6 +73,11 @@ pub enum KeysCommand {
         /// a topic, a prefix ending in '*', or '*'.
         #[arg(long = "allow", required = true)]
         allow: Vec<String>,
+        /// Import the key read from standard input instead of creating one: the same key on
+        /// hosts that do not share a database (never on the command line, where `ps` shows
+        /// it). A revocation must then be made on each of them.
+        #[arg(long)]
+        from_stdin: bool,
     },
     /// List keys (ids, names, scopes; never the keys).
     List {

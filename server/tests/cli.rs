@@ -170,3 +170,59 @@ async fn the_cli_reports_refusals_plainly() {
     assert!(!out.status.success(), "a refused key ends the subscriber");
     server.stop().await.unwrap();
 }
+
+/// `herald keys add --from-stdin`: the same key on a host with its own database (a node of a
+/// cluster without a shared file), read from standard input, stored hashed; a malformed or
+/// already present key is refused and adds nothing.
+#[tokio::test]
+async fn a_key_made_on_one_host_is_imported_on_another_from_stdin() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a.db"), dir.path().join("b.db"));
+    let db = |p: &std::path::Path| p.to_str().unwrap().to_owned();
+    let made = herald()
+        .args(["keys", "add", "--db", &db(&a), "--name", "ci"])
+        .args(["--allow", "publish:ops-*"])
+        .output()
+        .await
+        .unwrap();
+    assert!(made.status.success(), "{made:?}");
+    let key = String::from_utf8(made.stdout).unwrap().trim().to_owned();
+    let import = |input: String| {
+        let b = db(&b);
+        async move {
+            let mut child = herald()
+                .args(["keys", "add", "--db", &b, "--name", "ci", "--from-stdin"])
+                .args(["--allow", "publish:ops-*"])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            use tokio::io::AsyncWriteExt;
+            let mut stdin = child.stdin.take().unwrap();
+            stdin.write_all(input.as_bytes()).await.unwrap();
+            drop(stdin);
+            child.wait_with_output().await.unwrap()
+        }
+    };
+    let out = import(format!("{key}\n")).await;
+    assert!(out.status.success(), "{out:?}");
+    assert!(out.stdout.is_empty(), "the key is not printed again");
+    let keys = herald::auth::Keys::open(&b).unwrap();
+    let rec = keys.verify(&key).expect("the imported key verifies on b");
+    assert_eq!(rec.grants.scopes(), vec!["publish:ops-*".to_owned()]);
+    let secret = key.rsplit('_').next().unwrap();
+    let raw = std::fs::read(&b).unwrap();
+    assert!(!raw.windows(secret.len()).any(|w| w == secret.as_bytes()));
+    // Twice: refused, with the reason.
+    let again = import(key.clone()).await;
+    assert!(!again.status.success());
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("already"),
+        "{again:?}"
+    );
+    // Not a key: refused, nothing added.
+    let bad = import("hk_short_secret\n".into()).await;
+    assert!(!bad.status.success());
+    assert_eq!(herald::auth::Keys::open(&b).unwrap().list().len(), 1);
+}

@@ -10,7 +10,31 @@ use std::path::Path;
 pub fn keys(db: &Path, cmd: &KeysCommand) -> anyhow::Result<()> {
     let keys = Keys::open(db).with_context(|| format!("opening {}", db.display()))?;
     match cmd {
-        KeysCommand::Add { name, allow } => {
+        KeysCommand::Add {
+            name,
+            allow,
+            from_stdin: true,
+        } => {
+            let grants = Grants::from_scopes(allow).map_err(anyhow::Error::msg)?;
+            let mut line = String::new();
+            std::io::stdin()
+                .read_line(&mut line)
+                .context("reading the key from standard input")?;
+            let key = line.trim();
+            if let Some(id) = super::keys::key_id(key) {
+                if keys.list().iter().any(|k| k.id == id) {
+                    anyhow::bail!("a key with id {id} is already in {}", db.display());
+                }
+            }
+            let rec = keys.add_existing(name, key, grants, false)?;
+            eprintln!(
+                "Imported key {} ({}) with {}.",
+                rec.id,
+                rec.name,
+                rec.grants.scopes().join(" ")
+            );
+        }
+        KeysCommand::Add { name, allow, .. } => {
             let grants = Grants::from_scopes(allow).map_err(anyhow::Error::msg)?;
             let (rec, key) = keys.add(name, grants, false)?;
             eprintln!(

@@ -10,6 +10,8 @@
 //!   construction, after it is durable and in offset order per topic. The hub fans out from the
 //!   feed, so live delivery order is offset order. A notification is readable through `read`
 //!   before it appears on the feed, which is what makes resume gap-free (see `session`).
+//! - **Many at once**: `append_many` is `append` for each item, in order, each result standing
+//!   alone; a store that groups its writes commits them together (SQLite: one transaction).
 //! - **Idempotency**: an append with an idempotency key already seen on that topic within the
 //!   window returns the original notification (`duplicate = true`) and appends nothing.
 //! - **Retention**: `prune` drops notifications beyond the per-topic count or older than the age;

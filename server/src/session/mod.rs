@@ -7,11 +7,11 @@
 //! syscall per frame.
 //!
 //! The rooms:
-//! - [`connection`]: the socket; every outbound byte goes through it (close-aware, deadlined).
-//! - [`dispatch`]: inbound frames: limits, parsing, and the answer to each client frame.
-//! - [`auth`]: the first frame's authentication, refreshes, expiry, and the permission check
+//! - `connection`: the socket; every outbound byte goes through it (close-aware, deadlined).
+//! - `dispatch`: inbound frames: limits, parsing, and the answer to each client frame.
+//! - `auth`: the first frame's authentication, refreshes, expiry, and the permission check
 //!   every subscribe and publish makes.
-//! - [`resume`]: subscribe, catch-up from the store, and live delivery that is verified.
+//! - `resume`: subscribe, catch-up from the store, and live delivery that is verified.
 //!
 //! # Delivery: live is a fast path that is checked, not trusted
 //! Each subscription remembers the epoch and the last offset it delivered. A queued

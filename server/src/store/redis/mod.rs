@@ -5,7 +5,7 @@
 //! - **Offsets**: one Lua script per append takes the next offset, appends to the topic's
 //!   stream (entry id = offset), trims to retention, records the idempotency key and publishes
 //!   to the topic's channel, atomically; Redis runs scripts one at a time, so channel order is
-//!   offset order. See [`scripts`].
+//!   offset order. See `scripts.rs`.
 //! - **Epochs** come from the Redis server itself: a hash of its run id and replication id,
 //!   read on every (re)connection. A restarted Redis (which may have lost acknowledged
 //!   appends, unless it runs with `appendfsync always`) or a promoted replica gives a new

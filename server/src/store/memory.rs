@@ -172,6 +172,11 @@ impl Store for MemoryStore {
         };
         log.last += 1;
         let n = materialize(topic, &self.epoch, log.last, now_ms(), new);
+        // Room for it first, so that an inbox arrival carries the count after the trim (an
+        // unread notification trimmed with it is off the count it reports).
+        while !log.log.is_empty() && log.log.len() as u64 >= self.retention.max_count {
+            log.pop_front();
+        }
         let count = if is_inbox(topic) {
             log.state.push_back((false, false));
             log.count.unread += 1;

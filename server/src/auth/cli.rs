@@ -13,37 +13,31 @@ pub fn keys(db: &Path, cmd: &KeysCommand) -> anyhow::Result<()> {
         KeysCommand::Add {
             name,
             allow,
-            from_stdin: true,
+            from_stdin,
         } => {
             let grants = Grants::from_scopes(allow).map_err(anyhow::Error::msg)?;
-            let mut line = String::new();
-            std::io::stdin()
-                .read_line(&mut line)
-                .context("reading the key from standard input")?;
-            let key = line.trim();
-            if let Some(id) = super::keys::key_id(key) {
-                if keys.list().iter().any(|k| k.id == id) {
-                    anyhow::bail!("a key with id {id} is already in {}", db.display());
-                }
+            if *from_stdin {
+                let mut line = String::new();
+                std::io::stdin()
+                    .read_line(&mut line)
+                    .context("reading the key from standard input")?;
+                let rec = keys.add_existing(name, line.trim(), grants, false)?;
+                eprintln!(
+                    "Imported key {} ({}) with {}.",
+                    rec.id,
+                    rec.name,
+                    rec.grants.scopes().join(" ")
+                );
+            } else {
+                let (rec, key) = keys.add(name, grants, false)?;
+                eprintln!(
+                    "Created key {} ({}) with {}. It is shown only now: keep it somewhere safe.",
+                    rec.id,
+                    rec.name,
+                    rec.grants.scopes().join(" ")
+                );
+                println!("{key}");
             }
-            let rec = keys.add_existing(name, key, grants, false)?;
-            eprintln!(
-                "Imported key {} ({}) with {}.",
-                rec.id,
-                rec.name,
-                rec.grants.scopes().join(" ")
-            );
-        }
-        KeysCommand::Add { name, allow, .. } => {
-            let grants = Grants::from_scopes(allow).map_err(anyhow::Error::msg)?;
-            let (rec, key) = keys.add(name, grants, false)?;
-            eprintln!(
-                "Created key {} ({}) with {}. It is shown only now: keep it somewhere safe.",
-                rec.id,
-                rec.name,
-                rec.grants.scopes().join(" ")
-            );
-            println!("{key}");
         }
         KeysCommand::List { json } => {
             let all = keys.list();

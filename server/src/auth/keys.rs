@@ -306,8 +306,9 @@ impl Keys {
             generation: 0,
             publish_rate: Arc::default(),
         };
-        self.lock().conn.execute(
-            "INSERT INTO api_keys (id, name, hash, scopes, created, revoked, dev)
+        // An id already taken (a key imported twice) is refused with its reason.
+        let inserted = self.lock().conn.execute(
+            "INSERT OR IGNORE INTO api_keys (id, name, hash, scopes, created, revoked, dev)
              VALUES (?1, ?2, ?3, ?4, ?5, NULL, ?6)",
             params![
                 rec.id,
@@ -318,6 +319,12 @@ impl Keys {
                 dev
             ],
         )?;
+        if inserted == 0 {
+            return Err(KeyError::Invalid(format!(
+                "a key with id {} already exists",
+                rec.id
+            )));
+        }
         self.reload()?;
         Ok(rec)
     }

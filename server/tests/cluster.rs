@@ -1026,6 +1026,15 @@ async fn scripts_run(redis: &RedisServer) -> u64 {
         .sum()
 }
 
+/// `n` clients of `node`, connected and authenticated, nothing subscribed yet.
+async fn connect_many(node: &RunningServer, n: usize) -> Vec<Client> {
+    let mut clients = Vec::with_capacity(n);
+    for _ in 0..n {
+        clients.push(Client::connect(node).await);
+    }
+    clients
+}
+
 /// Every client sends its subscribe to `topic` before any answer is read (all at once, as a
 /// burst), then each must be subscribed at `at`.
 async fn subscribe_together(clients: &mut [Client], topic: &str, at: &Position) {
@@ -1050,10 +1059,7 @@ async fn a_burst_of_subscribes_to_one_topic_reads_its_top_from_redis_once_per_no
     let (redis, _prefix, nodes) = cluster(1).await;
     let node = &nodes[0];
     let first = publish(node.addr, "burst", "before").await;
-    let mut clients = Vec::new();
-    for _ in 0..200 {
-        clients.push(Client::connect(node).await);
-    }
+    let mut clients = connect_many(node, 200).await;
     let before = scripts_run(&redis).await;
     // All at once: the first subscribe makes the node read the top while the others arrive.
     subscribe_together(&mut clients, "burst", &first.position()).await;
@@ -1071,10 +1077,7 @@ async fn when_reading_the_top_fails_the_node_reads_again_instead_of_each_subscri
     let (redis, _prefix, nodes) = cluster(1).await;
     let node = &nodes[0];
     let first = publish(node.addr, "stalled", "before").await;
-    let mut clients = Vec::new();
-    for _ in 0..100 {
-        clients.push(Client::connect(node).await);
-    }
+    let mut clients = connect_many(node, 100).await;
     // Scripts (the read of the top is one) wait in Redis for 3 s: the node's first read
     // times out (2 s) while 100 subscribes wait on it.
     let mut conn = redis_conn(&redis).await;

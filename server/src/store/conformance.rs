@@ -590,24 +590,63 @@ async fn sqlite_writer_death_is_reported_and_nothing_more_is_acknowledged() {
     assert_eq!(read_all(&h, "t").await.1, vec![1]);
 }
 
-/// An arrival and a change to the same inbox committed in one group transaction: the change
-/// sees the arrival, and the count written at the end of the batch keeps the change. Forced:
-/// the first commit is held until both are queued behind it.
-#[tokio::test]
-async fn sqlite_an_inbox_change_in_the_same_batch_as_an_arrival_keeps_the_count() {
+/// The SQLite writer's first group commit, held (in its `before_commit` hook) until the test
+/// releases it, so that what the test queues meanwhile is all waiting for the next batch; and
+/// the number of commits made.
+struct HeldCommit {
+    held: Option<std::sync::mpsc::Receiver<()>>,
+    release: std::sync::mpsc::Sender<()>,
+    commits: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+fn hold_first_commit() -> (Hooks, HeldCommit) {
     let (held_tx, held_rx) = std::sync::mpsc::channel::<()>();
     let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
     let release_rx = std::sync::Mutex::new(release_rx);
-    let first = AtomicBool::new(true);
+    let commits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = commits.clone();
     let hooks = Hooks {
         before_commit: Some(Arc::new(move || {
-            if first.swap(false, Ordering::SeqCst) {
+            if counted.fetch_add(1, Ordering::SeqCst) == 0 {
                 let _ = held_tx.send(());
                 let _ = release_rx.lock().unwrap().recv();
             }
         })),
         ..Hooks::default()
     };
+    let held = HeldCommit {
+        held: Some(held_rx),
+        release: release_tx,
+        commits,
+    };
+    (hooks, held)
+}
+
+impl HeldCommit {
+    /// Resolves once the writer is inside its first commit.
+    async fn held(&mut self) {
+        let rx = self.held.take().expect("held once");
+        tokio::task::spawn_blocking(move || rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+    }
+
+    fn release(&self) {
+        self.release.send(()).unwrap();
+    }
+
+    fn commits(&self) -> usize {
+        self.commits.load(Ordering::SeqCst)
+    }
+}
+
+/// An arrival and a change to the same inbox committed in one group transaction: the change
+/// sees the arrival, and the count written at the end of the batch keeps the change. Forced:
+/// the first commit is held until both are queued behind it.
+#[tokio::test]
+async fn sqlite_an_inbox_change_in_the_same_batch_as_an_arrival_keeps_the_count() {
+    let (hooks, mut held) = hold_first_commit();
     let options = SqliteOptions {
         sync: SyncMode::Normal,
         ..SqliteOptions::default()
@@ -615,10 +654,7 @@ async fn sqlite_an_inbox_change_in_the_same_batch_as_an_arrival_keeps_the_count(
     let h = sqlite_with(retention(), options, hooks);
     let store = h.store.clone();
     let first_append = tokio::spawn(async move { store.append("@ana", note("1"), None).await });
-    tokio::task::spawn_blocking(move || held_rx.recv())
-        .await
-        .unwrap()
-        .unwrap();
+    held.held().await;
     // The writer is inside its first commit: these two queue up for the next batch together.
     let store = h.store.clone();
     let second = tokio::spawn(async move { store.append("@ana", note("2"), None).await });
@@ -633,7 +669,7 @@ async fn sqlite_an_inbox_change_in_the_same_batch_as_an_arrival_keeps_the_count(
     while h.store.stats().queued_writes < 2 {
         tokio::task::yield_now().await;
     }
-    release_tx.send(()).unwrap();
+    held.release();
     first_append.await.unwrap().unwrap();
     assert_eq!(
         second.await.unwrap().unwrap().stored.inbox.unwrap().unread,
@@ -659,20 +695,7 @@ async fn sqlite_an_inbox_change_in_the_same_batch_as_an_arrival_keeps_the_count(
 /// 400).
 #[tokio::test]
 async fn sqlite_a_bulk_is_one_group_commit() {
-    let (held_tx, held_rx) = std::sync::mpsc::channel::<()>();
-    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
-    let release_rx = std::sync::Mutex::new(release_rx);
-    let commits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let counted = commits.clone();
-    let hooks = Hooks {
-        before_commit: Some(Arc::new(move || {
-            if counted.fetch_add(1, Ordering::SeqCst) == 0 {
-                let _ = held_tx.send(());
-                let _ = release_rx.lock().unwrap().recv();
-            }
-        })),
-        ..Hooks::default()
-    };
+    let (hooks, mut held) = hold_first_commit();
     let options = SqliteOptions {
         sync: SyncMode::Normal,
         max_batch: 600,
@@ -681,10 +704,7 @@ async fn sqlite_a_bulk_is_one_group_commit() {
     let mut h = sqlite_with(retention(), options, hooks);
     let store = h.store.clone();
     let first = tokio::spawn(async move { store.append("t", note("first"), None).await });
-    tokio::task::spawn_blocking(move || held_rx.recv())
-        .await
-        .unwrap()
-        .unwrap();
+    held.held().await;
     let items = (0..1000)
         .map(|i| AppendItem {
             topic: format!("@user-{i}"),
@@ -697,7 +717,7 @@ async fn sqlite_a_bulk_is_one_group_commit() {
     while h.store.stats().queued_writes < 1 {
         tokio::task::yield_now().await;
     }
-    release_tx.send(()).unwrap();
+    held.release();
     first.await.unwrap().unwrap();
     let results = bulk.await.unwrap();
     assert_eq!(results.len(), 1000);
@@ -709,7 +729,7 @@ async fn sqlite_a_bulk_is_one_group_commit() {
         );
     }
     assert_eq!(
-        commits.load(Ordering::SeqCst),
+        held.commits(),
         2,
         "the held append's commit and one for the whole bulk"
     );

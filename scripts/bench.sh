@@ -72,12 +72,15 @@ start_server() { # name -> sets PID, PIDS, AUTH, EXTRA
   AUTH=()
   PIDS=()
   EXTRA=()
+  # The key, where the server reads keys: the database, or Redis for the Redis modes (added
+  # once Redis runs).
+  make_key() {
+    local key
+    key=$(./target/release/herald keys add --db "$OUT/bench.db" "$@" --name bench --allow 'admin:*' --allow 'admin:@*' 2>/dev/null)
+    AUTH=(--key "$key")
+  }
   case $1 in
-    herald-*)
-      local key
-      key=$(./target/release/herald keys add --db "$OUT/bench.db" --name bench --allow 'admin:*' --allow 'admin:@*' 2>/dev/null)
-      AUTH=(--key "$key")
-      ;;
+    herald-memory|herald-sqlite) make_key ;;
   esac
   # The per-credential publish rate (1000/s by default) is raised, not removed, so its check
   # is still paid: one key publishes 100,000/s here.
@@ -98,6 +101,7 @@ start_server() { # name -> sets PID, PIDS, AUTH, EXTRA
       local redis_pid=$!
       PIDS+=("$redis_pid")
       for _ in $(seq 100); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.05; done
+      make_key --store redis --redis-url "redis://127.0.0.1:$REDIS_PORT/"
       local nodes=1 addrs=$ADDR pids=""
       case $1 in herald-redis-3) nodes=3 ;; herald-redis-4) nodes=4 ;; esac
       for i in $(seq "$nodes"); do

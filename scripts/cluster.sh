@@ -6,9 +6,10 @@
 #   PORT=3300 NODES=3 scripts/cluster.sh
 #
 # Ctrl-C (or SIGTERM) stops everything. The run directory (printed) holds each process's pid
-# (`node-N.pid`, `redis.pid`, `haproxy.pid`), logs, and the nodes' shared key database with the
-# development key (`dev-api-key`): every node reads API keys from that one SQLite file, and
-# the development token secret beside it. Redis keeps history in an append-only file fsynced
+# (`node-N.pid`, `redis.pid`, `haproxy.pid`), logs, and the development key (`dev-api-key`)
+# and token secret the nodes share (`--db` names the directory they are kept in). API keys
+# live in Redis, so a key made or revoked on one node, or with `herald keys … --store redis`,
+# holds on every node. Redis keeps history in an append-only file fsynced
 # on every write, so a Redis restart keeps what was acknowledged.
 #
 # Needs the release build (`make build`) and Debian's redis-server and haproxy
@@ -47,13 +48,13 @@ redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$RUN" --save "" \
 PIDS+=($!); echo $! >"$RUN/redis.pid"
 for _ in $(seq 100); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.05; done
 
-# Development mode on one shared key database: the first node creates the development key and
-# token secret, the others find them (so it starts alone first).
+# Development mode with one shared directory: the first node creates the development key (in
+# Redis) and token secret, the others find them (so it starts alone first).
 BACKENDS=""
 for i in $(seq "$NODES"); do
   port=$((PORT + i))
   LEPTOS_SITE_ROOT=target/site RUST_LOG=${RUST_LOG:-info} "$BIN" --addr "127.0.0.1:$port" \
-    --store redis --redis-url "redis://127.0.0.1:$REDIS_PORT/" --db "$RUN/keys.db" \
+    --store redis --redis-url "redis://127.0.0.1:$REDIS_PORT/" --db "$RUN/herald.db" \
     --allowed-origins "http://127.0.0.1:$PORT,http://localhost:$PORT" ${HERALD_ARGS:-} >"$RUN/node-$i.log" 2>&1 &
   PIDS+=($!); echo $! >"$RUN/node-$i.pid"
   wait_for "http://127.0.0.1:$port/api/health"

@@ -52,7 +52,8 @@ pub enum LogFormat {
 /// Subcommands besides serving.
 #[derive(Clone, Debug, Subcommand)]
 pub enum Command {
-    /// Manage API keys in the database (`--db`); a running server sees changes at once.
+    /// Manage API keys: in the database (`--db`), or with `--store redis` in Redis, shared by
+    /// every node. Running servers see changes at once.
     #[command(subcommand)]
     Keys(KeysCommand),
     /// Publish a notification to a topic (the API key from HERALD_KEY).
@@ -214,24 +215,37 @@ pub struct Config {
     #[arg(long, env = "HERALD_ADDR")]
     pub addr: Option<SocketAddr>,
 
-    /// Store backend.
-    #[arg(long, env = "HERALD_STORE", value_enum, default_value = "sqlite")]
+    /// Store backend. With `redis`, API keys live in Redis too (shared by every node).
+    #[arg(
+        long,
+        env = "HERALD_STORE",
+        value_enum,
+        default_value = "sqlite",
+        global = true
+    )]
     pub store: StoreKind,
 
     /// Redis for `--store redis`.
     #[arg(
         long,
         env = "HERALD_REDIS_URL",
-        default_value = "redis://127.0.0.1:6379/"
+        default_value = "redis://127.0.0.1:6379/",
+        global = true
     )]
     pub redis_url: String,
 
     /// Prefix of every Redis key and channel (several deployments can share one Redis).
-    #[arg(long, env = "HERALD_REDIS_PREFIX", default_value = "herald")]
+    #[arg(
+        long,
+        env = "HERALD_REDIS_PREFIX",
+        default_value = "herald",
+        global = true
+    )]
     pub redis_prefix: String,
 
     /// SQLite database file; created with its directory on first run. API keys live here
-    /// whatever the store (`:memory:` keeps them in the process only).
+    /// unless `--store redis` (`:memory:` keeps them in the process only). Development mode
+    /// keeps its secret and key files beside it whatever the store.
     #[arg(
         long,
         env = "HERALD_DB",

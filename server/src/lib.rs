@@ -244,11 +244,22 @@ struct Built {
     tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
+/// Reads the API keys and sets up the token verifier, on a blocking thread: the key table is
+/// read from disk or Redis (a single-threaded runtime must keep running meanwhile).
+async fn authority(config: &Config, addr: SocketAddr) -> anyhow::Result<Arc<auth::Authority>> {
+    let config = config.clone();
+    let authority = tokio::task::spawn_blocking(move || auth::setup::authority(&config, addr))
+        .await
+        .context("setting up credentials")??;
+    Ok(Arc::new(authority))
+}
+
 /// Builds the store, the hub and the router, and starts the background tasks (which stop on
 /// `cancel`).
 fn build(
     mut config: Config,
     addr: SocketAddr,
+    authority: Arc<auth::Authority>,
     hooks: &Hooks,
     cancel: &CancellationToken,
 ) -> anyhow::Result<Built> {
@@ -263,8 +274,7 @@ fn build(
     }
     metrics::install();
     tokio::spawn(metrics::upkeep(cancel.clone()));
-    let authority = Arc::new(auth::setup::authority(&config, addr)?);
-    if !auth::setup::in_memory(&config.db) {
+    if authority.keys.watched() {
         tokio::spawn(auth::keys::watch(authority.keys.clone(), cancel.clone()));
     }
     let (feed_tx, feed_rx) = mpsc::channel(FEED_CAPACITY);
@@ -418,7 +428,8 @@ pub async fn run_with(
 ) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     let cancel = CancellationToken::new();
-    let built = build(config, addr, &hooks, &cancel)?;
+    let authority = authority(&config, addr).await?;
+    let built = build(config, addr, authority, &hooks, &cancel)?;
     serve(built, listener, shutdown, cancel).await
 }
 
@@ -567,7 +578,8 @@ pub async fn start_with(config: Config, hooks: Hooks) -> anyhow::Result<RunningS
     let listener = listener::bind(bind)?;
     let addr = listener.local_addr()?;
     let cancel = CancellationToken::new();
-    let built = build(config, addr, &hooks, &cancel)?;
+    let authority = authority(&config, addr).await?;
+    let built = build(config, addr, authority, &hooks, &cancel)?;
     let state = built.state.clone();
     let (tx, rx) = oneshot::channel::<()>();
     let task = tokio::spawn(serve(

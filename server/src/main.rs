@@ -1,5 +1,5 @@
 //! `herald`: parse the configuration, set up logging, and run the server until SIGINT/SIGTERM;
-//! or, with `herald keys ...`, manage API keys in the database; or, with `herald publish` and
+//! or, with `herald keys ...`, manage API keys (in the database, or in Redis with `--store redis`); or, with `herald publish` and
 //! `herald subscribe`, be a command-line client of a running server.
 
 use clap::Parser;
@@ -27,7 +27,7 @@ async fn main() -> anyhow::Result<()> {
             .init(),
     }
     match &config.command {
-        Some(Command::Keys(cmd)) => return herald::auth::cli::keys(&config.db, cmd),
+        Some(Command::Keys(cmd)) => return herald::auth::cli::keys(&config, cmd),
         Some(Command::Publish(args)) => return herald::cli::publish(args).await,
         Some(Command::Subscribe(args)) => return herald::cli::subscribe(args).await,
         None => {}

@@ -345,6 +345,86 @@ async fn a_redis_restart_without_persistence_gives_a_reset_never_a_reused_offset
     assert_eq!(c.notification().await, after);
 }
 
+/// Waits until `node` answers a publish with `key` with `status`.
+async fn publish_until(node: &RunningServer, key: &str, status: u16) -> HttpResponse {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let auth = format!("Bearer {key}");
+    loop {
+        let r = http(
+            node.addr,
+            "POST",
+            "/api/topics/ops",
+            &[("authorization", &auth)],
+            b"x",
+        )
+        .await;
+        if r.status == status {
+            return r;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still {}: {}",
+            r.status,
+            r.body
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `herald keys …` against the cluster's Redis, as an operator runs it.
+fn keys_cli(redis: &RedisServer, prefix: &str, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["keys"])
+        .args(args)
+        .args(["--store", "redis", "--redis-url", &redis.url()])
+        .args(["--redis-prefix", prefix])
+        .output()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn one_key_table_in_redis_serves_every_node_and_outlives_a_redis_restart() {
+    let (mut redis, prefix, nodes) = cluster(2).await;
+    // Made through node A's admin API: node B takes it.
+    let r = http(
+        nodes[0].addr,
+        "POST",
+        "/api/keys",
+        &[("content-type", "application/json")],
+        br#"{"name":"ci","allow":["publish:ops"]}"#,
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let made: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    let (key, id) = (made["key"].as_str().unwrap(), made["id"].as_str().unwrap());
+    publish_until(&nodes[1], key, 201).await;
+    // Redis restarts without persistence: the nodes keep the key and write it back, so a
+    // `keys list` against Redis shows it again.
+    redis.restart().unwrap();
+    publish_until(&nodes[1], key, 201).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let out = keys_cli(&redis, &prefix, &["list", "--json"]);
+        let listed = String::from_utf8_lossy(&out.stdout).into_owned();
+        if listed.contains(id) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never written back");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Revoked once from the command line: every node refuses it.
+    let out = keys_cli(&redis, &prefix, &["revoke", id]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for node in &nodes {
+        let r = publish_until(node, key, 401).await;
+        assert_eq!(r.error_code(), "key_revoked");
+    }
+}
+
 #[tokio::test]
 async fn while_redis_is_down_publishes_get_503_and_clients_stay_connected() {
     let (mut redis, _, nodes) = cluster(2).await;

@@ -1,14 +1,17 @@
-//! `herald keys add|list|revoke`: key management from the command line, against the
-//! database a server uses (it sees the change within [`super::keys::WATCH_INTERVAL`]).
+//! `herald keys add|list|revoke`: key management from the command line, against the key
+//! table the servers use: the database (`--db`), or Redis with `--store redis` (every node
+//! on it). A running server sees the change within [`super::keys::WATCH_INTERVAL`].
 
 use super::keys::Keys;
 use super::scope::Grants;
-use crate::config::KeysCommand;
+use crate::config::{Config, KeysCommand, StoreKind};
 use anyhow::Context as _;
-use std::path::Path;
 
-pub fn keys(db: &Path, cmd: &KeysCommand) -> anyhow::Result<()> {
-    let keys = Keys::open(db).with_context(|| format!("opening {}", db.display()))?;
+pub fn keys(config: &Config, cmd: &KeysCommand) -> anyhow::Result<()> {
+    let keys = Keys::for_config(config).with_context(|| match config.store {
+        StoreKind::Redis => format!("reading the API keys in redis ({})", config.redis_url),
+        _ => format!("opening {}", config.db.display()),
+    })?;
     match cmd {
         KeysCommand::Add {
             name,

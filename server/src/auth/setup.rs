@@ -11,7 +11,7 @@ use super::keys::{random_base62, Keys};
 use super::scope::{Grants, Pattern};
 use super::token::{TokenAlgorithm, Tokens};
 use super::Authority;
-use crate::config::{Config, Mode};
+use crate::config::{Config, Mode, StoreKind};
 use anyhow::{bail, Context as _};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -103,8 +103,10 @@ fn tokens(config: &Config) -> anyhow::Result<Tokens> {
 /// In development mode, also makes sure there is a development key and prints it.
 pub fn authority(config: &Config, addr: SocketAddr) -> anyhow::Result<Authority> {
     let keys = Arc::new(
-        Keys::open(&config.db)
-            .with_context(|| format!("opening the key table in {}", config.db.display()))?,
+        Keys::for_config(config).with_context(|| match config.store {
+            StoreKind::Redis => format!("reading the API keys in redis ({})", config.redis_url),
+            _ => format!("opening the key table in {}", config.db.display()),
+        })?,
     );
     let tokens = tokens(config)?;
     let public = Pattern::parse_list(&config.public_topics).map_err(anyhow::Error::msg)?;
@@ -141,8 +143,24 @@ fn dev_key(config: &Config, keys: &Keys, addr: SocketAddr) -> anyhow::Result<()>
     let key = match known {
         Some(k) => k,
         None => {
-            for old in keys.list().into_iter().filter(|k| k.dev && k.active()) {
-                keys.revoke(&old.id)?;
+            // The development keys this host no longer has the text of. In Redis, other
+            // hosts' development keys are theirs: only the one in this host's file goes.
+            let in_file = read_trimmed(&path).and_then(|k| keys.verify(&k).ok());
+            let stale: Vec<String> = match config.store {
+                StoreKind::Redis => in_file
+                    .into_iter()
+                    .filter(|r| r.dev)
+                    .map(|r| r.id.clone())
+                    .collect(),
+                _ => keys
+                    .list()
+                    .into_iter()
+                    .filter(|k| k.dev && k.active())
+                    .map(|k| k.id)
+                    .collect(),
+            };
+            for id in stale {
+                keys.revoke(&id)?;
             }
             let grants =
                 Grants::from_scopes(&["admin:*", "admin:@*"]).map_err(anyhow::Error::msg)?;
@@ -219,5 +237,32 @@ mod tests {
         assert!(authority(&prod, addr()).is_ok());
         prod.token_secret = Some("short".into());
         assert!(authority(&prod, addr()).is_err());
+    }
+
+    #[test]
+    fn in_redis_hosts_in_dev_mode_keep_their_own_development_keys() {
+        let redis = crate::store::redis::testing::RedisServer::start()
+            .expect("redis-server (scripts/setup.sh installs it)");
+        let prefix = crate::store::redis::unique_prefix();
+        let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let on_redis = |dir: &Path| Config {
+            store: StoreKind::Redis,
+            redis_url: redis.url(),
+            redis_prefix: prefix.clone(),
+            ..config(dir, Mode::Dev)
+        };
+        let a = authority(&on_redis(a_dir.path()), addr()).unwrap();
+        let a_key = std::fs::read_to_string(a_dir.path().join(DEV_KEY_FILE)).unwrap();
+        // Another host, with its own directory, on the same Redis: its own key, and A's
+        // still works (it is A's, not a lost one).
+        let b = authority(&on_redis(b_dir.path()), addr()).unwrap();
+        let b_key = std::fs::read_to_string(b_dir.path().join(DEV_KEY_FILE)).unwrap();
+        assert_ne!(a_key, b_key);
+        assert!(b.keys.verify(&a_key).is_ok());
+        assert!(a.keys.reload_if_changed().unwrap());
+        assert!(a.keys.verify(&b_key).is_ok());
+        // A restart of A finds its key again in Redis: nothing new.
+        let again = authority(&on_redis(a_dir.path()), addr()).unwrap();
+        assert_eq!(again.keys.list().len(), 2);
     }
 }

@@ -43,15 +43,13 @@ pub async fn server(config: Config) -> RunningServer {
     server
 }
 
-/// Puts [`TEST_KEY`] (admin:*) in the server's key table.
+/// Puts [`TEST_KEY`] (admin:*) in the server's key table (once: nodes on one Redis share it).
 pub fn add_test_key(server: &RunningServer) {
     let grants = herald::auth::Grants::from_scopes(&["admin:*"]).unwrap();
-    server
-        .state
-        .auth
-        .keys
-        .add_existing("test", TEST_KEY, grants, false)
-        .expect("test key");
+    let keys = &server.state.auth.keys;
+    if let Err(e) = keys.add_existing("test", TEST_KEY, grants, false) {
+        assert!(keys.verify(TEST_KEY).is_ok(), "test key: {e}");
+    }
 }
 
 /// A key with exactly `scopes`, for permission tests.
@@ -553,8 +551,16 @@ pub async fn spawn_binary_with(
     db: &std::path::Path,
     store_args: &[&str],
 ) -> (Child, std::net::SocketAddr) {
-    // The test key, put in the database as `herald keys add` would.
-    let keys = herald::auth::Keys::open(db).unwrap();
+    // The test key, put where the binary reads keys (the database, or Redis with `--store
+    // redis`), as `herald keys add` would.
+    let config = <herald::config::Config as clap::Parser>::try_parse_from(
+        ["herald"]
+            .into_iter()
+            .chain(store_args.iter().copied())
+            .chain(["--db", db.to_str().unwrap()]),
+    )
+    .unwrap();
+    let keys = herald::auth::Keys::for_config(&config).unwrap();
     if keys.verify(TEST_KEY).is_err() {
         let grants = herald::auth::Grants::from_scopes(&["admin:*", "admin:@*"]).unwrap();
         keys.add_existing("test", TEST_KEY, grants, false).unwrap();

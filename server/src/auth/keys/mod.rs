@@ -1,5 +1,5 @@
-//! API keys: created, listed and revoked from the command line (or by an admin key), kept in
-//! the database as a SHA-256 of their secret, never the key itself.
+//! API keys: created, listed and revoked from the command line (or by an admin key), kept as
+//! a SHA-256 of their secret, never the key itself.
 //!
 //! A key reads `hk_<id>_<secret>`: the id is public (it names the key in `keys list` and
 //! `keys revoke`), the secret is 32 random base62 characters (190 bits), so a fast hash is
@@ -11,14 +11,22 @@
 //! requests compare the presented secret with it directly (constant time, 32 bytes). The
 //! records are rebuilt on every reload, so a revoked or changed key forgets it at once.
 //!
+//! # Where keys live
+//! With `--store sqlite` or `memory`, in the `api_keys` table of the database file (`--db`),
+//! shared by the server and `herald keys` on that host. With `--store redis`, in Redis, shared
+//! by every node and by `herald keys` run anywhere against the same Redis: one revocation
+//! reaches every node. Both are a [`Source`]; this module keeps the in-memory table and the
+//! checks, the same for both.
+//!
 //! # Revocation takes effect at once
-//! Every check reads an in-memory copy of the table (no disk read per publish). The copy is
-//! reloaded when this process changes a key, and when another process (`herald keys revoke`
-//! against the same database) commits: a watcher polls SQLite's `PRAGMA data_version`, which
-//! changes whenever another connection commits, every [`WATCH_INTERVAL`].
+//! Every check reads an in-memory copy of the table (no disk read or round trip per publish).
+//! The copy is reloaded when this process changes a key, and when another process commits a
+//! change: a watcher asks the source whether the table changed every [`WATCH_INTERVAL`].
+
+mod redis;
+mod sqlite;
 
 use super::scope::Grants;
-use rusqlite::{params, Connection};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::path::Path;
@@ -38,6 +46,8 @@ pub const MAX_NAME_LEN: usize = 64;
 pub enum KeyError {
     #[error("key database: {0}")]
     Db(#[from] rusqlite::Error),
+    #[error("key store (redis): {0}")]
+    Redis(#[from] ::redis::RedisError),
     #[error("{0}")]
     Invalid(String),
     #[error("the system's random source failed: {0}")]
@@ -91,10 +101,59 @@ impl KeyRecord {
     }
 }
 
+/// One key as a [`Source`] keeps it.
+#[derive(Clone, Debug)]
+struct Row {
+    id: String,
+    name: String,
+    /// SHA-256 of the secret (32 bytes in a readable row).
+    hash: Vec<u8>,
+    /// Space-separated.
+    scopes: String,
+    created: i64,
+    revoked: Option<i64>,
+    dev: bool,
+}
+
+impl Row {
+    fn of(rec: &KeyRecord) -> Self {
+        Row {
+            id: rec.id.clone(),
+            name: rec.name.clone(),
+            hash: rec.hash.to_vec(),
+            scopes: rec.grants.scopes().join(" "),
+            created: rec.created,
+            revoked: rec.revoked,
+            dev: rec.dev,
+        }
+    }
+}
+
+/// Where the key table lives. Calls block (disk or network); each is bounded.
+trait Source: Send {
+    /// Whether the table may have changed since the last [`Source::rows`]: one cheap query or
+    /// round trip.
+    fn changed(&mut self) -> Result<bool, KeyError>;
+    /// Every row, read at one moment.
+    fn rows(&mut self) -> Result<Vec<Row>, KeyError>;
+    /// Adds a row; `false` if its id is taken.
+    fn insert(&mut self, row: &Row) -> Result<bool, KeyError>;
+    /// Marks a key revoked at `at`; `false` if there is no such key or it already was.
+    fn revoke(&mut self, id: &str, at: i64) -> Result<bool, KeyError>;
+    /// Writes back rows (or revocations) this process knew and the source no longer has;
+    /// `true` if the source can lose rows this way and took them back, so that the process
+    /// keeps them too. A database never loses rows: `false`, and its table is the truth.
+    fn restore(&mut self, _known: &[Row]) -> Result<bool, KeyError> {
+        Ok(false)
+    }
+    /// Whether another process can change the table (then it is watched).
+    fn shared(&self) -> bool;
+}
+
 /// The key table and its in-memory copy.
 pub struct Keys {
-    /// The connection and what the last reload saw; one lock, so reloads are serialised.
-    db: Mutex<Db>,
+    /// Where the table lives; one lock, so reloads are serialised.
+    source: Mutex<Box<dyn Source>>,
     /// By id. Ids are made by the server (random), never chosen by a client, so the table
     /// cannot be flooded into collisions and takes foldhash (a lookup with std's SipHash was
     /// 280 instructions, a fifth of the whole key check; callgrind).
@@ -102,48 +161,39 @@ pub struct Keys {
     /// Bumped by every reload: a record of the current generation is the table's current
     /// state, so checking it needs no second lookup.
     generation: std::sync::atomic::AtomicU64,
+    /// Whether another process can change the table (see [`Keys::watched`]).
+    shared: bool,
 }
 
 type KeyTable = HashMap<String, Arc<KeyRecord>, foldhash::fast::RandomState>;
-
-struct Db {
-    conn: Connection,
-    /// `PRAGMA data_version` at the last look.
-    version: i64,
-    /// [`fingerprint`] of the table at the last reload.
-    print: (i64, i64, i64),
-}
 
 impl Keys {
     /// Opens (creating if needed) the key table in the SQLite database at `path`;
     /// `:memory:` keeps keys for this process only (tests).
     pub fn open(path: &Path) -> Result<Self, KeyError> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            if !super::setup::in_memory(path) {
-                std::fs::create_dir_all(dir)
-                    .map_err(|e| KeyError::Invalid(format!("creating {}: {e}", dir.display())))?;
+        Self::with_source(Box::new(sqlite::SqliteSource::open(path)?))
+    }
+
+    /// Opens the key table kept in Redis under `prefix`, shared by every node on it. Fails if
+    /// Redis cannot be read now (a node reads its keys before it serves).
+    pub fn open_redis(url: &str, prefix: &str) -> Result<Self, KeyError> {
+        Self::with_source(Box::new(redis::RedisSource::open(url, prefix)?))
+    }
+
+    /// The key table the configuration names: Redis with `--store redis`, else the database.
+    pub fn for_config(config: &crate::config::Config) -> Result<Self, KeyError> {
+        match config.store {
+            crate::config::StoreKind::Redis => {
+                Self::open_redis(&config.redis_url, &config.redis_prefix)
             }
+            _ => Self::open(&config.db),
         }
-        let conn = Connection::open(path)?;
-        conn.busy_timeout(Duration::from_secs(5))?;
-        conn.execute_batch(
-            "PRAGMA journal_mode = WAL;
-             CREATE TABLE IF NOT EXISTS api_keys (
-                 id TEXT PRIMARY KEY,
-                 name TEXT NOT NULL,
-                 hash BLOB NOT NULL,
-                 scopes TEXT NOT NULL,
-                 created INTEGER NOT NULL,
-                 revoked INTEGER,
-                 dev INTEGER NOT NULL DEFAULT 0
-             );",
-        )?;
+    }
+
+    fn with_source(source: Box<dyn Source>) -> Result<Self, KeyError> {
         let keys = Self {
-            db: Mutex::new(Db {
-                conn,
-                version: -1,
-                print: (-1, -1, -1),
-            }),
+            shared: source.shared(),
+            source: Mutex::new(source),
             cache: RwLock::new(KeyTable::default()),
             generation: std::sync::atomic::AtomicU64::new(0),
         };
@@ -151,94 +201,83 @@ impl Keys {
         Ok(keys)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Db> {
-        self.db.lock().unwrap_or_else(|p| p.into_inner())
+    /// Whether other processes can change the table, so that [`watch`] is worth running.
+    pub fn watched(&self) -> bool {
+        self.shared
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Box<dyn Source>> {
+        self.source.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Reads the whole table into the in-memory copy.
     fn reload(&self) -> Result<(), KeyError> {
-        let mut db = self.lock();
-        let version = data_version(&db.conn)?;
-        self.reload_locked(&mut db, version)
+        let mut source = self.lock();
+        self.reload_locked(source.as_mut())
     }
 
-    /// [`Keys::reload`] with the connection held (reloads are serialised, so an older table
-    /// can never replace a newer one, and generations only grow).
-    fn reload_locked(&self, db: &mut Db, version: i64) -> Result<(), KeyError> {
-        let print = fingerprint(&db.conn)?;
-        let mut stmt = db
-            .conn
-            .prepare_cached("SELECT id, name, hash, scopes, created, revoked, dev FROM api_keys")?;
-        let rows = stmt.query_map([], |r| {
-            let hash: Vec<u8> = r.get(2)?;
-            let scopes: String = r.get(3)?;
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                hash,
-                scopes,
-                r.get::<_, i64>(4)?,
-                r.get::<_, Option<i64>>(5)?,
-                r.get::<_, bool>(6)?,
-            ))
-        })?;
+    /// [`Keys::reload`] with the source held (reloads are serialised, so an older table can
+    /// never replace a newer one, and generations only grow).
+    fn reload_locked(&self, source: &mut dyn Source) -> Result<(), KeyError> {
+        let mut rows = source.rows()?;
         let generation = self.generation.load(std::sync::atomic::Ordering::Acquire) + 1;
         // A key's publish bucket outlives reloads: adding or revoking another key must not
         // hand this one a fresh burst.
-        let buckets: HashMap<String, Arc<std::sync::OnceLock<crate::limits::DirectRate>>> = self
+        let known: Vec<Arc<KeyRecord>> = self
             .cache
             .read()
             .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        let lost = lost_rows(&known, &rows);
+        if !lost.is_empty() && source.restore(&lost)? {
+            merge(&mut rows, lost);
+        }
+        let buckets: HashMap<&str, &Arc<std::sync::OnceLock<crate::limits::DirectRate>>> = known
             .iter()
-            .map(|(id, rec)| (id.clone(), rec.publish_rate.clone()))
+            .map(|rec| (rec.id.as_str(), &rec.publish_rate))
             .collect();
         let mut map = KeyTable::default();
         for row in rows {
-            let (id, name, hash, scopes, created, revoked, dev) = row?;
-            let list: Vec<&str> = scopes.split_whitespace().collect();
-            let (Ok(grants), Ok(hash)) = (Grants::from_scopes(&list), <[u8; 32]>::try_from(hash))
-            else {
-                tracing::error!(key_id = %id, "unreadable key row; it is ignored");
+            let list: Vec<&str> = row.scopes.split_whitespace().collect();
+            let (Ok(grants), Ok(hash)) = (
+                Grants::from_scopes(&list),
+                <[u8; 32]>::try_from(row.hash.as_slice()),
+            ) else {
+                tracing::error!(key_id = %row.id, "unreadable key row; it is ignored");
                 continue;
             };
+            let publish_rate = buckets
+                .get(row.id.as_str())
+                .map_or_else(Arc::default, |b| (*b).clone());
             let rec = KeyRecord {
-                id: id.clone(),
-                name,
+                id: row.id.clone(),
+                name: row.name,
                 grants,
-                created,
-                revoked,
-                dev,
+                created: row.created,
+                revoked: row.revoked,
+                dev: row.dev,
                 hash,
                 proven: std::sync::OnceLock::new(),
                 generation,
-                publish_rate: buckets.get(&id).cloned().unwrap_or_default(),
+                publish_rate,
             };
-            map.insert(id, Arc::new(rec));
+            map.insert(row.id, Arc::new(rec));
         }
-        drop(stmt);
         *self.cache.write().unwrap_or_else(|p| p.into_inner()) = map;
         self.generation
             .store(generation, std::sync::atomic::Ordering::Release);
-        (db.version, db.print) = (version, print);
         Ok(())
     }
 
-    /// Reloads if another connection committed since the last look. Blocking (SQLite).
-    ///
-    /// `data_version` changes with any commit to the database, the notification store's
-    /// included (every group commit, when they share the file), so a change is confirmed by a
-    /// fingerprint of the key table before the table is read again.
+    /// Reloads if another process changed the table since the last look. Blocking.
     pub fn reload_if_changed(&self) -> Result<bool, KeyError> {
-        let mut db = self.lock();
-        let version = data_version(&db.conn)?;
-        if version == db.version {
+        let mut source = self.lock();
+        if !source.changed()? {
             return Ok(false);
         }
-        if fingerprint(&db.conn)? == db.print {
-            db.version = version;
-            return Ok(false);
-        }
-        self.reload_locked(&mut db, version)?;
+        self.reload_locked(source.as_mut())?;
         Ok(true)
     }
 
@@ -287,8 +326,7 @@ impl Keys {
                 "a key's name must be 1 to {MAX_NAME_LEN} characters"
             )));
         }
-        let scopes = grants.scopes();
-        if scopes.is_empty() {
+        if grants.scopes().is_empty() {
             return Err(KeyError::Invalid(
                 "a key needs at least one scope (--allow publish:PATTERN, read:PATTERN or admin:*)"
                     .into(),
@@ -306,26 +344,16 @@ impl Keys {
             generation: 0,
             publish_rate: Arc::default(),
         };
+        let mut source = self.lock();
+        let inserted = source.insert(&Row::of(&rec))?;
+        self.reload_locked(source.as_mut())?;
         // An id already taken (a key imported twice) is refused with its reason.
-        let inserted = self.lock().conn.execute(
-            "INSERT OR IGNORE INTO api_keys (id, name, hash, scopes, created, revoked, dev)
-             VALUES (?1, ?2, ?3, ?4, ?5, NULL, ?6)",
-            params![
-                rec.id,
-                rec.name,
-                &rec.hash[..],
-                scopes.join(" "),
-                rec.created,
-                dev
-            ],
-        )?;
-        if inserted == 0 {
+        if !inserted {
             return Err(KeyError::Invalid(format!(
                 "a key with id {} already exists",
                 rec.id
             )));
         }
-        self.reload()?;
         Ok(rec)
     }
 
@@ -344,12 +372,10 @@ impl Keys {
 
     /// Revokes a key; `Ok(false)` if there is no such key or it was already revoked.
     pub fn revoke(&self, id: &str) -> Result<bool, KeyError> {
-        let n = self.lock().conn.execute(
-            "UPDATE api_keys SET revoked = ?2 WHERE id = ?1 AND revoked IS NULL",
-            params![id, unix_now()],
-        )?;
-        self.reload()?;
-        Ok(n == 1)
+        let mut source = self.lock();
+        let revoked = source.revoke(id, unix_now())?;
+        self.reload_locked(source.as_mut())?;
+        Ok(revoked)
     }
 
     /// The active key `presented` names, if its secret matches.
@@ -404,18 +430,36 @@ impl Keys {
     }
 }
 
-fn data_version(conn: &Connection) -> Result<i64, rusqlite::Error> {
-    conn.query_row("PRAGMA data_version", [], |r| r.get(0))
+/// What `known` (this process's copy) has that `rows` (the source's table) lost: whole keys,
+/// and revocations (a revoked key is never active again).
+fn lost_rows(known: &[Arc<KeyRecord>], rows: &[Row]) -> Vec<Row> {
+    let present: HashMap<&str, &Row> = rows.iter().map(|r| (r.id.as_str(), r)).collect();
+    known
+        .iter()
+        .filter(|rec| match present.get(rec.id.as_str()) {
+            None => true,
+            Some(row) => row.revoked.is_none() && rec.revoked.is_some(),
+        })
+        .map(|rec| Row::of(rec))
+        .collect()
 }
 
-/// What changes whenever a key is added or revoked: how many keys, how many revoked, and the
-/// newest time either happened.
-fn fingerprint(conn: &Connection) -> Result<(i64, i64, i64), rusqlite::Error> {
-    conn.prepare_cached(
-        "SELECT count(*), count(revoked), max(coalesce(max(created), 0), coalesce(max(revoked), 0))
-         FROM api_keys",
-    )?
-    .query_row([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+/// `rows` with `lost` put back (a lost revocation onto its key).
+fn merge(rows: &mut Vec<Row>, lost: Vec<Row>) {
+    let mut at: HashMap<String, usize> = rows
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (r.id.clone(), i))
+        .collect();
+    for row in lost {
+        match at.get(&row.id) {
+            Some(&i) => rows[i].revoked = rows[i].revoked.or(row.revoked),
+            None => {
+                at.insert(row.id.clone(), rows.len());
+                rows.push(row);
+            }
+        }
+    }
 }
 
 /// Whether `s` looks like an API key (rather than a JWT).
@@ -485,21 +529,37 @@ pub(crate) fn random_base62(n: usize) -> Result<String, KeyError> {
     Ok(out)
 }
 
-/// Polls for key changes made by other processes until `cancel`.
+/// Polls for key changes made by other processes until `cancel`. While the source cannot be
+/// read (Redis down), the last copy stays in use; the failure is logged once, and so is the
+/// recovery.
 pub async fn watch(keys: Arc<Keys>, cancel: tokio_util::sync::CancellationToken) {
     let mut tick = tokio::time::interval(WATCH_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tick.tick() => {}
         }
         let k = keys.clone();
-        match tokio::task::spawn_blocking(move || k.reload_if_changed()).await {
-            Ok(Ok(true)) => tracing::debug!("API keys reloaded"),
-            Ok(Ok(false)) => {}
-            Ok(Err(e)) => tracing::error!(error = %e, "reloading API keys failed"),
+        let result = match tokio::task::spawn_blocking(move || k.reload_if_changed()).await {
+            Ok(result) => result,
             Err(_) => return,
+        };
+        match result {
+            Ok(reloaded) => {
+                if std::mem::take(&mut failing) {
+                    tracing::info!("API keys can be read again");
+                }
+                if reloaded {
+                    tracing::debug!("API keys reloaded");
+                }
+            }
+            Err(e) if !failing => {
+                failing = true;
+                tracing::error!(error = %e, "reading API keys failed; the last copy stays in use");
+            }
+            Err(_) => {}
         }
     }
 }
@@ -570,7 +630,7 @@ mod tests {
         assert!(!server.reload_if_changed().unwrap(), "nothing changed");
         // Another commit to the same file that is not about keys: no reload.
         {
-            let other = Connection::open(&path).unwrap();
+            let other = rusqlite::Connection::open(&path).unwrap();
             other
                 .execute_batch("CREATE TABLE unrelated (x); INSERT INTO unrelated VALUES (1);")
                 .unwrap();
@@ -579,6 +639,77 @@ mod tests {
         cli.revoke(&rec.id).unwrap();
         assert!(server.reload_if_changed().unwrap());
         assert_eq!(server.verify(&key).unwrap_err(), KeyRefusal::Revoked);
+    }
+
+    fn redis_server() -> crate::store::redis::testing::RedisServer {
+        crate::store::redis::testing::RedisServer::start()
+            .expect("redis-server (scripts/setup.sh installs it)")
+    }
+
+    #[test]
+    fn in_redis_one_table_serves_every_node_and_a_revocation_reaches_them_all() {
+        let redis = redis_server();
+        let prefix = crate::store::redis::unique_prefix();
+        let a = Keys::open_redis(&redis.url(), &prefix).unwrap();
+        let b = Keys::open_redis(&redis.url(), &prefix).unwrap();
+        assert!(a.watched() && b.watched());
+        let (rec, key) = a.add("ci", grants(&["publish:ops-*"]), false).unwrap();
+        assert!(b.reload_if_changed().unwrap());
+        assert_eq!(b.verify(&key).unwrap().id, rec.id);
+        assert!(!b.reload_if_changed().unwrap(), "nothing changed");
+        // Another deployment on the same Redis (another prefix) sees none of it.
+        let other = Keys::open_redis(&redis.url(), "elsewhere").unwrap();
+        assert_eq!(other.verify(&key).unwrap_err(), KeyRefusal::Unknown);
+        // The same id twice is refused, from any node.
+        let err = b
+            .add_existing("again", &key, grants(&["read:*"]), false)
+            .unwrap_err();
+        assert!(err.to_string().contains("already exists"), "{err}");
+        // Redis holds the hash, never the secret.
+        let mut conn = ::redis::Client::open(redis.url())
+            .unwrap()
+            .get_connection()
+            .unwrap();
+        let stored: HashMap<String, String> = ::redis::cmd("HGETALL")
+            .arg(format!("{prefix}:{{api-keys}}:k"))
+            .query(&mut conn)
+            .unwrap();
+        let secret = key.rsplit('_').next().unwrap();
+        assert_eq!(stored.len(), 1);
+        assert!(!stored.values().any(|v| v.contains(secret)));
+        // Revoked on B: A refuses it after its next look.
+        assert!(b.revoke(&rec.id).unwrap());
+        assert!(!b.revoke(&rec.id).unwrap());
+        assert!(a.reload_if_changed().unwrap());
+        assert_eq!(a.verify(&key).unwrap_err(), KeyRefusal::Revoked);
+        assert!(!a.revoke("nosuchkey000").unwrap());
+    }
+
+    #[test]
+    fn a_redis_that_lost_the_table_gets_back_what_a_node_knew() {
+        let mut redis = redis_server();
+        let prefix = crate::store::redis::unique_prefix();
+        let node = Keys::open_redis(&redis.url(), &prefix).unwrap();
+        let (_, kept) = node.add("kept", grants(&["read:*"]), false).unwrap();
+        let (gone, revoked) = node.add("gone", grants(&["read:*"]), false).unwrap();
+        node.revoke(&gone.id).unwrap();
+        // Redis without persistence restarts: its table is empty. While it is down the node
+        // keeps its copy.
+        redis.kill();
+        assert!(node.reload_if_changed().is_err());
+        assert!(node.verify(&kept).is_ok());
+        redis.restart().unwrap();
+        assert!(node.reload_if_changed().unwrap());
+        assert!(
+            node.verify(&kept).is_ok(),
+            "the node did not forget its key"
+        );
+        assert_eq!(node.verify(&revoked).unwrap_err(), KeyRefusal::Revoked);
+        // A node started now reads both back from Redis: the key works, the revocation holds.
+        let fresh = Keys::open_redis(&redis.url(), &prefix).unwrap();
+        assert!(fresh.verify(&kept).is_ok());
+        assert_eq!(fresh.verify(&revoked).unwrap_err(), KeyRefusal::Revoked);
+        assert_eq!(fresh.list().len(), 2);
     }
 
     #[test]

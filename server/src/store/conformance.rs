@@ -641,6 +641,50 @@ impl HeldCommit {
     }
 }
 
+/// A group of appends larger than the retention is trimmed to it by the script that appends
+/// it (once, after the group): no prune has to come by. Forced: Redis holds writes while the
+/// first append is in flight, so the others queue and go as one group.
+#[tokio::test]
+async fn redis_a_group_larger_than_the_retention_keeps_the_newest() {
+    let h = redis(Retention {
+        max_count: 5,
+        ..retention()
+    })
+    .await;
+    let url = h._redis.as_ref().unwrap().0.url();
+    let mut admin = ::redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let client = |args: &[&str]| {
+        let mut cmd = ::redis::cmd("CLIENT");
+        for a in args {
+            cmd.arg(*a);
+        }
+        cmd
+    };
+    let _: () = client(&["PAUSE", "10000", "WRITE"])
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let appends: Vec<_> = (0..12)
+        .map(|i| {
+            let store = h.store.clone();
+            tokio::spawn(async move { store.append("t", note(&format!("{i}")), None).await })
+        })
+        .collect();
+    // One turn of this (single-threaded) runtime: every task has queued its append.
+    tokio::task::yield_now().await;
+    let _: () = client(&["UNPAUSE"]).query_async(&mut admin).await.unwrap();
+    for a in appends {
+        a.await.unwrap().unwrap();
+    }
+    let (pos, offs) = read_all(&h, "t").await;
+    assert_eq!(offs, vec![8, 9, 10, 11, 12]);
+    assert_eq!((pos.first, pos.last), (8, 12));
+}
+
 /// An arrival and a change to the same inbox committed in one group transaction: the change
 /// sees the arrival, and the count written at the end of the batch keeps the change. Forced:
 /// the first commit is held until both are queued behind it.

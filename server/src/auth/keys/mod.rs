@@ -15,7 +15,7 @@
 //! With `--store sqlite` or `memory`, in the `api_keys` table of the database file (`--db`),
 //! shared by the server and `herald keys` on that host. With `--store redis`, in Redis, shared
 //! by every node and by `herald keys` run anywhere against the same Redis: one revocation
-//! reaches every node. Both are a [`Source`]; this module keeps the in-memory table and the
+//! reaches every node. Both are a `Source`; this module keeps the in-memory table and the
 //! checks, the same for both.
 //!
 //! # Revocation takes effect at once

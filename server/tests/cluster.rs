@@ -345,30 +345,17 @@ async fn a_redis_restart_without_persistence_gives_a_reset_never_a_reused_offset
     assert_eq!(c.notification().await, after);
 }
 
-/// Waits until `node` answers a publish with `key` with `status`.
-async fn publish_until(node: &RunningServer, key: &str, status: u16) -> HttpResponse {
-    let deadline = tokio::time::Instant::now() + WAIT;
+/// A publish to `ops` on `node` with `key`.
+async fn publish_with(node: &RunningServer, key: &str) -> HttpResponse {
     let auth = format!("Bearer {key}");
-    loop {
-        let r = http(
-            node.addr,
-            "POST",
-            "/api/topics/ops",
-            &[("authorization", &auth)],
-            b"x",
-        )
-        .await;
-        if r.status == status {
-            return r;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "still {}: {}",
-            r.status,
-            r.body
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    http(
+        node.addr,
+        "POST",
+        "/api/topics/ops",
+        &[("authorization", &auth)],
+        b"x",
+    )
+    .await
 }
 
 /// `herald keys …` against the cluster's Redis, as an operator runs it.
@@ -397,21 +384,17 @@ async fn one_key_table_in_redis_serves_every_node_and_outlives_a_redis_restart()
     assert_eq!(r.status, 201, "{}", r.body);
     let made: serde_json::Value = serde_json::from_str(&r.body).unwrap();
     let (key, id) = (made["key"].as_str().unwrap(), made["id"].as_str().unwrap());
-    publish_until(&nodes[1], key, 201).await;
+    let accepted = || async { publish_with(&nodes[1], key).await.status == 201 };
+    eventually("node B takes the key", WAIT, accepted).await;
     // Redis restarts without persistence: the nodes keep the key and write it back, so a
     // `keys list` against Redis shows it again.
     redis.restart().unwrap();
-    publish_until(&nodes[1], key, 201).await;
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
+    eventually("node B still takes the key", WAIT, accepted).await;
+    eventually("the key is written back to redis", WAIT, || async {
         let out = keys_cli(&redis, &prefix, &["list", "--json"]);
-        let listed = String::from_utf8_lossy(&out.stdout).into_owned();
-        if listed.contains(id) {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "never written back");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        String::from_utf8_lossy(&out.stdout).contains(id)
+    })
+    .await;
     // Revoked once from the command line: every node refuses it.
     let out = keys_cli(&redis, &prefix, &["revoke", id]);
     assert!(
@@ -420,8 +403,11 @@ async fn one_key_table_in_redis_serves_every_node_and_outlives_a_redis_restart()
         String::from_utf8_lossy(&out.stderr)
     );
     for node in &nodes {
-        let r = publish_until(node, key, 401).await;
-        assert_eq!(r.error_code(), "key_revoked");
+        eventually("the revocation reaches every node", WAIT, || async {
+            let r = publish_with(node, key).await;
+            (r.status, r.error_code()) == (401, "key_revoked".to_owned())
+        })
+        .await;
     }
 }
 

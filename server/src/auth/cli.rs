@@ -2,16 +2,12 @@
 //! table the servers use: the database (`--db`), or Redis with `--store redis` (every node
 //! on it). A running server sees the change within [`super::keys::WATCH_INTERVAL`].
 
-use super::keys::Keys;
 use super::scope::Grants;
-use crate::config::{Config, KeysCommand, StoreKind};
+use crate::config::{Config, KeysCommand};
 use anyhow::Context as _;
 
 pub fn keys(config: &Config, cmd: &KeysCommand) -> anyhow::Result<()> {
-    let keys = Keys::for_config(config).with_context(|| match config.store {
-        StoreKind::Redis => format!("reading the API keys in redis ({})", config.redis_url),
-        _ => format!("opening {}", config.db.display()),
-    })?;
+    let keys = super::setup::open_keys(config)?;
     match cmd {
         KeysCommand::Add {
             name,

@@ -99,15 +99,19 @@ fn tokens(config: &Config) -> anyhow::Result<Tokens> {
     }
 }
 
+/// The key table the configuration names (the server's and `herald keys`'), with an error
+/// that says where it was looked for.
+pub fn open_keys(config: &Config) -> anyhow::Result<Keys> {
+    Keys::for_config(config).with_context(|| match config.store {
+        StoreKind::Redis => format!("reading the API keys in redis ({})", config.redis_url),
+        _ => format!("opening the key table in {}", config.db.display()),
+    })
+}
+
 /// Builds the authority: keys from the database, the token verifier, the public topics.
 /// In development mode, also makes sure there is a development key and prints it.
 pub fn authority(config: &Config, addr: SocketAddr) -> anyhow::Result<Authority> {
-    let keys = Arc::new(
-        Keys::for_config(config).with_context(|| match config.store {
-            StoreKind::Redis => format!("reading the API keys in redis ({})", config.redis_url),
-            _ => format!("opening the key table in {}", config.db.display()),
-        })?,
-    );
+    let keys = Arc::new(open_keys(config)?);
     let tokens = tokens(config)?;
     let public = Pattern::parse_list(&config.public_topics).map_err(anyhow::Error::msg)?;
     match config.mode {
@@ -135,22 +139,23 @@ pub fn authority(config: &Config, addr: SocketAddr) -> anyhow::Result<Authority>
 /// Makes sure a development admin key exists and prints it.
 fn dev_key(config: &Config, keys: &Keys, addr: SocketAddr) -> anyhow::Result<()> {
     let path = beside(&config.db, DEV_KEY_FILE);
+    // The key in this host's file, read and checked once.
+    let in_file = read_trimmed(&path).and_then(|k| keys.verify(&k).ok().map(|rec| (k, rec)));
     // A key from before inboxes existed cannot reach people: replaced like a lost one.
-    let known = read_trimmed(&path).filter(|k| {
-        keys.verify(k)
-            .is_ok_and(|rec| rec.grants.allows(super::Action::Publish, "@anyone"))
-    });
+    let known = in_file
+        .as_ref()
+        .filter(|(_, rec)| rec.grants.allows(super::Action::Publish, "@anyone"))
+        .map(|(k, _)| k.clone());
     let key = match known {
         Some(k) => k,
         None => {
             // The development keys this host no longer has the text of. In Redis, other
             // hosts' development keys are theirs: only the one in this host's file goes.
-            let in_file = read_trimmed(&path).and_then(|k| keys.verify(&k).ok());
             let stale: Vec<String> = match config.store {
                 StoreKind::Redis => in_file
                     .into_iter()
-                    .filter(|r| r.dev)
-                    .map(|r| r.id.clone())
+                    .filter(|(_, rec)| rec.dev)
+                    .map(|(_, rec)| rec.id.clone())
                     .collect(),
                 _ => keys
                     .list()

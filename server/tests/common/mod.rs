@@ -43,10 +43,15 @@ pub async fn server(config: Config) -> RunningServer {
     server
 }
 
-/// Puts [`TEST_KEY`] (admin:*) in the server's key table (once: nodes on one Redis share it).
+/// Puts [`TEST_KEY`] (admin:*) in the server's key table.
 pub fn add_test_key(server: &RunningServer) {
-    let grants = herald::auth::Grants::from_scopes(&["admin:*"]).unwrap();
-    let keys = &server.state.auth.keys;
+    put_test_key(&server.state.auth.keys, &["admin:*"]);
+}
+
+/// Puts [`TEST_KEY`] with `scopes` in `keys`, unless it is there already (nodes on one Redis
+/// share one table).
+fn put_test_key(keys: &herald::auth::Keys, scopes: &[&str]) {
+    let grants = herald::auth::Grants::from_scopes(scopes).unwrap();
     if let Err(e) = keys.add_existing("test", TEST_KEY, grants, false) {
         assert!(keys.verify(TEST_KEY).is_ok(), "test key: {e}");
     }
@@ -560,12 +565,10 @@ pub async fn spawn_binary_with(
             .chain(["--db", db.to_str().unwrap()]),
     )
     .unwrap();
-    let keys = herald::auth::Keys::for_config(&config).unwrap();
-    if keys.verify(TEST_KEY).is_err() {
-        let grants = herald::auth::Grants::from_scopes(&["admin:*", "admin:@*"]).unwrap();
-        keys.add_existing("test", TEST_KEY, grants, false).unwrap();
-    }
-    drop(keys);
+    put_test_key(
+        &herald::auth::Keys::for_config(&config).unwrap(),
+        &["admin:*", "admin:@*"],
+    );
     let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
         .args(["--addr", "127.0.0.1:0", "--mode", "production"])
         .args(store_args)

@@ -161,8 +161,6 @@ pub struct Keys {
     /// Bumped by every reload: a record of the current generation is the table's current
     /// state, so checking it needs no second lookup.
     generation: std::sync::atomic::AtomicU64,
-    /// Whether another process can change the table (see [`Keys::watched`]).
-    shared: bool,
 }
 
 type KeyTable = HashMap<String, Arc<KeyRecord>, foldhash::fast::RandomState>;
@@ -192,7 +190,6 @@ impl Keys {
 
     fn with_source(source: Box<dyn Source>) -> Result<Self, KeyError> {
         let keys = Self {
-            shared: source.shared(),
             source: Mutex::new(source),
             cache: RwLock::new(KeyTable::default()),
             generation: std::sync::atomic::AtomicU64::new(0),
@@ -203,7 +200,7 @@ impl Keys {
 
     /// Whether other processes can change the table, so that [`watch`] is worth running.
     pub fn watched(&self) -> bool {
-        self.shared
+        self.lock().shared()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Box<dyn Source>> {

@@ -55,7 +55,7 @@ end
 local out = {}
 for i = 1, (#ARGV - 4) / 3 do
   local time, entry, ttl = ARGV[3 * i + 2], ARGV[3 * i + 3], ARGV[3 * i + 4]
-  local idem, keyed = KEYS[3 + i], ARGV[3 * i + 4] ~= '0'
+  local idem, keyed = KEYS[3 + i], ttl ~= '0'
   local prev = false
   if keyed then prev = redis.call('GET', idem) end
   if prev then
@@ -70,19 +70,17 @@ for i = 1, (#ARGV - 4) / 3 do
       if len >= maxc then
         -- What the trim below drops leaves the count.
         for _, e in ipairs(redis.call('XRANGE', log, '-', '+', 'COUNT', int(len - maxc + 1))) do
-          local off = string.match(e[1], '^(%d+)')
-          if unread_of(state, off) then
+          local dropped = string.match(e[1], '^(%d+)')
+          if unread_of(state, dropped) then
             unread = unread - 1
             seq = seq + 1
           end
-          redis.call('HDEL', state, off)
+          redis.call('HDEL', state, dropped)
         end
       end
       unread = unread + 1
       seq = seq + 1
       u, q = int(unread), int(seq)
-    end
-    if inbox then
       redis.call('XADD', log, 'MAXLEN', ARGV[2], off .. '-0', 't', time, 'd', entry)
     else
       redis.call('XADD', log, off .. '-0', 't', time, 'd', entry)

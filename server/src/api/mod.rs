@@ -237,6 +237,9 @@ where
     let who = state.auth.from_request(headers, query)?;
     state.auth.check(&who, Action::Publish, topic)?;
     publish_rate(state, &who, peer)?;
+    // Not held across the awaits below: the future stays smaller, and the key record's count
+    // goes down now, while its cache line is still warm from the checks.
+    drop(who);
     let (new, key) = read_notification(state, headers, body).await?;
     let appended = state.store.append(topic, new, key).await?;
     // Counted here when stored; a refusal or failure by the caller (`publish_failed`): no

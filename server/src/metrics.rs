@@ -90,7 +90,7 @@ pub struct Hot {
     pub connections_opened: Counter,
     pub deliveries: Counter,
     pub sent_bytes: Counter,
-    pub write_batch: Histogram,
+    pub write_batch: &'static Buckets,
     pub slow_consumer_cuts: Counter,
     pub resume_replays: Counter,
     pub gap_frames: Counter,
@@ -110,7 +110,7 @@ static HOT: LazyLock<Hot> = LazyLock::new(|| {
         connections_opened: counter!("herald_connections_opened_total"),
         deliveries: counter!("herald_deliveries_written_total"),
         sent_bytes: counter!("herald_sent_bytes_total"),
-        write_batch: histogram!("herald_write_batch_frames"),
+        write_batch: &WRITE_BATCH,
         slow_consumer_cuts: counter!("herald_slow_consumer_cuts_total"),
         resume_replays: counter!("herald_resume_replays_total"),
         gap_frames: counter!("herald_resume_frames_total", "kind" => "gap"),
@@ -122,6 +122,58 @@ static HOT: LazyLock<Hot> = LazyLock::new(|| {
         redis_round_trips: counter!("herald_redis_round_trips_total"),
     }
 });
+
+/// Frames per socket write: recorded on every flush of every connection.
+static WRITE_BATCH: Buckets = Buckets::new("herald_write_batch_frames");
+
+/// A histogram of small counts in fixed power-of-two buckets (1, 2, 4, ... 1024, +Inf): a
+/// record is two atomic adds and nothing else. The exporter's histograms keep every sample in
+/// a buffer until the next upkeep or scrape; on the per-write path that buffer was 0.2 KiB
+/// per connection when 10,000 sockets opened within seconds (4.50 against 4.30 KiB per idle
+/// socket, measured). Rendered after the exporter's text, in the same format.
+pub struct Buckets {
+    name: &'static str,
+    counts: [AtomicU64; BUCKETS + 1],
+    sum: AtomicU64,
+}
+
+/// Bounded buckets: 2^0 .. 2^10.
+const BUCKETS: usize = 11;
+
+impl Buckets {
+    pub const fn new(name: &'static str) -> Self {
+        Self {
+            name,
+            counts: [const { AtomicU64::new(0) }; BUCKETS + 1],
+            sum: AtomicU64::new(0),
+        }
+    }
+
+    pub fn record(&self, value: u32) {
+        // The smallest i with value <= 2^i (0 and 1 land in the first bucket).
+        let i = (u32::BITS - value.saturating_sub(1).leading_zeros()) as usize;
+        self.counts[i.min(BUCKETS)].fetch_add(1, Ordering::Relaxed);
+        self.sum.fetch_add(u64::from(value), Ordering::Relaxed);
+    }
+
+    /// Prometheus text: cumulative `_bucket` lines, `_sum` and `_count`.
+    fn render(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        let name = self.name;
+        let _ = writeln!(out, "# TYPE {name} histogram");
+        let mut total = 0;
+        for (i, count) in self.counts.iter().enumerate() {
+            total += count.load(Ordering::Relaxed);
+            if i < BUCKETS {
+                let _ = writeln!(out, "{name}_bucket{{le=\"{}\"}} {total}", 1u32 << i);
+            } else {
+                let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {total}");
+            }
+        }
+        let _ = writeln!(out, "{name}_sum {}", self.sum.load(Ordering::Relaxed));
+        let _ = writeln!(out, "{name}_count {total}");
+    }
+}
 
 /// The hot-path handles (installs the recorder on first use).
 pub fn hot() -> &'static Hot {
@@ -210,7 +262,12 @@ pub fn render(levels: &Levels) -> Option<String> {
     gauge!("herald_draining").set(f64::from(u8::from(levels.draining)));
     gauge!("herald_store_queued_writes").set(levels.store_queued_writes as f64);
     gauge!("herald_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
-    Some(handle.render())
+    let mut text = handle.render();
+    if !text.is_empty() && !text.ends_with('\n') {
+        text.push('\n');
+    }
+    WRITE_BATCH.render(&mut text);
+    Some(text)
 }
 
 /// Drains the histograms' sample buffers into their buckets now and then, so memory stays
@@ -223,5 +280,36 @@ pub async fn upkeep(cancel: tokio_util::sync::CancellationToken) {
             _ = cancel.cancelled() => return,
             _ = tick.tick() => handle.run_upkeep(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_count_each_value_once_in_the_smallest_bucket_that_holds_it() {
+        let b = Buckets::new("t_frames");
+        for v in [0, 1, 2, 3, 4, 5, 1024, 1025, 5000] {
+            b.record(v);
+        }
+        let mut text = String::new();
+        b.render(&mut text);
+        let line = |le: &str| {
+            text.lines()
+                .find(|l| l.starts_with(&format!("t_frames_bucket{{le=\"{le}\"}} ")))
+                .and_then(|l| l.rsplit(' ').next())
+                .and_then(|n| n.parse::<u64>().ok())
+        };
+        assert_eq!(line("1"), Some(2), "0 and 1\n{text}");
+        assert_eq!(line("2"), Some(3));
+        assert_eq!(line("4"), Some(5), "3 and 4 are in le=4");
+        assert_eq!(line("8"), Some(6));
+        assert_eq!(line("512"), Some(6));
+        assert_eq!(line("1024"), Some(7));
+        assert_eq!(line("+Inf"), Some(9));
+        assert!(text.starts_with("# TYPE t_frames histogram\n"));
+        assert!(text.contains("\nt_frames_sum 7064\n"), "{text}");
+        assert!(text.ends_with("t_frames_count 9\n"), "{text}");
     }
 }

@@ -94,7 +94,7 @@ impl<S: Socket> Connection<S> {
     fn counted(&mut self) {
         if self.fed_frames > 0 {
             let m = crate::metrics::hot();
-            m.write_batch.record(f64::from(self.fed_frames));
+            m.write_batch.record(self.fed_frames);
             m.sent_bytes.increment(u64::from(self.fed_bytes));
             self.fed_frames = 0;
             self.fed_bytes = 0;

@@ -90,7 +90,8 @@ pub struct Hot {
     pub connections_opened: Counter,
     pub deliveries: Counter,
     pub sent_bytes: Counter,
-    pub write_batch: &'static Buckets,
+    /// Frames per socket write: recorded on every flush of every connection.
+    pub write_batch: Buckets,
     pub slow_consumer_cuts: Counter,
     pub resume_replays: Counter,
     pub gap_frames: Counter,
@@ -110,7 +111,7 @@ static HOT: LazyLock<Hot> = LazyLock::new(|| {
         connections_opened: counter!("herald_connections_opened_total"),
         deliveries: counter!("herald_deliveries_written_total"),
         sent_bytes: counter!("herald_sent_bytes_total"),
-        write_batch: &WRITE_BATCH,
+        write_batch: Buckets::new("herald_write_batch_frames"),
         slow_consumer_cuts: counter!("herald_slow_consumer_cuts_total"),
         resume_replays: counter!("herald_resume_replays_total"),
         gap_frames: counter!("herald_resume_frames_total", "kind" => "gap"),
@@ -122,9 +123,6 @@ static HOT: LazyLock<Hot> = LazyLock::new(|| {
         redis_round_trips: counter!("herald_redis_round_trips_total"),
     }
 });
-
-/// Frames per socket write: recorded on every flush of every connection.
-static WRITE_BATCH: Buckets = Buckets::new("herald_write_batch_frames");
 
 /// A histogram of small counts in fixed power-of-two buckets (1, 2, 4, ... 1024, +Inf): a
 /// record is two atomic adds and nothing else. The exporter's histograms keep every sample in
@@ -251,7 +249,7 @@ pub fn render(levels: &Levels) -> Option<String> {
     let handle = install()?;
     // The hot handles exist from the first scrape on, at zero, so that a dashboard sees every
     // series before the first event.
-    let _ = hot();
+    let hot = hot();
     gauge!("herald_connections").set(levels.connections as f64);
     gauge!("herald_connections_max").set(levels.max_connections as f64);
     gauge!("herald_subscriptions").set(levels.subscriptions as f64);
@@ -266,7 +264,7 @@ pub fn render(levels: &Levels) -> Option<String> {
     if !text.is_empty() && !text.ends_with('\n') {
         text.push('\n');
     }
-    WRITE_BATCH.render(&mut text);
+    hot.write_batch.render(&mut text);
     Some(text)
 }
 

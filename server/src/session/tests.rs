@@ -557,9 +557,10 @@ async fn an_authenticated_socket_is_not_closed_by_the_handshake_timeout() {
     assert!(!task.is_finished());
 }
 
-/// Every idle connection carries its session's future: keep it small. 920 bytes in a debug
+/// Every idle connection carries its session's future: keep it small. 640 bytes in a debug
 /// build with the fake socket; an awaited rare path left inline (the revoked-key close) made
-/// it 1,240 and cost 0.6 KiB per connection in the 10k benchmark. Deterministic for a given
+/// it 1,240 and cost 0.6 KiB per connection in the 10k benchmark, and `run` as an `async fn`
+/// (the session stored twice, as its argument and as a local) 920. Deterministic for a given
 /// compiler.
 #[tokio::test]
 async fn the_session_future_stays_small() {
@@ -575,7 +576,7 @@ async fn the_session_future_stays_small() {
     let size = std::mem::size_of_val(&fut);
     println!("session future: {size} bytes");
     drop(in_tx);
-    assert!(size <= 1000, "the session future grew to {size} bytes");
+    assert!(size <= 720, "the session future grew to {size} bytes");
 }
 
 #[test]

@@ -147,7 +147,8 @@ impl<S: Socket> Session<S> {
     /// Not an `async fn`: rustc copies an `async fn`'s by-value arguments into locals of its
     /// future and keeps the argument's slot too, so `mut self` was in every idle connection's
     /// task twice (560 bytes more per socket). The `async move` block below uses the captured
-    /// `self` in place.
+    /// `self` in place (which is what clippy's `manual_async_fn` would undo).
+    #[allow(clippy::manual_async_fn)]
     pub fn run(
         mut self,
         mut rx: mpsc::Receiver<Outbound>,

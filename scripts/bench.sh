@@ -12,6 +12,10 @@
 #   scripts/bench.sh fanout-1000     # scenarios whose name contains the word
 #   RUNS=5 scripts/bench.sh          # more runs (default 3)
 #   PEERS=0 scripts/bench.sh         # Herald only
+#   RUNS_AB=32 scripts/bench.sh auth-ab  # the authentication A/B with more rounds (default 16)
+#
+# Within a scenario the servers take turns run by run, in the listed order on odd runs and the
+# reverse on even ones, so neither side of a comparison always goes first.
 #
 # Needs: the release build (built here), and for the peers Go with gorilla/websocket (Debian:
 # golang-go golang-github-gorilla-websocket-dev, installed here when run as root) and Node.
@@ -26,6 +30,14 @@ mkdir -p "$OUT"
 RESULTS="$OUT/results-$(date +%Y%m%d-%H%M%S).jsonl"
 say() { printf '\033[1;34m[bench]\033[0m %s\n' "$*" >&2; }
 
+wants() { [[ -z "$FILTER" || "$1" == *"$FILTER"* ]]; }
+# The authentication A/B compares with a build whose HTTP topic publishes skip the credential
+# and the scope check (feature `bench-unchecked-publish`, never shipped); built first, so the
+# plain build below is the one in target/release.
+if wants publish-32-auth-ab; then
+  cargo build --release -q -p herald --bin herald --features bench-unchecked-publish
+  cp target/release/herald "$OUT/herald-unchecked"
+fi
 cargo build --release -q -p herald --bin herald --bin herald-bench
 
 SERVERS=(herald-memory herald-sqlite)
@@ -80,7 +92,7 @@ start_server() { # name -> sets PID, PIDS, AUTH, EXTRA
     AUTH=(--key "$key")
   }
   case $1 in
-    herald-memory|herald-sqlite) make_key ;;
+    herald-memory|herald-sqlite|herald-memory-unchecked) make_key ;;
   esac
   # The per-credential publish rate (1000/s by default) is raised, not removed, so its check
   # is still paid: one key publishes 100,000/s here.
@@ -88,6 +100,10 @@ start_server() { # name -> sets PID, PIDS, AUTH, EXTRA
     --publish-per-sec-per-credential 100000000 --drain-secs 0)
   case $1 in
     herald-memory) RUST_LOG=warn taskset -c 0 "${herald[@]}" --store memory >"$OUT/server.log" 2>&1 & ;;
+    herald-memory-unchecked)
+      local unchecked=("${herald[@]}")
+      unchecked[0]=$OUT/herald-unchecked
+      RUST_LOG=error taskset -c 0 "${unchecked[@]}" --store memory >"$OUT/server.log" 2>&1 & ;;
     herald-sqlite) RUST_LOG=warn taskset -c 0 "${herald[@]}" --store sqlite >"$OUT/server.log" 2>&1 & ;;
     herald-redis|herald-redis-3|herald-redis-4|herald-redis-volatile|herald-redis-everysec)
       # Redis as README recommends for history that survives a restart: an append-only file
@@ -156,8 +172,15 @@ scenario() { # name runs servers(comma list|all) bench-args...
   # The servers available here (SERVERS), plus the multi-node Redis kinds when named.
   local available=("${SERVERS[@]}")
   command -v redis-server >/dev/null && available+=(herald-redis-3 herald-redis-4 herald-redis-volatile herald-redis-everysec)
+  [ -x "$OUT/herald-unchecked" ] && available+=(herald-memory-unchecked)
+  local i
   for run in $(seq "$runs"); do
-    for server in "${available[@]}"; do
+    local turn=("${available[@]}")
+    if (( run % 2 == 0 )); then
+      turn=()
+      for ((i = ${#available[@]} - 1; i >= 0; i--)); do turn+=("${available[i]}"); done
+    fi
+    for server in "${turn[@]}"; do
       if { [ "$which" = all ] && [[ " ${SERVERS[*]} " == *" $server "* ]]; } || [[ ",$which," == *",$server,"* ]]; then
         say "$name: $server, run $run of $runs"
         measure "$name" "$server" "$run" "$@"
@@ -178,6 +201,10 @@ scenario fanout-1000        "$RUNS" all fanout --subscribers 1000 --rate 400 --m
 scenario fanout-5000        "$RUNS" all fanout --subscribers 5000 --rate 80 --messages 800
 scenario fanout-10000       "$RUNS" all fanout --subscribers 10000 --rate 40 --messages 400
 scenario publish-32         "$RUNS" all publish --concurrency 32 --requests 200000
+# What authentication costs a publish: the shipped build (API key read and scope checked on
+# every publish) against the same code without the two checks, round by round (the summary
+# gives the mean and the median of the per-round ratios).
+scenario publish-32-auth-ab "${RUNS_AB:-16}" herald-memory,herald-memory-unchecked publish --concurrency 32 --requests 300000
 # The same through a Redis without persistence (no append-only file to write and fsync).
 scenario publish-32-volatile "$RUNS" herald-redis-volatile publish --concurrency 32 --requests 200000
 # And with the append-only file fsynced once a second instead of on every write.

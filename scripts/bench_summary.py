@@ -160,3 +160,30 @@ if rows:
     print("|---|---|---|---|---|---|")
     for name, label, peer, h, pv, ratio in rows:
         print(f"| {name} | {label} | {peer} | {fmt(h, 2)} | {fmt(pv, 2)} | {fmt(ratio, 2)}x |")
+
+# The authentication A/B: the shipped build against the same code without the publish checks,
+# paired round by round (the two ran back to back, in alternating order).
+rows_by_run = defaultdict(dict)
+with open(sys.argv[1]) as f:
+    for line in f:
+        line = line.strip()
+        if not line:
+            continue
+        row = json.loads(line)
+        if row["scenario"].endswith("-auth-ab") and row["result"]:
+            rate = row["result"].get("publishes_per_sec")
+            if rate:
+                rows_by_run[(row["scenario"], row["run"])][row["server"]] = rate
+pairs = defaultdict(list)
+for (name, _run), by in sorted(rows_by_run.items()):
+    if "herald-memory" in by and "herald-memory-unchecked" in by:
+        pairs[name].append((by["herald-memory"], by["herald-memory-unchecked"]))
+for name, ps in pairs.items():
+    checked = statistics.mean(c for c, _ in ps)
+    unchecked = statistics.mean(u for _, u in ps)
+    per_round = [c / u - 1 for c, u in ps]
+    print()
+    print(f"{name}: {len(ps)} rounds; with the checks {checked:,.0f}/s, without {unchecked:,.0f}/s "
+          f"(means): {100 * (checked / unchecked - 1):+.1f}% by mean, "
+          f"{100 * statistics.median(per_round):+.1f}% by the median of per-round ratios "
+          f"(rounds {100 * min(per_round):+.1f}% to {100 * max(per_round):+.1f}%).")

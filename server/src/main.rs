@@ -32,6 +32,10 @@ async fn main() -> anyhow::Result<()> {
         Some(Command::Subscribe(args)) => return herald::cli::subscribe(args).await,
         None => {}
     }
+    #[cfg(feature = "bench-unchecked-publish")]
+    tracing::warn!(
+        "built with bench-unchecked-publish: anyone can publish to any topic over HTTP; for benchmarks only"
+    );
     let addr = herald::listen_addr(&config);
     let listener = herald::listener::bind(addr)?;
     herald::run(config, listener, herald::shutdown_signal()).await

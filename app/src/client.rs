@@ -739,9 +739,15 @@ pub fn refetch(center: Center, topic: String) {
                 set_position(center, &topic, newest.position());
             }
         }
-        center
-            .items
-            .update(|items| replace_topic(items, &topic, page.notifications));
+        center.items.update(|items| {
+            replace_topic(
+                items,
+                &topic,
+                &page.epoch,
+                page.last_offset,
+                page.notifications,
+            )
+        });
     });
 }
 

@@ -151,16 +151,19 @@ pub fn insert(items: &mut Vec<Notification>, n: Notification) -> bool {
     true
 }
 
-/// Replaces everything of `topic` with `fresh` (after a gap or reset).
-pub fn replace_topic(items: &mut Vec<Notification>, topic: &str, fresh: Vec<Notification>) {
-    // Live items newer than the page (same epoch) stay: they arrived while it was read.
-    let newest = fresh.first().map(|n| (n.epoch.clone(), n.offset));
-    items.retain(|x| {
-        x.topic != topic
-            || newest
-                .as_ref()
-                .is_some_and(|(epoch, offset)| x.epoch == *epoch && x.offset > *offset)
-    });
+/// Replaces everything of `topic` with a page of its history (on first load, after a gap or
+/// reset). `epoch` and `last_offset` are the topic's head when the page was read.
+pub fn replace_topic(
+    items: &mut Vec<Notification>,
+    topic: &str,
+    epoch: &str,
+    last_offset: u64,
+    fresh: Vec<Notification>,
+) {
+    // Live items past the head the page was read at (same epoch) stay: they arrived while it
+    // was read. The head, not the page's newest item: a page read before the first publish is
+    // empty, and must not take away what arrived live since.
+    items.retain(|x| x.topic != topic || (x.epoch == epoch && x.offset > last_offset));
     for n in fresh {
         insert(items, n);
     }
@@ -235,9 +238,26 @@ mod tests {
     #[test]
     fn replace_topic_swaps_one_topic() {
         let mut items = vec![n("a", 1, 1), n("b", 1, 2)];
-        replace_topic(&mut items, "a", vec![n("a", 7, 3)]);
+        replace_topic(&mut items, "a", "e", 7, vec![n("a", 7, 3)]);
         let order: Vec<_> = items.iter().map(|x| (x.topic.as_str(), x.offset)).collect();
         assert_eq!(order, [("a", 7), ("b", 1)]);
+    }
+
+    #[test]
+    fn replace_topic_keeps_what_arrived_after_the_page_was_read() {
+        // Read at head 0 (nothing published yet), answered after offset 1 arrived live.
+        let mut items = vec![n("a", 1, 5)];
+        replace_topic(&mut items, "a", "e", 0, vec![]);
+        assert_eq!(items.len(), 1);
+        // Read at head 1, answered after 2 arrived: 2 stays, 1 comes from the page.
+        let mut items = vec![n("a", 2, 6), n("a", 1, 5)];
+        replace_topic(&mut items, "a", "e", 1, vec![n("a", 1, 5)]);
+        let offsets: Vec<_> = items.iter().map(|x| x.offset).collect();
+        assert_eq!(offsets, [2, 1]);
+        // Another epoch (a reset): what the page does not have goes.
+        let mut items = vec![n("a", 9, 5)];
+        replace_topic(&mut items, "a", "f", 0, vec![]);
+        assert!(items.is_empty());
     }
 
     #[test]

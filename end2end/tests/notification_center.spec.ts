@@ -82,3 +82,39 @@ test("following another topic delivers it; unfollowing stops it", async ({ page 
   await expect(center.item(marker)).toHaveCount(1);
   await expect(center.item(second)).toHaveCount(0);
 });
+
+test("a notification that arrives while the topic's history is loading stays in the list", async ({ page }) => {
+  const center = new CenterPage(page);
+  await center.open();
+  const topic = unique("race");
+  const history = `**/api/topics/${topic}/notifications*`;
+  // Following loads the topic's history. Hold that load: read it now (nothing published yet,
+  // an empty page), answer it only after a notification has arrived live.
+  let release!: () => void;
+  const released = new Promise<void>((r) => (release = r));
+  let read!: () => void;
+  const wasRead = new Promise<void>((r) => (read = r));
+  await page.route(history, async (route) => {
+    const stale = await route.fetch();
+    read();
+    await released;
+    await route.fulfill({ response: stale });
+  });
+  await center.follow(topic);
+  await wasRead;
+  const live = unique("arrived during the load");
+  await publish(BASE, topic, live);
+  await expect(center.item(live)).toHaveCount(1);
+
+  const answered = page.waitForResponse((r) => r.url().includes(`/api/topics/${topic}/notifications`));
+  release();
+  await (await answered).finished();
+  // The page applies the stale page as soon as it has read it; a later notification's round
+  // trip through the server gives it that time (the exact boundary is the unit test of
+  // `replace_topic`). Before the fix the stale empty page took the live one away.
+  const marker = unique("marker");
+  await publish(BASE, topic, marker);
+  await expect(center.item(marker)).toHaveCount(1);
+  await expect(center.item(live)).toHaveCount(1);
+  await page.unroute(history);
+});

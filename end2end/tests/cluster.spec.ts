@@ -18,7 +18,7 @@ class Cluster {
   async start(): Promise<void> {
     this.child = spawn("scripts/cluster.sh", [], {
       cwd: ROOT,
-      env: { ...process.env, PORT: String(LB), RUN: this.run, RUST_LOG: "warn", HERALD_ARGS: "--anonymous --public-topics general" },
+      env: { ...process.env, PORT: String(LB), RUN: this.run, RUST_LOG: "warn,herald=debug", HERALD_ARGS: "--anonymous --public-topics general" },
       stdio: ["ignore", "pipe", "ignore"],
     });
     await new Promise<void>((resolve, reject) => {
@@ -76,6 +76,14 @@ class Cluster {
 
 test("behind the load balancer, the page keeps working when its node is killed", async ({ page }) => {
   const cluster = new Cluster();
+  // Kept for a failure's report: the page's own log, beside the nodes' debug logs in the run
+  // directory (printed below).
+  const log: string[] = [];
+  page.on("console", (m) => log.push(`${new Date().toISOString()} console.${m.type()}: ${m.text()}`));
+  page.on("websocket", (ws) => {
+    log.push(`${new Date().toISOString()} websocket open ${ws.url()}`);
+    ws.on("close", () => log.push(`${new Date().toISOString()} websocket closed`));
+  });
   await cluster.start();
   try {
     const center = new CenterPage(page);
@@ -101,6 +109,9 @@ test("behind the load balancer, the page keeps working when its node is killed",
     await cluster.publish(after);
     await expect(center.item(after)).toHaveCount(1);
     await expect(center.item(before)).toHaveCount(1);
+  } catch (e) {
+    console.log(`run directory: ${cluster.run}\n${log.join("\n")}`);
+    throw e;
   } finally {
     await cluster.stop();
   }

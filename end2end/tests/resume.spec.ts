@@ -64,3 +64,44 @@ test("after a reload the history is there, rendered by the server", async ({ pag
   const html = await (await request.get("/")).text();
   expect(html).toContain(body);
 });
+
+test("a notification published while a new subscription is being made is not lost", async ({ page }) => {
+  // Following a topic loads its history and subscribes at the server's head. The test holds
+  // the subscribe frame until a notification has been published after the history was read:
+  // the server then starts the subscription past it, so only a history read made after the
+  // subscription can bring it.
+  const topic = unique("gap");
+  let holding!: () => void;
+  const held = new Promise<void>((r) => (holding = r));
+  let release!: () => void;
+  const released = new Promise<void>((r) => (release = r));
+  await page.routeWebSocket(/\/ws$/, (ws) => {
+    const server = ws.connectToServer();
+    ws.onMessage((m) => {
+      if (typeof m === "string" && m.includes('"type":"subscribe"') && m.includes(`"${topic}"`)) {
+        holding();
+        void released.then(() => server.send(m));
+        return;
+      }
+      server.send(m);
+    });
+  });
+  let historyRead!: () => void;
+  const wasRead = new Promise<void>((r) => (historyRead = r));
+  page.on("requestfinished", (r) => {
+    if (r.url().includes(`/api/topics/${topic}/notifications`)) historyRead();
+  });
+  const center = new CenterPage(page);
+  await center.open();
+  await center.follow(topic);
+  await held;
+  await wasRead;
+  const between = unique("between the history and the subscription");
+  await publish(BASE, topic, between);
+  release();
+  await expect(center.item(between)).toHaveCount(1);
+  const after = unique("after");
+  await publish(BASE, topic, after);
+  await expect(center.item(after)).toHaveCount(1);
+  await expect(center.item(between)).toHaveCount(1);
+});

@@ -168,7 +168,7 @@ measure() { # scenario server run bench-args...
 scenario() { # name runs servers(comma list|all) bench-args...
   local name=$1 runs=$2 which=$3
   shift 3
-  [[ -n "$FILTER" && "$name" != *"$FILTER"* ]] && return 0
+  wants "$name" || return 0
   # The servers available here (SERVERS), plus the multi-node Redis kinds when named.
   local available=("${SERVERS[@]}")
   command -v redis-server >/dev/null && available+=(herald-redis-3 herald-redis-4 herald-redis-volatile herald-redis-everysec)
@@ -243,7 +243,7 @@ scenario latency-1000x20-3nodes "$RUNS" herald-redis-3 fanout --subscribers 1000
 # four generators (18,750 subscribers each, one per node) wait for one publish made here.
 scale() { # name runs
   local name=$1 runs=$2
-  [[ -n "$FILTER" && "$name" != *"$FILTER"* ]] && return 0
+  wants "$name" || return 0
   command -v redis-server >/dev/null || { say "$name: no redis-server, skipped"; return 0; }
   for run in $(seq "$runs"); do
     say "$name: herald-redis-4, run $run of $runs"
@@ -296,7 +296,7 @@ scale connections-75000-4nodes "$RUNS"
 # transfer, and the time from navigation until the page is live (hydrated, socket open).
 page_load() { # name runs
   local name=$1 runs=$2
-  [[ -n "$FILTER" && "$name" != *"$FILTER"* ]] && return 0
+  wants "$name" || return 0
   [ -d end2end/node_modules/@playwright/test ] || { say "$name: no Playwright (make setup-e2e), skipped"; return 0; }
   say "$name: herald-memory, $runs visits of each kind"
   start_server herald-memory
@@ -316,7 +316,7 @@ page_load page-load "$RUNS"
 
 # The binary that ships (profile dist: fat LTO, stripped), and the bundle the page loads.
 binary_size() {
-  [[ -n "$FILTER" && "binary-size" != *"$FILTER"* ]] && return 0
+  wants binary-size || return 0
   say "binary-size: building the dist profile (incremental)"
   cargo build -q -p herald --bin herald --profile dist
   local wasm

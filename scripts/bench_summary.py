@@ -7,18 +7,16 @@ import statistics
 import sys
 from collections import defaultdict
 
+with open(sys.argv[1]) as f:
+    records = [json.loads(line) for line in f if line.strip()]
+
 runs = defaultdict(list)
 order = []
-with open(sys.argv[1]) as f:
-    for line in f:
-        line = line.strip()
-        if not line:
-            continue
-        row = json.loads(line)
-        key = (row["scenario"], row["server"])
-        if key not in runs:
-            order.append(key)
-        runs[key].append(row["result"])
+for row in records:
+    key = (row["scenario"], row["server"])
+    if key not in runs:
+        order.append(key)
+    runs[key].append(row["result"])
 
 
 def values(rs, *path):
@@ -164,16 +162,11 @@ if rows:
 # The authentication A/B: the shipped build against the same code without the publish checks,
 # paired round by round (the two ran back to back, in alternating order).
 rows_by_run = defaultdict(dict)
-with open(sys.argv[1]) as f:
-    for line in f:
-        line = line.strip()
-        if not line:
-            continue
-        row = json.loads(line)
-        if row["scenario"].endswith("-auth-ab") and row["result"]:
-            rate = row["result"].get("publishes_per_sec")
-            if rate:
-                rows_by_run[(row["scenario"], row["run"])][row["server"]] = rate
+for row in records:
+    if row["scenario"].endswith("-auth-ab") and row["result"]:
+        rate = row["result"].get("publishes_per_sec")
+        if rate:
+            rows_by_run[(row["scenario"], row["run"])][row["server"]] = rate
 pairs = defaultdict(list)
 for (name, _run), by in sorted(rows_by_run.items()):
     if "herald-memory" in by and "herald-memory-unchecked" in by:

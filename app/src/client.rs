@@ -342,9 +342,10 @@ async fn session(
                     center.conn.set(ConnState::Live);
                     let topics = center.topics.get_untracked();
                     if !*history_loaded {
-                        // The page could render only public history; now the rest.
+                        // The page could render only public history; now the rest. Topics
+                        // without a position of ours read it once subscribed (`apply`).
                         *history_loaded = true;
-                        for t in &topics {
+                        for t in topics.iter().filter(|t| history_now(center, t)) {
                             refetch(center, t.clone());
                         }
                     }
@@ -367,12 +368,10 @@ async fn session(
                             return end;
                         }
                     }
-                    // Chat rooms: history on first load, then subscribe (resume) like topics;
-                    // messages still on their way are sent again (same client id: stored once).
+                    // Chat rooms: subscribe (resume) like topics, a room's history read once
+                    // subscribed (`apply`); messages still on their way are sent again (same
+                    // client id: stored once).
                     for room in center.chat.rooms.get_untracked() {
-                        if !positions.contains_key(&room) {
-                            refetch_room(center, room.clone());
-                        }
                         let since = positions.get(&room).cloned();
                         let sub = ClientFrame::Subscribe {
                             topic: room,
@@ -462,7 +461,9 @@ async fn session(
                     },
                     Command::InboxUpdate(update) => ClientFrame::InboxUpdate { update, id: None },
                     Command::JoinRoom(room) => {
-                        refetch_room(center, room.clone());
+                        if history_now(center, &room) {
+                            refetch_room(center, room.clone());
+                        }
                         let since = center.positions.get_untracked().get(&room).cloned();
                         ClientFrame::Subscribe {
                             topic: room,
@@ -596,8 +597,9 @@ fn apply(center: Center, frame: ServerFrame) -> Option<ClientFrame> {
                 // Subscribed at the server's head, with no position of ours: what came up to
                 // that head is history, and a history page loaded before this point can miss
                 // what was published between its read and the subscription (the cluster
-                // end-to-end test lost a notification to it). Read again now: from here on
-                // everything newer arrives live, and the page keeps live items past its head.
+                // end-to-end test lost a notification to it). Read it now (and only now:
+                // `history_now`): from here on everything newer arrives live, and the page
+                // keeps live items past its head.
                 if inbox_owner(&topic).is_none() {
                     reload(center, topic);
                 }
@@ -757,6 +759,14 @@ pub fn refetch(center: Center, topic: String) {
             )
         });
     });
+}
+
+/// Whether to read a topic's (or a room's) history now. A signed-in page subscribes, and a
+/// subscription without a position of ours starts at the server's head and reads the history
+/// once `subscribed` arrives (see `apply`): reading it before as well would be a second request
+/// for the same page. Signed out there is no subscription, so now is the only time.
+pub fn history_now(center: Center, topic: &str) -> bool {
+    crate::auth::load().is_none() || center.positions.get_untracked().contains_key(topic)
 }
 
 /// Reloads what the page shows of a topic after a gap or reset: a room's messages, or a

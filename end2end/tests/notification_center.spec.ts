@@ -83,6 +83,26 @@ test("following another topic delivers it; unfollowing stops it", async ({ page 
   await expect(center.item(second)).toHaveCount(0);
 });
 
+test("following a topic reads its history once", async ({ page }) => {
+  const topic = unique("once");
+  const older = unique("published before the follow");
+  await publish(BASE, topic, older);
+  const reads: string[] = [];
+  page.on("request", (r) => {
+    if (r.url().includes(`/api/topics/${topic}/notifications`)) reads.push(r.url());
+  });
+  const center = new CenterPage(page);
+  await center.open();
+  await center.follow(topic);
+  await expect(center.item(older)).toHaveCount(1);
+  const live = unique("live");
+  await publish(BASE, topic, live);
+  await expect(center.item(live)).toHaveCount(1);
+  // The history is read once subscribed; a read before the subscription as well was a second
+  // request for the same page.
+  expect(reads).toHaveLength(1);
+});
+
 test("a notification that arrives while the topic's history is loading stays in the list", async ({ page }) => {
   const center = new CenterPage(page);
   await center.open();

@@ -124,7 +124,9 @@ impl ClientHandle {
         if let Some(c) = self.0.get_value() {
             c.send(crate::client::Command::Subscribe(topic.to_owned()));
         }
-        crate::client::refetch(center, topic.to_owned());
+        if crate::client::history_now(center, topic) {
+            crate::client::refetch(center, topic.to_owned());
+        }
         crate::client::save_topics(&center.topics.get_untracked());
     }
     #[cfg(not(feature = "hydrate"))]
@@ -219,16 +221,21 @@ fn CenterView(init: InitialView) -> impl IntoView {
                 return;
             }
             // Topics the browser remembers win over the server's guess (cookie or default).
+            let mut unrendered = Vec::new();
             if let Some(saved) = crate::client::load_topics() {
                 if saved != center.topics.get_untracked() {
                     center.topics.set(saved.clone());
-                    for t in &saved {
-                        crate::client::refetch(center, t.clone());
-                    }
+                    unrendered = saved;
                 }
             }
             crate::client::save_topics(&center.topics.get_untracked());
+            // Started first: it loads the positions `history_now` asks about.
             handle.set_value(Some(crate::client::start(center)));
+            for t in unrendered {
+                if crate::client::history_now(center, &t) {
+                    crate::client::refetch(center, t);
+                }
+            }
         });
         ClientHandle(handle)
     };

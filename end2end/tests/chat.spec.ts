@@ -55,4 +55,11 @@ test("two pages chat: each sees the other's message, the typing indicator and th
   // Bo leaves: ana's member list follows.
   await b.close();
   await expect(a.getByTestId("member")).toHaveText([ana]);
+
+  // Someone who joins later reads the room's history: both messages, once each.
+  const c = await (await browser.newContext()).newPage();
+  await enter(c, unique("cy"), room);
+  for (const text of [hello, reply]) {
+    await expect(c.getByTestId("message").filter({ hasText: text })).toHaveCount(1);
+  }
 });

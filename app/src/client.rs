@@ -10,6 +10,12 @@
 //! 4003) gets a fresh token and reconnects at once, resuming from the last positions. Without a
 //! token the loop waits for the user to sign in.
 //!
+//! History: a topic the page has a position for is resumed from it over the socket (and its
+//! page of history read over HTTP at the first sign-in, for what the server could not render);
+//! a topic without one is subscribed at the server's head and its history read once
+//! `subscribed` arrives, so nothing published in between is missed and each topic is read once
+//! ([`history_now`]). Signed out there is no socket, and the history is read at once.
+//!
 //! Inbox: once signed in, the socket also follows the user's inbox (`@<user>`, resumed like
 //! any topic) and lists it; arrivals, changes from other tabs and the server's unread count
 //! are applied to [`crate::inbox::Inbox`]. A desktop notification is shown for an arrival

@@ -229,6 +229,11 @@ scenario capacity-5000-p200   1 all capacity --subscribers 5000 --start-rate 20 
 H2="$H,herald-sqlite-2cores"
 scenario inbox-10000-30k    "$RUNS" "$H2" inbox --users 10000 --rate 30000 --messages 300000 --publishers 64 --token-secret "$SECRET"
 scenario inbox-10000-max    "$RUNS" "$H2" inbox --users 10000 --rate 0 --messages 300000 --publishers 64 --token-secret "$SECRET"
+# Backends that batch: the same 10,000 users online, ten notifications per request, each for its
+# own user (`POST /api/notifications` with `notifications`); 16 senders, so 160 notifications in
+# flight, as the 64 single senders above have 64. SQLite, server on one core.
+scenario inbox-10000-batch10-30k "$RUNS" herald-sqlite inbox --users 10000 --rate 30000 --messages 300000 --publishers 16 --batch 10 --token-secret "$SECRET"
+scenario inbox-10000-batch10-max "$RUNS" herald-sqlite inbox --users 10000 --rate 0 --messages 300000 --publishers 16 --batch 10 --token-secret "$SECRET"
 # Bulk sends of 1,000 users each, 1,000 of them (every inbox then holds 1,000 unread, the
 # retention limit), then mark-all-read on 200 of those inboxes.
 scenario inbox-ops          "$RUNS" herald-sqlite inbox-ops --bulk-requests 1000 --bulk-users 1000 --mark-users 200

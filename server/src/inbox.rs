@@ -13,7 +13,8 @@
 //!   the count after it; after every arrival, the notification and then `inbox_count`.
 //!   Both carry `seq`, so a client applies counts in order whatever path they took.
 //! - A bulk send stores each user's copy independently: the reply says, per user, what was
-//!   stored or why not.
+//!   stored or why not. A batch ([`send_each`]: a notification of its own per user) likewise,
+//!   per item.
 
 use crate::error::ApiError;
 use crate::store::{AppendItem, Appended, InboxChange, InboxCount};
@@ -130,24 +131,74 @@ pub async fn send_many(
         validate_user(user)?;
     }
     let items = unique
-        .iter()
-        .map(|u| AppendItem {
-            topic: inbox_topic(u),
+        .into_iter()
+        .map(|u| Addressed {
+            user: u.clone(),
             new: new.clone(),
             key: key.map(str::to_owned),
         })
         .collect();
-    let results = state.store.append_many(items).await;
-    Ok(unique
+    Ok(submit(state, items).await)
+}
+
+/// One notification of a batch, for one user.
+#[derive(Debug, Clone)]
+pub struct Addressed {
+    pub user: String,
+    pub new: NewNotification,
+    /// Its idempotency key in that user's inbox.
+    pub key: Option<String>,
+}
+
+/// Stores each notification in its own user's inbox, submitted together like
+/// [`send_many`]. Unlike there, a user may be named more than once: every item is a
+/// notification of its own (in the order given, so within one inbox in offset order). One
+/// result per item, in order.
+pub async fn send_each(
+    state: &AppState,
+    items: Vec<Addressed>,
+) -> Result<Vec<(String, Result<Appended, ApiError>)>, ApiError> {
+    if items.is_empty() || items.len() > MAX_BULK_USERS {
+        return Err(ApiError::Invalid(
+            ErrorCode::BadField,
+            format!("notifications must hold 1 to {MAX_BULK_USERS} notifications"),
+        ));
+    }
+    for item in &items {
+        validate_user(&item.user)?;
+    }
+    Ok(submit(state, items).await)
+}
+
+/// Appends the items together and pairs each result with its user.
+async fn submit(
+    state: &AppState,
+    items: Vec<Addressed>,
+) -> Vec<(String, Result<Appended, ApiError>)> {
+    let (users, appends): (Vec<String>, Vec<AppendItem>) = items
         .into_iter()
-        .cloned()
+        .map(|a| {
+            let topic = inbox_topic(&a.user);
+            (
+                a.user,
+                AppendItem {
+                    topic,
+                    new: a.new,
+                    key: a.key,
+                },
+            )
+        })
+        .unzip();
+    let results = state.store.append_many(appends).await;
+    users
+        .into_iter()
         .zip(results)
         .map(|(user, r)| {
             let r = r.map_err(ApiError::from);
             crate::metrics::publish(crate::metrics::Route::Inbox, outcome(&r));
             (user, r)
         })
-        .collect())
+        .collect()
 }
 
 /// The `inbox_count` frame that follows an inbox arrival on the socket.

@@ -449,6 +449,169 @@ async fn bulk_sends_store_one_copy_per_user_and_say_what_happened() {
     server.stop().await.unwrap();
 }
 
+/// A batch gives every user a notification of its own: each reaches only its user, in the
+/// order given, with the count after it; a retry stores nothing twice; a bad batch stores
+/// nothing at all.
+async fn batches_give_each_user_its_own(config: herald::config::Config) {
+    let server = server(config).await;
+    let key = key_with(&server, &["publish:@*"]);
+    let mut ana = inbox_socket(&server, "ana").await;
+    let mut bo = inbox_socket(&server, "bo").await;
+    let batch = serde_json::json!({"notifications": [
+        {"user": "ana", "title": "Order 1", "body": "order 1 shipped", "idempotency_key": "o-1"},
+        {"user": "bo", "body": "order 2 shipped", "category": "orders", "idempotency_key": "o-2"},
+        {"user": "ana", "body": "order 3 shipped", "idempotency_key": "o-3"},
+    ]});
+    let r = bulk(&server, &key, batch.clone(), None).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let stored = |r: &HttpResponse| -> Vec<(String, u64, String, bool)> {
+        r.json()["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| {
+                (
+                    x["user"].as_str().unwrap().to_owned(),
+                    x["notification"]["offset"].as_u64().unwrap(),
+                    x["notification"]["body"].as_str().unwrap().to_owned(),
+                    x["duplicate"] == true,
+                )
+            })
+            .collect()
+    };
+    let first = stored(&r);
+    let expect = |dup| {
+        vec![
+            ("ana".to_owned(), 1, "order 1 shipped".to_owned(), dup),
+            ("bo".to_owned(), 1, "order 2 shipped".to_owned(), dup),
+            ("ana".to_owned(), 2, "order 3 shipped".to_owned(), dup),
+        ]
+    };
+    assert_eq!(first, expect(false));
+    let (n, unread) = arrival(&mut ana).await;
+    assert_eq!(
+        (n.body.as_str(), n.offset, n.title.as_deref(), unread),
+        ("order 1 shipped", 1, Some("Order 1"), 1)
+    );
+    let (n, unread) = arrival(&mut ana).await;
+    assert_eq!(
+        (n.body.as_str(), n.offset, unread),
+        ("order 3 shipped", 2, 2)
+    );
+    let (n, unread) = arrival(&mut bo).await;
+    assert_eq!(
+        (n.body.as_str(), n.category.as_deref(), unread),
+        ("order 2 shipped", Some("orders"), 1)
+    );
+    assert!(settle(&mut ana).await.is_empty());
+    assert!(settle(&mut bo).await.is_empty());
+
+    // The same batch again: every item a duplicate of the first, nothing delivered.
+    let r = bulk(&server, &key, batch, None).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(stored(&r), expect(true));
+    assert!(settle(&mut ana).await.is_empty());
+
+    // Refused before anything is stored.
+    let item = |user: &str, body: &str| serde_json::json!({"user": user, "body": body});
+    let too_many: Vec<_> = (0..1001).map(|i| item(&format!("u{i}"), "x")).collect();
+    let long_key = "k".repeat(129);
+    let cases = [
+        (
+            serde_json::json!({"notifications": [item("ana", "fine"), item("ana", "")]}),
+            None,
+            400,
+            "bad_field",
+            Some("notifications[1]: body must not be empty"),
+        ),
+        (
+            serde_json::json!({"notifications": [item("ana", "fine"), item("", "x")]}),
+            None,
+            400,
+            "bad_field",
+            Some("notifications[1]: a user id"),
+        ),
+        (
+            serde_json::json!({"notifications": [{"user": "ana", "body": "x", "idempotency_key": long_key}]}),
+            None,
+            400,
+            "bad_field",
+            Some("notifications[0]: idempotency_key must be 1 to 128"),
+        ),
+        (
+            serde_json::json!({"notifications": [item("ana", "x")]}),
+            Some("k-1"),
+            400,
+            "bad_field",
+            Some("idempotency_key instead of the Idempotency-Key header"),
+        ),
+        (
+            serde_json::json!({"notifications": [item("ana", "x")], "users": ["ana"], "body": "x"}),
+            None,
+            400,
+            "bad_field",
+            Some("not both"),
+        ),
+        (
+            serde_json::json!({"notifications": []}),
+            None,
+            400,
+            "bad_field",
+            Some("1 to 1000"),
+        ),
+        (
+            serde_json::json!({"notifications": too_many}),
+            None,
+            400,
+            "bad_field",
+            Some("1 to 1000"),
+        ),
+        (
+            serde_json::json!({"notifications": "ana"}),
+            None,
+            400,
+            "bad_frame",
+            None,
+        ),
+    ];
+    for (body, idem, status, code, says) in cases {
+        let r = bulk(&server, &key, body.clone(), idem).await;
+        assert_eq!(
+            (r.status, r.error_code()),
+            (status, code.to_owned()),
+            "{body}: {}",
+            r.body
+        );
+        if let Some(says) = says {
+            assert!(r.body.contains(says), "{}", r.body);
+        }
+    }
+    // One item for a user outside the key's grants: nothing stored, not even the others.
+    let narrow = key_with(&server, &["publish:@a*"]);
+    let r = bulk(
+        &server,
+        &narrow,
+        serde_json::json!({"notifications": [item("ana", "x"), item("bo", "x")]}),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert!(settle(&mut ana).await.is_empty());
+    assert!(settle(&mut bo).await.is_empty());
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn batches_give_each_user_its_own_in_memory() {
+    batches_give_each_user_its_own(memory_config()).await;
+}
+
+#[tokio::test]
+async fn batches_give_each_user_its_own_in_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    batches_give_each_user_its_own(sqlite_config(&dir)).await;
+}
+
 #[tokio::test]
 async fn bad_inbox_requests_get_typed_errors() {
     let server = server(memory_config()).await;

@@ -3,7 +3,7 @@
 //! | route                                   | what                                             |
 //! |-----------------------------------------|--------------------------------------------------|
 //! | `POST /api/users/{user}/notifications`  | send to one user; body as a topic publish (+ `category`) |
-//! | `POST /api/notifications`               | send to up to 1,000 `users` (JSON); per-user results |
+//! | `POST /api/notifications`               | send one notification to up to 1,000 `users`, or up to 1,000 `notifications` each to its own `user` (JSON); per-user results |
 //! | `GET /api/users/{user}/inbox`           | a page, newest first (`filter`, `category`, `before`, `limit`) |
 //! | `POST /api/users/{user}/inbox`          | an [`InboxUpdate`] (`{"op":"read","offsets":[3]}`) |
 //!
@@ -62,7 +62,35 @@ pub struct Bulk {
     pub message: NewNotification,
 }
 
-/// What happened for one user of a bulk send.
+/// The body of `POST /api/notifications` that gives every user a notification of its own
+/// ("your order 1234 shipped"): up to 1,000, stored and delivered together.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub struct Batch {
+    pub notifications: Vec<BatchItem>,
+}
+
+/// One notification of a [`Batch`]: its user, the notification as for a topic, and an
+/// idempotency key of its own (a retried batch stores nothing twice).
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub struct BatchItem {
+    pub user: String,
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
+    #[serde(flatten)]
+    pub message: NewNotification,
+}
+
+/// What `POST /api/notifications` takes: one notification for many users ([`Bulk`]), or
+/// notifications each for its own user ([`Batch`]). (For the API document; the handler tells
+/// them apart by the `notifications` field.)
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub enum BulkRequest {
+    Same(Bulk),
+    Each(Batch),
+}
+
+/// What happened for one user (or one item of a batch) of a bulk send.
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct BulkResult {
     pub user: String,
@@ -79,12 +107,19 @@ pub struct BulkReply {
     pub results: Vec<BulkResult>,
 }
 
-/// `POST /api/notifications` with `{"users": [...], "body": ..., ...}`: stored for each user
-/// (all at once, so they share group commits). Every user must be within the caller's grants
-/// before anything is stored; the reply lists, per user, the stored notification or the error.
+/// The largest batch body (`notifications`: up to 1,000, each as large as a publish allows,
+/// but not all of them at once).
+pub const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
+
+/// `POST /api/notifications`, either `{"users": [...], "body": ..., ...}` (one notification,
+/// stored for each user) or `{"notifications": [{"user": ..., "body": ..., ...}, ...]}`
+/// (each its own notification for its own user). Stored all at once, so they share group
+/// commits. Every user must be within the caller's grants and every item valid before
+/// anything is stored; the reply lists, per user (or item, in order), the stored notification
+/// or the error.
 #[utoipa::path(post, path = "/api/notifications", tag = "inbox", security(("bearer" = [])),
-    params(("Idempotency-Key" = Option<String>, Header)), request_body = Bulk,
-    responses((status = 200, body = BulkReply), (status = 400, description = "bad input", body = app::protocol::ErrorBody), (status = 401, description = "no or bad credentials", body = app::protocol::ErrorBody), (status = 403, description = "not allowed", body = app::protocol::ErrorBody), (status = 429, body = app::protocol::ErrorBody)))]
+    params(("Idempotency-Key" = Option<String>, Header, description = "with `users` only; batch items carry their own `idempotency_key`")), request_body = BulkRequest,
+    responses((status = 200, body = BulkReply), (status = 400, description = "bad input", body = app::protocol::ErrorBody), (status = 401, description = "no or bad credentials", body = app::protocol::ErrorBody), (status = 403, description = "not allowed", body = app::protocol::ErrorBody), (status = 413, description = "body too large", body = app::protocol::ErrorBody), (status = 429, body = app::protocol::ErrorBody)))]
 pub async fn send_many(
     State(state): State<AppState>,
     uri: axum::http::Uri,
@@ -93,28 +128,88 @@ pub async fn send_many(
     body: Body,
 ) -> Result<Response, ApiError> {
     let who = state.auth.from_request(&headers, uri.query())?;
-    // Room for 1,000 user ids beside the largest notification.
-    let limit = state.config.max_body_bytes
+    // One notification: room for 1,000 user ids beside the largest notification. A batch: up
+    // to MAX_BATCH_BYTES.
+    let same_limit = state.config.max_body_bytes
         + 8 * 1024
         + app::protocol::MAX_BULK_USERS * (app::protocol::MAX_USER_LEN + 8);
+    let limit = same_limit.max(MAX_BATCH_BYTES);
     let bytes = http_body_util::BodyExt::collect(http_body_util::Limited::new(body, limit))
         .await
         .map_err(|_| ApiError::TooLarge(limit))?
         .to_bytes();
-    let bulk: Bulk = serde_json::from_slice(&bytes)
-        .map_err(|e| ApiError::Invalid(ErrorCode::BadFrame, format!("invalid JSON body: {e}")))?;
-    bulk.message.validate(state.config.max_body_bytes)?;
-    for user in &bulk.users {
-        app::protocol::validate_user(user)?;
-        state
-            .auth
-            .check(&who, Action::Publish, &inbox_topic(user))?;
-    }
-    // Every notification counts against the publish rates, not the request.
-    bulk_rate(&state, &who, peer(ip), bulk.users.len() as u32)?;
+    let invalid = |e: serde_json::Error| {
+        ApiError::Invalid(ErrorCode::BadFrame, format!("invalid JSON body: {e}"))
+    };
+    let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(invalid)?;
     let key = super::PublishHeaders::read(&headers)?.idempotency_key;
-    let results = crate::inbox::send_many(&state, &bulk.users, &bulk.message, key.as_deref())
-        .await?
+    let results = if value.get("notifications").is_some() {
+        if value.get("users").is_some() {
+            return Err(ApiError::Invalid(
+                ErrorCode::BadField,
+                "give either users (one notification for each) or notifications (each for its own user), not both".into(),
+            ));
+        }
+        if key.is_some() {
+            return Err(ApiError::Invalid(
+                ErrorCode::BadField,
+                "with notifications, give each its own idempotency_key instead of the Idempotency-Key header".into(),
+            ));
+        }
+        let batch: Batch = serde_json::from_value(value).map_err(invalid)?;
+        let mut items = Vec::with_capacity(batch.notifications.len());
+        for (i, item) in batch.notifications.into_iter().enumerate() {
+            let at = |e: ApiError| match e {
+                ApiError::Invalid(code, m) => {
+                    ApiError::Invalid(code, format!("notifications[{i}]: {m}"))
+                }
+                other => other,
+            };
+            item.message
+                .validate(state.config.max_body_bytes)
+                .map_err(|e| at(e.into()))?;
+            app::protocol::validate_user(&item.user).map_err(|e| at(e.into()))?;
+            if let Some(k) = &item.idempotency_key {
+                super::check_idempotency_key("idempotency_key", k).map_err(at)?;
+            }
+            state
+                .auth
+                .check(&who, Action::Publish, &inbox_topic(&item.user))?;
+            items.push(crate::inbox::Addressed {
+                user: item.user,
+                new: item.message,
+                key: item.idempotency_key,
+            });
+        }
+        // Checked here too (before the rates), so an oversized batch costs no budget.
+        if items.is_empty() || items.len() > app::protocol::MAX_BULK_USERS {
+            return Err(ApiError::Invalid(
+                ErrorCode::BadField,
+                format!(
+                    "notifications must hold 1 to {} notifications",
+                    app::protocol::MAX_BULK_USERS
+                ),
+            ));
+        }
+        bulk_rate(&state, &who, peer(ip), items.len() as u32)?;
+        crate::inbox::send_each(&state, items).await?
+    } else {
+        if bytes.len() > same_limit {
+            return Err(ApiError::TooLarge(same_limit));
+        }
+        let bulk: Bulk = serde_json::from_value(value).map_err(invalid)?;
+        bulk.message.validate(state.config.max_body_bytes)?;
+        for user in &bulk.users {
+            app::protocol::validate_user(user)?;
+            state
+                .auth
+                .check(&who, Action::Publish, &inbox_topic(user))?;
+        }
+        // Every notification counts against the publish rates, not the request.
+        bulk_rate(&state, &who, peer(ip), bulk.users.len() as u32)?;
+        crate::inbox::send_many(&state, &bulk.users, &bulk.message, key.as_deref()).await?
+    };
+    let results = results
         .into_iter()
         .map(|(user, r)| match r {
             Ok(a) => BulkResult {

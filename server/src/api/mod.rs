@@ -371,14 +371,7 @@ impl<'a> PublishHeaders<'a> {
                 "category" | "x-category" => &mut h.category,
                 "idempotency-key" => {
                     let key = visible(name, value)?;
-                    if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY {
-                        return Err(ApiError::Invalid(
-                            ErrorCode::BadField,
-                            format!(
-                                "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} characters"
-                            ),
-                        ));
-                    }
+                    check_idempotency_key("Idempotency-Key", key)?;
                     h.idempotency_key = Some(key.to_owned());
                     continue;
                 }
@@ -423,6 +416,24 @@ impl<'a> PublishHeaders<'a> {
             author: None,
         })
     }
+}
+
+/// An idempotency key (from the header, or a batch item's `idempotency_key`): 1 to
+/// [`MAX_IDEMPOTENCY_KEY`] characters of visible ASCII.
+pub(crate) fn check_idempotency_key(what: &str, key: &str) -> Result<(), ApiError> {
+    if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY {
+        return Err(ApiError::Invalid(
+            ErrorCode::BadField,
+            format!("{what} must be 1 to {MAX_IDEMPOTENCY_KEY} characters"),
+        ));
+    }
+    if !key.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+        return Err(ApiError::Invalid(
+            ErrorCode::BadField,
+            format!("{what} must be visible ASCII"),
+        ));
+    }
+    Ok(())
 }
 
 fn visible<'a>(name: &str, value: &'a HeaderValue) -> Result<&'a str, ApiError> {

@@ -31,6 +31,11 @@ pub struct TargetedArgs {
     publishers: usize,
     #[arg(long, default_value_t = 64)]
     body_bytes: usize,
+    /// Notifications per request: 1 sends each with `POST /api/users/{user}/notifications`,
+    /// more send them as one batch (`POST /api/notifications` with `notifications`), each
+    /// still for its own user.
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
     /// A prefix for the user names, so runs do not share inboxes.
     #[arg(long, default_value = "bench")]
     prefix: String,
@@ -135,9 +140,10 @@ pub async fn targeted(cli: &Cli, a: &TargetedArgs) -> anyhow::Result<TargetedRep
         pubs.push(tokio::spawn(async move {
             let mut conn = http::HttpConn::connect(addr, key.as_deref()).await?;
             let mut lat = Vec::new();
+            let (total, batch) = (per_user * users as u64, a.batch.max(1) as u64);
             loop {
-                let k = next.fetch_add(1, Ordering::Relaxed);
-                if k >= per_user * users as u64 {
+                let k = next.fetch_add(batch, Ordering::Relaxed);
+                if k >= total {
                     return anyhow::Ok(lat);
                 }
                 if a.rate > 0.0 {
@@ -145,6 +151,32 @@ pub async fn targeted(cli: &Cli, a: &TargetedArgs) -> anyhow::Result<TargetedRep
                         (start + Duration::from_secs_f64(k as f64 / a.rate)).into(),
                     )
                     .await;
+                }
+                if batch > 1 {
+                    let items: Vec<_> = (k..(k + batch).min(total))
+                        .map(|k| {
+                            let mut body = format!("{:020}", super::now_micros());
+                            body.extend(std::iter::repeat_n('.', a.body_bytes.saturating_sub(20)));
+                            serde_json::json!({
+                                "user": format!("{}-{}", a.prefix, k % users as u64),
+                                "body": body,
+                            })
+                        })
+                        .collect();
+                    let n = items.len() as u64;
+                    let body = serde_json::json!({ "notifications": items }).to_string();
+                    let t0 = Instant::now();
+                    let (status, reply) = conn
+                        .post_json("/api/notifications", body.as_bytes())
+                        .await?;
+                    let failed = if status == 200 {
+                        memchr::memmem::find_iter(&reply, b"\"error\"").count() as u64
+                    } else {
+                        n
+                    };
+                    errors.fetch_add(failed, Ordering::Relaxed);
+                    lat.push(t0.elapsed().as_micros() as u64);
+                    continue;
                 }
                 let path = format!("/api/users/{}-{}/notifications", a.prefix, k % users as u64);
                 let mut body = format!("{:020}", super::now_micros()).into_bytes();

@@ -586,6 +586,23 @@ async fn batches_give_each_user_its_own(config: herald::config::Config) {
             assert!(r.body.contains(says), "{}", r.body);
         }
     }
+    // Larger than a batch may be (4 MiB), though every item is valid on its own (300 of
+    // 15 KiB): 413.
+    let fifteen = "x".repeat(15 * 1024);
+    let big: Vec<_> = (0..300).map(|i| item(&format!("u{i}"), &fifteen)).collect();
+    let r = bulk(
+        &server,
+        &key,
+        serde_json::json!({"notifications": big}),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.error_code()),
+        (413, "too_large".to_owned()),
+        "{}",
+        &r.body[..200.min(r.body.len())]
+    );
     // One item for a user outside the key's grants: nothing stored, not even the others.
     let narrow = key_with(&server, &["publish:@a*"]);
     let r = bulk(

@@ -157,40 +157,7 @@ pub async fn send_many(
             ));
         }
         let batch: Batch = serde_json::from_value(value).map_err(invalid)?;
-        let mut items = Vec::with_capacity(batch.notifications.len());
-        for (i, item) in batch.notifications.into_iter().enumerate() {
-            let at = |e: ApiError| match e {
-                ApiError::Invalid(code, m) => {
-                    ApiError::Invalid(code, format!("notifications[{i}]: {m}"))
-                }
-                other => other,
-            };
-            item.message
-                .validate(state.config.max_body_bytes)
-                .map_err(|e| at(e.into()))?;
-            app::protocol::validate_user(&item.user).map_err(|e| at(e.into()))?;
-            if let Some(k) = &item.idempotency_key {
-                super::check_idempotency_key("idempotency_key", k).map_err(at)?;
-            }
-            state
-                .auth
-                .check(&who, Action::Publish, &inbox_topic(&item.user))?;
-            items.push(crate::inbox::Addressed {
-                user: item.user,
-                new: item.message,
-                key: item.idempotency_key,
-            });
-        }
-        // Checked here too (before the rates), so an oversized batch costs no budget.
-        if items.is_empty() || items.len() > app::protocol::MAX_BULK_USERS {
-            return Err(ApiError::Invalid(
-                ErrorCode::BadField,
-                format!(
-                    "notifications must hold 1 to {} notifications",
-                    app::protocol::MAX_BULK_USERS
-                ),
-            ));
-        }
+        let items = checked_batch(&state, &who, batch)?;
         bulk_rate(&state, &who, peer(ip), items.len() as u32)?;
         crate::inbox::send_each(&state, items).await?
     } else {
@@ -230,6 +197,47 @@ pub async fn send_many(
         })
         .collect();
     Ok((StatusCode::OK, Json(BulkReply { results })).into_response())
+}
+
+/// A batch's items, every one valid and within the caller's grants (an error names the item),
+/// before any of them is stored.
+fn checked_batch(
+    state: &AppState,
+    who: &crate::auth::Identity,
+    batch: Batch,
+) -> Result<Vec<crate::inbox::Addressed>, ApiError> {
+    let max = app::protocol::MAX_BULK_USERS;
+    if batch.notifications.is_empty() || batch.notifications.len() > max {
+        return Err(ApiError::Invalid(
+            ErrorCode::BadField,
+            format!("notifications must hold 1 to {max} notifications"),
+        ));
+    }
+    let mut items = Vec::with_capacity(batch.notifications.len());
+    for (i, item) in batch.notifications.into_iter().enumerate() {
+        let at = |e: ApiError| match e {
+            ApiError::Invalid(code, m) => {
+                ApiError::Invalid(code, format!("notifications[{i}]: {m}"))
+            }
+            other => other,
+        };
+        app::protocol::validate_user(&item.user).map_err(|e| at(e.into()))?;
+        item.message
+            .validate(state.config.max_body_bytes)
+            .map_err(|e| at(e.into()))?;
+        if let Some(k) = &item.idempotency_key {
+            super::check_idempotency_key("idempotency_key", k).map_err(at)?;
+        }
+        state
+            .auth
+            .check(who, Action::Publish, &inbox_topic(&item.user))?;
+        items.push(crate::inbox::Addressed {
+            user: item.user,
+            new: item.message,
+            key: item.idempotency_key,
+        });
+    }
+    Ok(items)
 }
 
 /// The publish rates for a bulk send of `n`: each notification counts.

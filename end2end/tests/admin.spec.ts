@@ -31,6 +31,18 @@ test("the admin page shows a connection appear and a publish counted", async ({ 
   await expect(page.getByTestId("admin-connections")).toHaveText(String(connections));
 });
 
+test("the key form works only once the page does: a key typed early is not lost", async ({ page }) => {
+  // Hold the app's code, so that the server-rendered form is on screen well before it works
+  // (a cold first visit did this by itself: typed into, then reset by hydration, or sent as a
+  // plain form that reloaded the page).
+  await page.route("**/*.wasm", async (route) => {
+    await new Promise((r) => setTimeout(r, 1500));
+    await route.continue();
+  });
+  await openAdmin(page);
+  await page.unroute("**/*.wasm");
+});
+
 test("the admin page creates a key, shows it once, and revokes it", async ({ page }) => {
   await openAdmin(page);
   const name = unique("ci");

@@ -90,6 +90,11 @@ pub fn AdminPage() -> AnyView {
     #[cfg(feature = "hydrate")]
     browser::start(admin);
     let draft = RwSignal::new(String::new());
+    // The key form works only once the page is hydrated: before that, what is typed would be
+    // reset by hydration and "Open" would send the page as a plain form (a reload). Rendered
+    // disabled; enabled by an effect, which runs only in the browser, after hydration.
+    let ready = RwSignal::new(false);
+    Effect::new(move |_| ready.set(true));
     let open = move |ev: leptos::ev::SubmitEvent| {
         ev.prevent_default();
         let k = draft.get_untracked().trim().to_owned();
@@ -132,8 +137,9 @@ pub fn AdminPage() -> AnyView {
                             <label for="admin-key">"Admin API key"</label>
                             <input id="admin-key" type="password" autocomplete="off" data-testid="admin-key"
                                 placeholder="hk_…" prop:value=move || draft.get()
+                                disabled=move || !ready.get()
                                 on:input=move |ev| draft.set(event_target_value(&ev))/>
-                            <button type="submit">"Open"</button>
+                            <button type="submit" disabled=move || !ready.get()>"Open"</button>
                             <p class="hint">"A key with admin:* (herald keys add --allow 'admin:*'). Kept in this tab only."</p>
                         </form>
                     }

@@ -13,6 +13,20 @@ test("a signed-out page does not connect; signing in does, and signing out stops
   await expect(page.getByTestId("sign-in")).toBeVisible();
 });
 
+test("the page's forms work only once the page does: a name typed early is not lost", async ({ page }) => {
+  // Hold the app's code, so that the server-rendered forms are on screen well before they work
+  // (typed into before hydration, a field was reset by it, and a submit reloaded the page).
+  await page.route("**/*.wasm", async (route) => {
+    await new Promise((r) => setTimeout(r, 1500));
+    await route.continue();
+  });
+  await page.goto("/");
+  await page.getByTestId("sign-in-name").fill("early");
+  await page.getByTestId("sign-in-submit").click();
+  await expect(page.getByTestId("signed-in")).toHaveText("early");
+  await page.unroute("**/*.wasm");
+});
+
 test("tokens are refreshed on the same socket, and after an expiry the page gets a new one and resumes", async ({ page }) => {
   // Tokens live 4 s here: the server warns after 3 s, and closes with 4005 at 4 s.
   const server = new HeraldProcess(3199, ["--max-token-ttl-secs", "4", "--token-leeway-secs", "0", "--token-warning-secs", "1"]);

@@ -90,11 +90,8 @@ pub fn AdminPage() -> AnyView {
     #[cfg(feature = "hydrate")]
     browser::start(admin);
     let draft = RwSignal::new(String::new());
-    // The key form works only once the page is hydrated: before that, what is typed would be
-    // reset by hydration and "Open" would send the page as a plain form (a reload). Rendered
-    // disabled; enabled by an effect, which runs only in the browser, after hydration.
-    let ready = RwSignal::new(false);
-    Effect::new(move |_| ready.set(true));
+    // The key form works only once the page is hydrated (see `hydrated`).
+    let ready = super::hydrated();
     let open = move |ev: leptos::ev::SubmitEvent| {
         ev.prevent_default();
         let k = draft.get_untracked().trim().to_owned();

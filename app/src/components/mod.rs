@@ -337,6 +337,15 @@ fn CenterView(init: InitialView) -> impl IntoView {
 
 /// Who is signed in, or a sign-in by user name (development mode's stand-in for the
 /// customer's own login, which would hand the page a token).
+/// False until the page is hydrated: an effect runs only in the browser, after hydration.
+/// Forms rendered on the server stay disabled until then, since what is typed into them
+/// before would be reset by hydration, and submitting would send a plain form (a reload).
+pub fn hydrated() -> RwSignal<bool> {
+    let ready = RwSignal::new(false);
+    Effect::new(move |_| ready.set(true));
+    ready
+}
+
 #[component]
 fn SignIn() -> impl IntoView {
     let center = expect_context::<Center>();
@@ -344,6 +353,7 @@ fn SignIn() -> impl IntoView {
     let name = RwSignal::new(String::new());
     let problem = RwSignal::new(None::<String>);
     let busy = RwSignal::new(false);
+    let ready = hydrated();
     let in_client = client.clone();
     let sign_in = move |ev: leptos::ev::SubmitEvent| {
         ev.prevent_default();
@@ -387,9 +397,10 @@ fn SignIn() -> impl IntoView {
             fallback=move || view! {
                 <form class="sign-in" data-testid="sign-in" on:submit=sign_in.clone()>
                     <input type="text" placeholder="your name" aria-label="User name"
-                        data-testid="sign-in-name" bind:value=name maxlength="64"/>
+                        data-testid="sign-in-name" bind:value=name maxlength="64"
+                        disabled=move || !ready.get()/>
                     <button type="submit" class="button secondary" data-testid="sign-in-submit"
-                        disabled=move || busy.get()>"Sign in"</button>
+                        disabled=move || busy.get() || !ready.get()>"Sign in"</button>
                     <Show when=move || problem.get().is_some()>
                         <span class="form-error" role="alert">{move || problem.get().unwrap_or_default()}</span>
                     </Show>
@@ -409,6 +420,7 @@ fn TopicManager() -> impl IntoView {
     let center = expect_context::<Center>();
     let client = expect_context::<ClientHandle>();
     let draft = RwSignal::new(String::new());
+    let ready = hydrated();
     let problem = RwSignal::new(None::<String>);
     let add_client = client.clone();
     let add = move |ev: leptos::ev::SubmitEvent| {
@@ -453,8 +465,9 @@ fn TopicManager() -> impl IntoView {
             </ul>
             <form class="inline-form" on:submit=add>
                 <input type="text" placeholder="add a topic" aria-label="Topic to follow"
-                    data-testid="topic-input" bind:value=draft maxlength="64"/>
-                <button type="submit" class="button secondary">"Follow"</button>
+                    data-testid="topic-input" bind:value=draft maxlength="64"
+                    disabled=move || !ready.get()/>
+                <button type="submit" class="button secondary" disabled=move || !ready.get()>"Follow"</button>
             </form>
             <Show when=move || problem.get().is_some()>
                 <p class="form-error">{move || problem.get().unwrap_or_default()}</p>

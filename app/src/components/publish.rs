@@ -56,16 +56,18 @@ pub fn PublishForm() -> impl IntoView {
         send(t, new, status, body);
     };
 
+    let ready = super::hydrated();
+    let off = move || !ready.get();
     view! {
         <section class="panel">
             <h2>"Publish"</h2>
             <form class="publish" on:submit=submit data-testid="publish-form">
-                <label>"Topic" <input type="text" bind:value=topic data-testid="publish-topic" maxlength="64" required/></label>
-                <label>"Title" <input type="text" bind:value=title data-testid="publish-title" maxlength="256" placeholder="optional"/></label>
-                <label>"Message" <textarea bind:value=body data-testid="publish-body" rows="3" required placeholder="Deploy finished"></textarea></label>
+                <label>"Topic" <input type="text" bind:value=topic data-testid="publish-topic" disabled=off maxlength="64" required/></label>
+                <label>"Title" <input type="text" bind:value=title data-testid="publish-title" disabled=off maxlength="256" placeholder="optional"/></label>
+                <label>"Message" <textarea bind:value=body data-testid="publish-body" disabled=off rows="3" required placeholder="Deploy finished"></textarea></label>
                 <div class="row">
                     <label>"Priority"
-                        <select bind:value=priority data-testid="publish-priority">
+                        <select bind:value=priority data-testid="publish-priority" disabled=off>
                             <option value="1">"1 min"</option>
                             <option value="2">"2 low"</option>
                             <option value="3" selected>"3 default"</option>
@@ -73,10 +75,10 @@ pub fn PublishForm() -> impl IntoView {
                             <option value="5">"5 urgent"</option>
                         </select>
                     </label>
-                    <label>"Tags" <input type="text" bind:value=tags data-testid="publish-tags" placeholder="deploy, prod"/></label>
+                    <label>"Tags" <input type="text" bind:value=tags data-testid="publish-tags" disabled=off placeholder="deploy, prod"/></label>
                 </div>
                 <button type="submit" class="button" data-testid="publish-submit"
-                    disabled=move || status.get() == Status::Sending>"Publish"</button>
+                    disabled=move || status.get() == Status::Sending || off()>"Publish"</button>
                 <p class="form-status" data-testid="publish-status" role="status">
                     {move || match status.get() {
                         Status::Idle => String::new(),

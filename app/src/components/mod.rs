@@ -335,8 +335,6 @@ fn CenterView(init: InitialView) -> impl IntoView {
     }
 }
 
-/// Who is signed in, or a sign-in by user name (development mode's stand-in for the
-/// customer's own login, which would hand the page a token).
 /// False until the page is hydrated: an effect runs only in the browser, after hydration.
 /// Forms rendered on the server stay disabled until then, since what is typed into them
 /// before would be reset by hydration, and submitting would send a plain form (a reload).
@@ -346,6 +344,8 @@ pub fn hydrated() -> RwSignal<bool> {
     ready
 }
 
+/// Who is signed in, or a sign-in by user name (development mode's stand-in for the
+/// customer's own login, which would hand the page a token).
 #[component]
 fn SignIn() -> impl IntoView {
     let center = expect_context::<Center>();

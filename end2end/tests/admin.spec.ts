@@ -1,6 +1,6 @@
 import { expect, test } from "@playwright/test";
 import { CenterPage } from "./fixtures/center_page";
-import { BASE_PORT, devKey, publish, unique } from "./fixtures/herald";
+import { BASE_PORT, devKey, holdAppCode, publish, unique } from "./fixtures/herald";
 
 const BASE = `http://127.0.0.1:${BASE_PORT}`;
 
@@ -35,12 +35,9 @@ test("the key form works only once the page does: a key typed early is not lost"
   // Hold the app's code, so that the server-rendered form is on screen well before it works
   // (a cold first visit did this by itself: typed into, then reset by hydration, or sent as a
   // plain form that reloaded the page).
-  await page.route("**/*.wasm", async (route) => {
-    await new Promise((r) => setTimeout(r, 1500));
-    await route.continue();
-  });
+  const release = await holdAppCode(page, 1500);
   await openAdmin(page);
-  await page.unroute("**/*.wasm");
+  await release();
 });
 
 test("the admin page creates a key, shows it once, and revokes it", async ({ page }) => {

@@ -1,6 +1,6 @@
 import { expect, test } from "@playwright/test";
 import { CenterPage } from "./fixtures/center_page";
-import { HeraldProcess, publish, unique } from "./fixtures/herald";
+import { HeraldProcess, holdAppCode, publish, unique } from "./fixtures/herald";
 
 test("a signed-out page does not connect; signing in does, and signing out stops it", async ({ page }) => {
   const center = new CenterPage(page);
@@ -16,15 +16,12 @@ test("a signed-out page does not connect; signing in does, and signing out stops
 test("the page's forms work only once the page does: a name typed early is not lost", async ({ page }) => {
   // Hold the app's code, so that the server-rendered forms are on screen well before they work
   // (typed into before hydration, a field was reset by it, and a submit reloaded the page).
-  await page.route("**/*.wasm", async (route) => {
-    await new Promise((r) => setTimeout(r, 1500));
-    await route.continue();
-  });
+  const release = await holdAppCode(page, 1500);
   await page.goto("/");
   await page.getByTestId("sign-in-name").fill("early");
   await page.getByTestId("sign-in-submit").click();
   await expect(page.getByTestId("signed-in")).toHaveText("early");
-  await page.unroute("**/*.wasm");
+  await release();
 });
 
 test("tokens are refreshed on the same socket, and after an expiry the page gets a new one and resumes", async ({ page }) => {

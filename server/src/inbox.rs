@@ -158,16 +158,22 @@ pub async fn send_each(
     state: &AppState,
     items: Vec<Addressed>,
 ) -> Result<Vec<(String, Result<Appended, ApiError>)>, ApiError> {
-    if items.is_empty() || items.len() > MAX_BULK_USERS {
+    check_batch_len(items.len())?;
+    for item in &items {
+        validate_user(&item.user)?;
+    }
+    Ok(submit(state, items).await)
+}
+
+/// A batch holds 1 to [`MAX_BULK_USERS`] notifications.
+pub fn check_batch_len(n: usize) -> Result<(), ApiError> {
+    if n == 0 || n > MAX_BULK_USERS {
         return Err(ApiError::Invalid(
             ErrorCode::BadField,
             format!("notifications must hold 1 to {MAX_BULK_USERS} notifications"),
         ));
     }
-    for item in &items {
-        validate_user(&item.user)?;
-    }
-    Ok(submit(state, items).await)
+    Ok(())
 }
 
 /// Appends the items together and pairs each result with its user.

@@ -206,13 +206,8 @@ fn checked_batch(
     who: &crate::auth::Identity,
     batch: Batch,
 ) -> Result<Vec<crate::inbox::Addressed>, ApiError> {
-    let max = app::protocol::MAX_BULK_USERS;
-    if batch.notifications.is_empty() || batch.notifications.len() > max {
-        return Err(ApiError::Invalid(
-            ErrorCode::BadField,
-            format!("notifications must hold 1 to {max} notifications"),
-        ));
-    }
+    // Before the items are looked at (and the rates charged for them).
+    crate::inbox::check_batch_len(batch.notifications.len())?;
     let mut items = Vec::with_capacity(batch.notifications.len());
     for (i, item) in batch.notifications.into_iter().enumerate() {
         let at = |e: ApiError| match e {

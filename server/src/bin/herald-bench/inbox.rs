@@ -43,6 +43,14 @@ pub struct TargetedArgs {
     drain: u64,
 }
 
+/// A notification body carrying its send time (what the receivers measure latency from),
+/// padded with dots to `len` bytes (at least 24).
+fn stamped(len: usize) -> String {
+    let mut body = format!("{:020}", super::now_micros());
+    body.extend(std::iter::repeat_n('.', len.max(24) - 20));
+    body
+}
+
 #[derive(Debug, Default, Serialize)]
 pub struct TargetedReport {
     users: usize,
@@ -155,11 +163,9 @@ pub async fn targeted(cli: &Cli, a: &TargetedArgs) -> anyhow::Result<TargetedRep
                 if batch > 1 {
                     let items: Vec<_> = (k..(k + batch).min(total))
                         .map(|k| {
-                            let mut body = format!("{:020}", super::now_micros());
-                            body.extend(std::iter::repeat_n('.', a.body_bytes.saturating_sub(20)));
                             serde_json::json!({
                                 "user": format!("{}-{}", a.prefix, k % users as u64),
-                                "body": body,
+                                "body": stamped(a.body_bytes),
                             })
                         })
                         .collect();
@@ -179,10 +185,9 @@ pub async fn targeted(cli: &Cli, a: &TargetedArgs) -> anyhow::Result<TargetedRep
                     continue;
                 }
                 let path = format!("/api/users/{}-{}/notifications", a.prefix, k % users as u64);
-                let mut body = format!("{:020}", super::now_micros()).into_bytes();
-                body.resize(a.body_bytes.max(24), b'.');
+                let body = stamped(a.body_bytes);
                 let t0 = Instant::now();
-                if conn.post(&path, &body).await? != 201 {
+                if conn.post(&path, body.as_bytes()).await? != 201 {
                     errors.fetch_add(1, Ordering::Relaxed);
                 }
                 lat.push(t0.elapsed().as_micros() as u64);

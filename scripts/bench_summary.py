@@ -96,7 +96,9 @@ def describe(name, rs):
                 f"sent {fmt(med(rs, 'sends_per_sec'), 0)}/s, delivered {fmt(med(rs, 'deliveries_per_sec'), 0)}/s, "
                 f"p50 {fmt(med(rs, 'latency', 'p50_ms'), 2)} / p99 {fmt(med(rs, 'latency', 'p99_ms'), 2)} ms, "
                 f"lost/dup/ooo (worst) {fmt(worst(rs, 'lost'))}/{fmt(worst(rs, 'duplicated'))}/{fmt(worst(rs, 'out_of_order'))}, "
-                f"send errors (worst) {fmt(worst(rs, 'send_errors'))}, server CPU {fmt(med(rs, 'server_cpu_secs'), 2)} s")
+                f"send errors (worst) {fmt(worst(rs, 'send_errors'))}, server CPU {fmt(med(rs, 'server_cpu_secs'), 2)} s"
+                + (f", behind schedule p99 {fmt(med(rs, 'behind_schedule', 'p99_ms'), 1)} / max (worst) "
+                   f"{fmt(worst(rs, 'behind_schedule', 'max_ms'), 1)} ms" if values(rs, 'behind_schedule') else ""))
     if name.startswith("capacity"):
         r = rs[0] or {}
         if not r:

@@ -162,7 +162,8 @@ pub async fn run(cli: &Cli, a: &ChatArgs) -> anyhow::Result<ChatReport> {
     };
     let mut h = histogram();
     for r in receiving {
-        let r = r.await??;
+        // The sockets close only now, after the stop: see `receive`.
+        let (r, _ws) = r.await??;
         report.delivered += r.delivered;
         report.duplicated += r.duplicated;
         report.out_of_order += r.out_of_order;

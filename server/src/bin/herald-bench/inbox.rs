@@ -70,6 +70,10 @@ pub struct TargetedReport {
     latency: Percentiles,
     /// Request latency of the sends.
     send_latency: Percentiles,
+    /// With an offered rate: how late each send left against its place in the schedule (the
+    /// senders were all busy, or the generator's core was). Large values mean the load
+    /// offered was less than `rate`.
+    behind_schedule: Option<Percentiles>,
     server_cpu_secs: Option<f64>,
     server_rss_kib: Option<u64>,
 }
@@ -136,29 +140,32 @@ pub async fn targeted(cli: &Cli, a: &TargetedArgs) -> anyhow::Result<TargetedRep
         )));
     }
 
+    // The senders' connections are open before the clock starts: the schedule of an offered
+    // load begins with every sender ready, not with a burst to catch up with their set-up.
+    let mut conns = Vec::with_capacity(a.publishers.max(1));
+    for _ in 0..a.publishers.max(1) {
+        conns.push(http::HttpConn::connect(cli.addr, cli.key.as_deref()).await?);
+    }
     let cpu_before = cli.cpu_secs();
     let start_us = super::now_micros();
     let start = Instant::now();
     let next = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
     let mut pubs = Vec::new();
-    for _ in 0..a.publishers.max(1) {
-        let (addr, next, errors, a) = (cli.addr, next.clone(), errors.clone(), a.clone());
-        let key = cli.key.clone();
+    for mut conn in conns {
+        let (next, errors, a) = (next.clone(), errors.clone(), a.clone());
         pubs.push(tokio::spawn(async move {
-            let mut conn = http::HttpConn::connect(addr, key.as_deref()).await?;
-            let mut lat = Vec::new();
+            let (mut lat, mut late) = (Vec::new(), Vec::new());
             let (total, batch) = (per_user * users as u64, a.batch.max(1) as u64);
             loop {
                 let k = next.fetch_add(batch, Ordering::Relaxed);
                 if k >= total {
-                    return anyhow::Ok(lat);
+                    return anyhow::Ok((lat, late));
                 }
                 if a.rate > 0.0 {
-                    tokio::time::sleep_until(
-                        (start + Duration::from_secs_f64(k as f64 / a.rate)).into(),
-                    )
-                    .await;
+                    let due = start + Duration::from_secs_f64(k as f64 / a.rate);
+                    tokio::time::sleep_until(due.into()).await;
+                    late.push(due.elapsed().as_micros() as u64);
                 }
                 if batch > 1 {
                     let items: Vec<_> = (k..(k + batch).min(total))
@@ -194,10 +201,14 @@ pub async fn targeted(cli: &Cli, a: &TargetedArgs) -> anyhow::Result<TargetedRep
             }
         }));
     }
-    let mut send_h = histogram();
+    let (mut send_h, mut late_h) = (histogram(), histogram());
     for p in pubs {
-        for l in p.await?? {
+        let (lat, late) = p.await??;
+        for l in lat {
             let _ = send_h.record(l.max(1));
+        }
+        for l in late {
+            let _ = late_h.record(l.max(1));
         }
     }
     let send_seconds = start.elapsed().as_secs_f64();
@@ -217,13 +228,17 @@ pub async fn targeted(cli: &Cli, a: &TargetedArgs) -> anyhow::Result<TargetedRep
         send_seconds,
         sends_per_sec: sent as f64 / send_seconds,
         send_latency: percentiles(&send_h),
+        behind_schedule: (a.rate > 0.0).then(|| percentiles(&late_h)),
         server_cpu_secs: cpu_before.zip(cpu_after).map(|(b, a)| a - b),
         server_rss_kib: cli.rss_kib(),
         ..Default::default()
     };
     let mut h = histogram();
     for r in readers {
-        let r = r.await?;
+        // A user's socket closes only now: the first users get all of theirs while the
+        // senders still go (the last 10,000 sends each complete one user), and 10,000 closes
+        // in the last half second of a run were a load of their own on the server.
+        let (r, _ws) = r.await?;
         report.delivered += r.delivered;
         report.duplicated += r.duplicated;
         report.out_of_order += r.out_of_order;

@@ -648,6 +648,8 @@ fn next_message(
 /// offsets must arrive 1 apart (anything else is counted as duplicated or out of order),
 /// latency is now minus the send time in the body. Frames without a notification (an inbox's
 /// `inbox_count`) are skipped; a frame may carry several (the Go peer joins queued ones).
+/// Returns the socket too, still open: a caller whose senders are still going keeps it until
+/// they are done, so that closing it does not load the server during the measurement.
 async fn receive(
     mut ws: raw_ws::RawWs,
     expected: u64,
@@ -658,7 +660,7 @@ async fn receive(
     ),
     delivered: Arc<AtomicU64>,
     last_delivery: Arc<AtomicU64>,
-) -> SubResult {
+) -> (SubResult, raw_ws::RawWs) {
     let mut r = SubResult {
         latencies: Vec::with_capacity(expected as usize),
         ..Default::default()
@@ -697,7 +699,7 @@ async fn receive(
             last_delivery.fetch_max(now, Ordering::Relaxed);
         }
     }
-    r
+    (r, ws)
 }
 
 async fn fanout(cli: &Cli, a: &FanoutArgs) -> anyhow::Result<FanoutReport> {
@@ -762,7 +764,9 @@ async fn fanout(cli: &Cli, a: &FanoutArgs) -> anyhow::Result<FanoutReport> {
         let keys = (offset_key.clone(), body_key.clone());
         let stop = stop_rx.clone();
         readers.push(tokio::spawn(async move {
-            let r = receive(ws, expected, stop, keys, delivered, last_delivery).await;
+            // Every subscriber gets the same messages, so all finish at the end: closing at
+            // once is fine here.
+            let (r, _ws) = receive(ws, expected, stop, keys, delivered, last_delivery).await;
             let _ = done_tx.send(r);
         }));
     }

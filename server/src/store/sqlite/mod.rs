@@ -13,12 +13,13 @@
 //!   topic not in it costs a disk read.
 //! - If the writer thread dies, the store reports it through `fatal` once and for all; every
 //!   append from then on fails with `Closed` (503), never with a false acknowledgement.
-//! - Checkpoints (copying the WAL back into the database) run on a thread of their own every
-//!   [`CHECKPOINT_EVERY`], not inside the writer's commits: SQLite's automatic checkpoint
-//!   makes the commit that crosses its threshold pay for it, which was every tail latency
-//!   of the inbox benchmarks (a mark-all-read p99 of 11 ms against a p50 of 0.9 ms). The
-//!   automatic one stays, at a larger threshold, as a backstop.
+//! - Checkpoints (copying the WAL back into the database) run on a thread of their own, not
+//!   inside the writer's commits: SQLite's automatic checkpoint makes the commit that
+//!   crosses its threshold pay for it, which was every tail latency of the inbox benchmarks
+//!   (a mark-all-read p99 of 11 ms against a p50 of 0.9 ms). The writer only finishes the
+//!   thread's work, a few pages, so that the WAL can start over ([`checkpoint`]).
 
+mod checkpoint;
 mod writer;
 
 use super::{
@@ -88,11 +89,6 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE notifications ADD COLUMN author TEXT;",
 ];
 
-/// How often the checkpoint thread copies the WAL back into the database.
-const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
-/// The writer checkpoints by itself only beyond this many WAL pages (about 40 MB): a
-/// backstop for a checkpoint thread that cannot keep up.
-const BACKSTOP_CHECKPOINT_PAGES: i64 = 10_000;
 /// The writer's page cache, in KiB (SQLite's default is 2 MiB). An append writes the last
 /// leaf of its topic's B-tree; with arrivals spread over many topics (a bulk send to 1,000
 /// inboxes touches 1,000 leaves) a small cache reads each of them back from the OS on every
@@ -274,12 +270,9 @@ impl SqliteStore {
             SyncMode::Normal => "NORMAL",
         };
         conn.pragma_update(None, "synchronous", sync)?;
-        let pages: i64 = conn.query_row(
-            &format!("PRAGMA wal_autocheckpoint = {BACKSTOP_CHECKPOINT_PAGES}"),
-            [],
-            |r| r.get(0),
-        )?;
-        debug_assert_eq!(pages, BACKSTOP_CHECKPOINT_PAGES);
+        let progress = Arc::new(checkpoint::Progress::default());
+        let cycle = checkpoint::Cycle::DEFAULT;
+        checkpoint::install(&mut conn, cycle, progress.clone())?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         migrate(&mut conn)?;
         let epoch: String = match conn
@@ -316,7 +309,7 @@ impl SqliteStore {
         let (checkpoints, stop) = std::sync::mpsc::channel::<()>();
         std::thread::Builder::new()
             .name("herald-sqlite-checkpoint".into())
-            .spawn(move || checkpoint_loop(&checkpointer, &stop))?;
+            .spawn(move || checkpoint::run(&checkpointer, cycle, &progress, &stop))?;
         Ok(Self {
             writer: tx,
             readers,
@@ -325,21 +318,6 @@ impl SqliteStore {
             fatal,
             _checkpoints: checkpoints,
         })
-    }
-}
-
-/// Copies what the WAL holds back into the database every [`CHECKPOINT_EVERY`] (PASSIVE:
-/// never waits for the writer or readers, and the writer goes on appending meanwhile), until
-/// the store is dropped.
-fn checkpoint_loop(conn: &Connection, stop: &std::sync::mpsc::Receiver<()>) {
-    while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(CHECKPOINT_EVERY)
-    {
-        let done = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
-            Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
-        });
-        if let Err(e) = done {
-            tracing::warn!(error = %e, "checkpoint failed; the writer's own will take over");
-        }
     }
 }
 

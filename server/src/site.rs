@@ -97,15 +97,32 @@ pub fn reload_origin(options: &LeptosOptions) -> Option<String> {
     Some(format!("ws://{host}:{}", options.reload_port))
 }
 
-/// The headers every response gets.
+/// The headers every response gets, unless its handler set its own.
+const SECURITY_HEADERS: [(header::HeaderName, HeaderValue); 2] = [
+    (
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    ),
+    (
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("strict-origin-when-cross-origin"),
+    ),
+];
+
+/// Gives every routed response the [`SECURITY_HEADERS`].
 pub fn security_headers<S: Clone + Send + Sync + 'static>(router: Router<S>) -> Router<S> {
+    let [(n1, v1), (n2, v2)] = SECURITY_HEADERS;
     router
-        .layer(SetResponseHeaderLayer::if_not_present(
-            header::X_CONTENT_TYPE_OPTIONS,
-            HeaderValue::from_static("nosniff"),
-        ))
-        .layer(SetResponseHeaderLayer::if_not_present(
-            header::REFERRER_POLICY,
-            HeaderValue::from_static("strict-origin-when-cross-origin"),
-        ))
+        .layer(SetResponseHeaderLayer::if_not_present(n1, v1))
+        .layer(SetResponseHeaderLayer::if_not_present(n2, v2))
+}
+
+/// The [`SECURITY_HEADERS`] for a response that did not go through the router (the front
+/// door's, see [`crate::listener::Front`]).
+pub fn add_security_headers(headers: &mut axum::http::HeaderMap) {
+    for (name, value) in SECURITY_HEADERS {
+        if !headers.contains_key(&name) {
+            headers.insert(name, value);
+        }
+    }
 }

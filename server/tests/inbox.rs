@@ -629,6 +629,80 @@ async fn batches_give_each_user_its_own_in_sqlite() {
     batches_give_each_user_its_own(sqlite_config(&dir)).await;
 }
 
+/// Sends and publishes whose path needs no decoding are served by the front door, the others
+/// by the router: both must answer the same way, with the same headers.
+#[tokio::test]
+async fn the_front_door_and_the_router_answer_sends_and_publishes_alike() {
+    let server = server(memory_config()).await;
+    let mut ana = inbox_socket(&server, "ana@example.com").await;
+    let only_bo = key_with(&server, &["publish:@bo"]);
+    let only_bo = format!("Bearer {only_bo}");
+    let every = key_with(&server, &["publish:@*", "publish:*"]);
+    let every = format!("Bearer {every}");
+    // (path, credentials, expected status, expected error code)
+    let cases: [(&str, Option<&str>, u16, &str); 8] = [
+        ("/api/users/ana@example.com/notifications", None, 201, ""),
+        ("/api/users/ana%40example.com/notifications", None, 201, ""),
+        (
+            "/api/users/ana@example.com/notifications",
+            Some(&only_bo),
+            403,
+            "forbidden",
+        ),
+        (
+            "/api/users/ana%40example.com/notifications",
+            Some(&only_bo),
+            403,
+            "forbidden",
+        ),
+        (
+            "/api/users/ana@example.com/notifications",
+            Some("Bearer hk_nope"),
+            401,
+            "invalid_token",
+        ),
+        (
+            "/api/users/ana%40example.com/notifications",
+            Some("Bearer hk_nope"),
+            401,
+            "invalid_token",
+        ),
+        ("/api/topics/ops", None, 201, ""),
+        ("/api/topics/%6Fps", None, 201, ""),
+    ];
+    for (path, auth, status, code) in cases {
+        let headers = [
+            ("Content-Type", "text/plain"),
+            ("Authorization", auth.unwrap_or(&every)),
+        ];
+        let r = http(server.addr, "POST", path, &headers, path.as_bytes()).await;
+        assert_eq!(r.status, status, "{path}: {}", r.body);
+        if status != 201 {
+            assert_eq!(r.error_code(), code, "{path}");
+        }
+        assert_eq!(
+            r.header("x-content-type-options"),
+            Some("nosniff"),
+            "{path}"
+        );
+        assert_eq!(
+            r.header("referrer-policy"),
+            Some("strict-origin-when-cross-origin"),
+            "{path}"
+        );
+    }
+    // Both sends reached the same inbox, in order; nothing else did.
+    for (offset, path) in [
+        (1, "/api/users/ana@example.com/notifications"),
+        (2, "/api/users/ana%40example.com/notifications"),
+    ] {
+        let (n, unread) = arrival(&mut ana).await;
+        assert_eq!((n.offset, n.body.as_str(), unread), (offset, path, offset));
+    }
+    assert!(settle(&mut ana).await.is_empty());
+    server.stop().await.unwrap();
+}
+
 #[tokio::test]
 async fn bad_inbox_requests_get_typed_errors() {
     let server = server(memory_config()).await;

@@ -38,14 +38,33 @@ pub async fn send(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    app::protocol::validate_user(&user)?;
-    let who = state.auth.from_request(&headers, uri.query())?;
-    state
-        .auth
-        .check(&who, Action::Publish, &inbox_topic(&user))?;
-    publish_rate(&state, &who, peer(ip))?;
-    let (new, key) = read_notification(&state, &headers, body).await?;
-    let appended = crate::inbox::send(&state, &user, new, key).await?;
+    send_to(&state, &user, uri.query(), peer(ip), &headers, body).await
+}
+
+/// Sends the request's notification to `user`'s inbox: what the routed handler and the front
+/// door ([`super::serve_direct`]) both run.
+pub(crate) async fn send_to<B>(
+    state: &AppState,
+    user: &str,
+    query: Option<&str>,
+    peer: Option<std::net::IpAddr>,
+    headers: &HeaderMap,
+    body: B,
+) -> Result<Response, ApiError>
+where
+    B: http_body::Body<Data = bytes::Bytes>,
+    B::Error: Into<axum::BoxError>,
+{
+    app::protocol::validate_user(user)?;
+    let topic = inbox_topic(user);
+    // Before the body is read: an unauthorized client gets its answer without sending it.
+    let who = state.auth.from_request(headers, query)?;
+    state.auth.check(&who, Action::Publish, &topic)?;
+    publish_rate(state, &who, peer)?;
+    // Not held across the awaits below (as for a topic publish).
+    drop(who);
+    let (new, key) = read_notification(state, headers, body).await?;
+    let appended = crate::inbox::send(state, user, new, key).await?;
     tracing::debug!(
         offset = appended.stored.notification.offset,
         duplicate = appended.duplicate,

@@ -23,14 +23,14 @@ build:
 	cargo leptos build --release --precompress
 
 test-rust:
-	cargo test -p app -p herald
+	cargo test -p app -p herald -p sqlite-pcache
 
 test-e2e:
 	cd end2end && npx playwright test
 
 lint:
 	cargo fmt --all --check
-	cargo clippy -p app -p herald --all-targets -- -D warnings
+	cargo clippy -p app -p herald -p sqlite-pcache --all-targets -- -D warnings
 	cargo clippy -p frontend --target wasm32-unknown-unknown -- -D warnings
 
 ## Day-to-day development: rebuild and restart on every change.

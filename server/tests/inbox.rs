@@ -202,6 +202,8 @@ async fn a_second_user_sees_nothing_of_the_first_ones_inbox() {
 async fn read_state_and_the_count_survive_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let server1 = server(sqlite_config(&dir)).await;
+    // The server's connections opened SQLite with its page cache wrapped (sqlite_pcache).
+    assert_eq!(sqlite_pcache::install(), Ok(()));
     let key = key_with(&server1, &["publish:@*"]);
     for i in 0..5 {
         send(&server1, &key, "ana", &format!("n{i}")).await;

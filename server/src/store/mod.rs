@@ -46,6 +46,7 @@ mod conformance;
 
 pub use memory::{MemoryLimits, MemoryStore};
 pub use redis::RedisStore;
+pub(crate) use sqlite::connect as connect_sqlite;
 pub use sqlite::{SqliteOptions, SqliteStore};
 
 use app::protocol::{InboxItem, InboxQuery, InboxUpdate, NewNotification, Notification};

@@ -29,7 +29,7 @@ impl SqliteSource {
                     .map_err(|e| KeyError::Invalid(format!("creating {}: {e}", dir.display())))?;
             }
         }
-        let conn = Connection::open(path)?;
+        let conn = crate::store::connect_sqlite(path)?;
         conn.busy_timeout(Duration::from_secs(5))?;
         conn.execute_batch(
             "PRAGMA journal_mode = WAL;

@@ -232,8 +232,20 @@ impl Readers {
     }
 }
 
+/// Opens a connection to a database of Herald's. Every SQLite connection of the process is
+/// opened here, so that SQLite's page cache is wrapped ([`sqlite_pcache`]: commits that split
+/// a B-tree page no longer walk the writer's whole cache) before the first one opens. Should
+/// that fail (SQLite was started by someone else first), nothing is wrong, only slower.
+pub(crate) fn connect(path: &Path) -> rusqlite::Result<Connection> {
+    static REPORTED: std::sync::Once = std::sync::Once::new();
+    if let Err(e) = sqlite_pcache::install() {
+        REPORTED.call_once(|| tracing::warn!(error = %e, "SQLite's page cache is not wrapped"));
+    }
+    Connection::open(path)
+}
+
 fn open_reader(path: &Path) -> Result<Connection, StoreError> {
-    let conn = Connection::open(path)?;
+    let conn = connect(path)?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     Ok(conn)
 }
@@ -262,7 +274,7 @@ impl SqliteStore {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)?;
         }
-        let mut conn = Connection::open(path)?;
+        let mut conn = connect(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "cache_size", -WRITER_CACHE_KIB)?;
         let sync = match options.sync {

@@ -782,6 +782,100 @@ async fn sqlite_a_bulk_is_one_group_commit() {
     }
 }
 
+/// A SQLite store on `path` (a restart: nothing cached), with `retention`.
+fn sqlite_at(path: &std::path::Path, retention: Retention) -> Harness {
+    let (tx, feed) = mpsc::channel(100_000);
+    let options = SqliteOptions {
+        sync: SyncMode::Normal,
+        ..SqliteOptions::default()
+    };
+    let store = SqliteStore::open(path, options, retention, tx, Hooks::default()).unwrap();
+    Harness {
+        store: Arc::new(store),
+        feed,
+        _dir: None,
+        _redis: None,
+    }
+}
+
+async fn inbox_count_of(h: &Harness, topic: &str) -> InboxCount {
+    let q = InboxQuery::default();
+    h.store.inbox_list(topic, q, 1).await.unwrap().1
+}
+
+/// Retention that removes every notification of a topic (its newest included) leaves its head
+/// and its count where they were. Checked after a restart, where nothing is cached: offsets
+/// are not reused, and the count's counter has gone up past every count seen before.
+#[tokio::test]
+async fn sqlite_retention_that_removes_the_newest_keeps_the_head_and_the_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.db");
+    let aging = Retention {
+        max_age: Duration::from_millis(50),
+        ..retention()
+    };
+    let h = sqlite_at(&path, aging);
+    for _ in 0..3 {
+        append(&h, "t", "old").await;
+    }
+    append(&h, "@ana", "1").await;
+    append(&h, "@ana", "2").await;
+    h.store
+        .inbox_update("@ana", InboxUpdate::Read { offsets: vec![1] })
+        .await
+        .unwrap();
+    let newest = append(&h, "@ana", "3").await.inbox.unwrap();
+    assert_eq!(newest, InboxCount { unread: 2, seq: 4 });
+    // Wall-clock time: notification times are Unix milliseconds (no timing asserted).
+    tokio::time::sleep(Duration::from_millis(120)).await;
+    assert_eq!(h.store.prune().await.unwrap(), 6);
+    drop(h);
+
+    let h = sqlite_at(&path, aging);
+    assert_eq!(h.store.head("t").await.unwrap().last, 3);
+    assert_eq!(h.store.head("@ana").await.unwrap().last, 3);
+    let count = inbox_count_of(&h, "@ana").await;
+    assert_eq!(count.unread, 0, "both unread notifications were removed");
+    assert!(count.seq > newest.seq, "{count:?} after {newest:?}");
+    assert_eq!(append(&h, "t", "new").await.notification.offset, 4);
+    let next = append(&h, "@ana", "4").await;
+    assert_eq!(next.notification.offset, 4);
+    assert_eq!(
+        next.inbox.unwrap(),
+        InboxCount {
+            unread: 1,
+            seq: count.seq + 1
+        }
+    );
+}
+
+/// A database of a newer Herald (a schema this one does not know) is not opened: its rows may
+/// mean what this version would get wrong.
+#[tokio::test]
+async fn sqlite_a_database_of_a_newer_schema_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.db");
+    let newer = sqlite::MIGRATIONS.len() + 1;
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .pragma_update(None, "user_version", newer)
+        .unwrap();
+    let (tx, _feed) = mpsc::channel(1);
+    let err = SqliteStore::open(
+        &path,
+        SqliteOptions::default(),
+        retention(),
+        tx,
+        Hooks::default(),
+    )
+    .err()
+    .expect("refused");
+    assert!(
+        err.to_string().contains(&format!("schema version {newer}")),
+        "{err}"
+    );
+}
+
 /// The WAL is copied back into the database by the checkpoint thread, not only by the
 /// writer's own (backstop) checkpoint, which these appends (a few thousand WAL pages) do not
 /// reach.
@@ -1182,5 +1276,43 @@ async fn concurrent_changes_and_arrivals_keep_the_count_exact(make: Make) {
     assert_eq!(
         count.unread, listed,
         "the kept count is what the inbox holds unread"
+    );
+}
+
+/// Every connection plans a statement once: a read of a range of offsets in a topic (the plan
+/// SQLite built with STAT4 would otherwise make again for every new value bound) is not parsed
+/// and planned again from one page of history to the next.
+#[tokio::test]
+async fn sqlite_statements_are_planned_once_whatever_is_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("plans.db");
+    drop(
+        SqliteStore::open(
+            &path,
+            SqliteOptions::default(),
+            retention(),
+            mpsc::channel(1).0,
+            Hooks::default(),
+        )
+        .unwrap(),
+    );
+    let conn = sqlite::connect(&path).unwrap();
+    let mut st = conn
+        .prepare(
+            "SELECT offset FROM notifications
+             WHERE topic = ?1 AND offset > ?2 AND offset < ?3 ORDER BY offset LIMIT ?4",
+        )
+        .unwrap();
+    for (topic, after, before) in [("a", 0, 10), ("b", 5, 100), ("c", 1, 2)] {
+        let _: Vec<u64> = st
+            .query_map(rusqlite::params![topic, after, before, 50], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+    }
+    assert_eq!(
+        st.get_status(rusqlite::StatementStatus::RePrepare),
+        0,
+        "planned again for new values"
     );
 }

@@ -39,7 +39,7 @@
 
 mod memory;
 pub mod redis;
-mod sqlite;
+pub(crate) mod sqlite;
 
 #[cfg(test)]
 mod conformance;

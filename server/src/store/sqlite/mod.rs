@@ -42,7 +42,7 @@ use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use writer::{Command, Writer};
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
-const MIGRATIONS: &[&str] = &[
+pub(super) const MIGRATIONS: &[&str] = &[
     r#"
     CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
     CREATE TABLE topics (
@@ -241,7 +241,17 @@ pub(crate) fn connect(path: &Path) -> rusqlite::Result<Connection> {
     if let Err(e) = sqlite_pcache::install() {
         REPORTED.call_once(|| tracing::warn!(error = %e, "SQLite's page cache is not wrapped"));
     }
-    Connection::open(path)
+    let conn = Connection::open(path)?;
+    // One plan per statement, whatever the values bound to it. SQLite built with STAT4 (as
+    // rusqlite bundles it) otherwise marks a statement whose plan could depend on a bound
+    // value (a range of offsets in one topic, say) to be parsed and planned again whenever a
+    // new value is bound: every read of a page of history. Herald never runs ANALYZE, so
+    // there are no statistics that another plan could come from.
+    conn.set_db_config(
+        rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
+        true,
+    )?;
+    Ok(conn)
 }
 
 fn open_reader(path: &Path) -> Result<Connection, StoreError> {
@@ -351,6 +361,15 @@ impl SqliteStore {
 
 fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     let version: usize = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version > MIGRATIONS.len() {
+        // A newer Herald's database: what its rows mean may have changed in ways this version
+        // would get wrong (reusing offsets, say), so it is not opened at all.
+        return Err(StoreError::Corrupt(format!(
+            "the database has schema version {version}, newer than this Herald's {}: \
+             run the Herald that wrote it",
+            MIGRATIONS.len()
+        )));
+    }
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
         let tx = conn.transaction()?;
         tx.execute_batch(sql)?;

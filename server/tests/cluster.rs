@@ -1143,6 +1143,10 @@ async fn when_reading_the_top_fails_the_node_reads_again_instead_of_each_subscri
     let (redis, _prefix, nodes) = cluster(1).await;
     let node = &nodes[0];
     let first = publish(node.addr, "stalled", "before").await;
+    // The read script is loaded now, so that the first read below is not counted twice (a
+    // call that answers NOSCRIPT, then the call again).
+    let r = http(node.addr, "GET", "/api/topics/stalled/notifications", &[], b"").await;
+    assert_eq!(r.status, 200, "{}", r.body);
     let mut clients = connect_many(node, 100).await;
     // Scripts (the read of the top is one) wait in Redis for 3 s: the node's first read
     // times out (2 s) while 100 subscribes wait on it.
@@ -1157,5 +1161,8 @@ async fn when_reading_the_top_fails_the_node_reads_again_instead_of_each_subscri
         .unwrap();
     subscribe_together(&mut clients, "stalled", &first.position()).await;
     let reads = scripts_run(&redis).await - before;
-    assert!(reads <= 5, "{reads} reads of the top for 100 subscribes");
+    // A read, and one more after each that timed out (2 s, then 100 ms apart) while Redis
+    // stood still: two or three, a few more on a machine slowed down by other tests. One per
+    // subscriber would be 100.
+    assert!(reads <= 10, "{reads} reads of the top for 100 subscribes");
 }

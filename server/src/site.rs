@@ -121,8 +121,6 @@ pub fn security_headers<S: Clone + Send + Sync + 'static>(router: Router<S>) -> 
 /// door's, see [`crate::listener::Front`]).
 pub fn add_security_headers(headers: &mut axum::http::HeaderMap) {
     for (name, value) in SECURITY_HEADERS {
-        if !headers.contains_key(&name) {
-            headers.insert(name, value);
-        }
+        headers.entry(name).or_insert(value);
     }
 }

@@ -1145,7 +1145,14 @@ async fn when_reading_the_top_fails_the_node_reads_again_instead_of_each_subscri
     let first = publish(node.addr, "stalled", "before").await;
     // The read script is loaded now, so that the first read below is not counted twice (a
     // call that answers NOSCRIPT, then the call again).
-    let r = http(node.addr, "GET", "/api/topics/stalled/notifications", &[], b"").await;
+    let r = http(
+        node.addr,
+        "GET",
+        "/api/topics/stalled/notifications",
+        &[],
+        b"",
+    )
+    .await;
     assert_eq!(r.status, 200, "{}", r.body);
     let mut clients = connect_many(node, 100).await;
     // Scripts (the read of the top is one) wait in Redis for 3 s: the node's first read

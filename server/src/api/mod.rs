@@ -171,7 +171,22 @@ pub enum FastRoute<'a> {
     SendToUser(&'a str),
 }
 
+/// Which of the [`FastRoute`]s a request is (without its borrowed segment, so that the front
+/// door can hand the request itself on).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FastKind {
+    Publish,
+    SendToUser,
+}
+
 impl<'a> FastRoute<'a> {
+    pub fn kind(&self) -> FastKind {
+        match self {
+            Self::Publish(_) => FastKind::Publish,
+            Self::SendToUser(_) => FastKind::SendToUser,
+        }
+    }
+
     pub fn of(method: &Method, path: &'a str) -> Option<Self> {
         if method != Method::POST {
             return None;
@@ -195,13 +210,14 @@ impl<'a> FastRoute<'a> {
     }
 }
 
-/// Serves a request that [`FastRoute::of`] recognised, exactly as the routed handler would
-/// (same checks, same answers and headers, same request timeout), minus the router's
+/// Serves a request that [`FastRoute::of`] recognised as `kind`, exactly as the routed handler
+/// would (same checks, same answers and headers, same request timeout), minus the router's
 /// per-request work: matching, percent-decoding into a parameter map, cloning the headers and
 /// the URI for the extractors, the extensions it inserts and the layers' futures.
 pub async fn serve_direct<B>(
     state: AppState,
     req: http::Request<B>,
+    kind: FastKind,
     peer: Option<std::net::IpAddr>,
 ) -> Response
 where
@@ -211,8 +227,11 @@ where
     let (parts, body) = req.into_parts();
     let limit = state.config.request_timeout();
     let query = parts.uri.query();
-    let mut resp = match FastRoute::of(&parts.method, parts.uri.path()) {
-        Some(FastRoute::Publish(topic)) => {
+    let path = parts.uri.path();
+    // The segment `FastRoute::of` found (the handlers validate it, as the routed ones do).
+    let mut resp = match kind {
+        FastKind::Publish => {
+            let topic = path.strip_prefix("/api/topics/").unwrap_or(path);
             let publish = publish_to(&state, topic, query, peer, &parts.headers, body);
             match tokio::time::timeout(limit, publish).await {
                 Ok(Ok(resp)) => resp,
@@ -223,7 +242,11 @@ where
                 Err(_) => ApiError::Timeout(limit).into_response(),
             }
         }
-        Some(FastRoute::SendToUser(user)) => {
+        FastKind::SendToUser => {
+            let user = path
+                .strip_prefix("/api/users/")
+                .and_then(|p| p.strip_suffix("/notifications"))
+                .unwrap_or(path);
             let send = inbox::send_to(&state, user, query, peer, &parts.headers, body);
             match tokio::time::timeout(limit, send).await {
                 Ok(Ok(resp)) => resp,
@@ -231,8 +254,6 @@ where
                 Err(_) => ApiError::Timeout(limit).into_response(),
             }
         }
-        // The front door only sends what `FastRoute::of` recognised.
-        None => ApiError::NotFound("no such route".into()).into_response(),
     };
     crate::site::add_security_headers(resp.headers_mut());
     resp

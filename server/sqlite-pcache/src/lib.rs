@@ -124,7 +124,7 @@ fn install_once() -> Result<(), NotInstalled> {
         return Err(NotInstalled("installed twice".into()));
     }
     let wrapper = ffi::sqlite3_pcache_methods2 {
-        iVersion: 2,
+        iVersion: current.iVersion,
         // pcache1's own start and stop, with its own argument: nothing to wrap there.
         pArg: current.pArg,
         xInit: current.xInit,

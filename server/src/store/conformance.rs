@@ -856,7 +856,7 @@ async fn sqlite_a_database_of_a_newer_schema_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("t.db");
     let newer = sqlite::MIGRATIONS.len() + 1;
-    rusqlite::Connection::open(&path)
+    sqlite::connect(&path)
         .unwrap()
         .pragma_update(None, "user_version", newer)
         .unwrap();

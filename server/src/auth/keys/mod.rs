@@ -627,7 +627,7 @@ mod tests {
         assert!(!server.reload_if_changed().unwrap(), "nothing changed");
         // Another commit to the same file that is not about keys: no reload.
         {
-            let other = rusqlite::Connection::open(&path).unwrap();
+            let other = crate::store::connect_sqlite(&path).unwrap();
             other
                 .execute_batch("CREATE TABLE unrelated (x); INSERT INTO unrelated VALUES (1);")
                 .unwrap();

@@ -245,14 +245,14 @@ mod tests {
     /// A writer connection with the hook installed, a table, and the thread's connection.
     fn setup(dir: &tempfile::TempDir) -> (Connection, Connection, Arc<Progress>) {
         let path = dir.path().join("wal.db");
-        let mut writer = Connection::open(&path).unwrap();
+        let mut writer = super::super::connect(&path).unwrap();
         writer.pragma_update(None, "journal_mode", "WAL").unwrap();
         writer
             .execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, data BLOB NOT NULL)")
             .unwrap();
         let progress = Arc::new(Progress::default());
         install(&mut writer, SMALL, progress.clone()).unwrap();
-        let thread = Connection::open(&path).unwrap();
+        let thread = super::super::connect(&path).unwrap();
         (writer, thread, progress)
     }
 

@@ -232,8 +232,9 @@ impl Readers {
     }
 }
 
-/// Opens a connection to a database of Herald's. Every SQLite connection of the process is
-/// opened here, so that SQLite's page cache is wrapped ([`sqlite_pcache`]: commits that split
+/// Opens a connection to a database of Herald's. Every SQLite connection of the process (tests
+/// included: SQLite must not be started while the wrapper is installed) is opened here, so
+/// that SQLite's page cache is wrapped ([`sqlite_pcache`]: commits that split
 /// a B-tree page no longer walk the writer's whole cache) before the first one opens. Should
 /// that fail (SQLite was started by someone else first), nothing is wrong, only slower.
 pub(crate) fn connect(path: &Path) -> rusqlite::Result<Connection> {

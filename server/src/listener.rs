@@ -212,10 +212,10 @@ impl tower::Service<Request<Incoming>> for Front {
         let peer = self
             .peer
             .map(|ip| client_ip(ip, req.headers(), &self.state.config.trusted_proxies));
-        if let Some(kind) = api::FastRoute::of(req.method(), req.uri().path()).map(|r| r.kind()) {
+        if let Some(route) = api::FastRoute::of(req.method(), req.uri().path()) {
             let state = self.state.clone();
             FutEither::Left(Box::pin(async move {
-                Ok(api::serve_direct(state, req, kind, peer).await)
+                Ok(api::serve_direct(state, req, route, peer).await)
             }))
         } else {
             if let Some(ip) = peer {

@@ -111,10 +111,11 @@ const SECURITY_HEADERS: [(header::HeaderName, HeaderValue); 2] = [
 
 /// Gives every routed response the [`SECURITY_HEADERS`].
 pub fn security_headers<S: Clone + Send + Sync + 'static>(router: Router<S>) -> Router<S> {
-    let [(n1, v1), (n2, v2)] = SECURITY_HEADERS;
-    router
-        .layer(SetResponseHeaderLayer::if_not_present(n1, v1))
-        .layer(SetResponseHeaderLayer::if_not_present(n2, v2))
+    SECURITY_HEADERS
+        .into_iter()
+        .fold(router, |router, (name, value)| {
+            router.layer(SetResponseHeaderLayer::if_not_present(name, value))
+        })
 }
 
 /// The [`SECURITY_HEADERS`] for a response that did not go through the router (the front

@@ -66,24 +66,40 @@ async fn redis(retention: Retention) -> Harness {
     }
 }
 
-fn sqlite_with(retention: Retention, options: SqliteOptions, hooks: Hooks) -> Harness {
-    let dir = tempfile::tempdir().unwrap();
+/// A SQLite store on `path` (opened again on the same path: a restart, nothing cached).
+fn sqlite_on(
+    path: &std::path::Path,
+    retention: Retention,
+    options: SqliteOptions,
+    hooks: Hooks,
+) -> Harness {
     let (tx, feed) = mpsc::channel(100_000);
-    let store = SqliteStore::open(&dir.path().join("t.db"), options, retention, tx, hooks).unwrap();
+    let store = SqliteStore::open(path, options, retention, tx, hooks).unwrap();
     Harness {
         store: Arc::new(store),
         feed,
-        _dir: Some(dir),
+        _dir: None,
         _redis: None,
     }
 }
 
-fn sqlite(retention: Retention) -> Harness {
-    let options = SqliteOptions {
+fn sqlite_with(retention: Retention, options: SqliteOptions, hooks: Hooks) -> Harness {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = sqlite_on(&dir.path().join("t.db"), retention, options, hooks);
+    h._dir = Some(dir);
+    h
+}
+
+/// Without fsyncs: the tests are about what is stored, not about surviving power loss.
+fn unsynced() -> SqliteOptions {
+    SqliteOptions {
         sync: SyncMode::Normal,
         ..SqliteOptions::default()
-    };
-    sqlite_with(retention, options, Hooks::default())
+    }
+}
+
+fn sqlite(retention: Retention) -> Harness {
+    sqlite_with(retention, unsynced(), Hooks::default())
 }
 
 fn note(body: &str) -> NewNotification {
@@ -782,27 +798,6 @@ async fn sqlite_a_bulk_is_one_group_commit() {
     }
 }
 
-/// A SQLite store on `path` (a restart: nothing cached), with `retention`.
-fn sqlite_at(path: &std::path::Path, retention: Retention) -> Harness {
-    let (tx, feed) = mpsc::channel(100_000);
-    let options = SqliteOptions {
-        sync: SyncMode::Normal,
-        ..SqliteOptions::default()
-    };
-    let store = SqliteStore::open(path, options, retention, tx, Hooks::default()).unwrap();
-    Harness {
-        store: Arc::new(store),
-        feed,
-        _dir: None,
-        _redis: None,
-    }
-}
-
-async fn inbox_count_of(h: &Harness, topic: &str) -> InboxCount {
-    let q = InboxQuery::default();
-    h.store.inbox_list(topic, q, 1).await.unwrap().1
-}
-
 /// Retention that removes every notification of a topic (its newest included) leaves its head
 /// and its count where they were. Checked after a restart, where nothing is cached: offsets
 /// are not reused, and the count's counter has gone up past every count seen before.
@@ -814,7 +809,7 @@ async fn sqlite_retention_that_removes_the_newest_keeps_the_head_and_the_count()
         max_age: Duration::from_millis(50),
         ..retention()
     };
-    let h = sqlite_at(&path, aging);
+    let h = sqlite_on(&path, aging, unsynced(), Hooks::default());
     for _ in 0..3 {
         append(&h, "t", "old").await;
     }
@@ -831,11 +826,15 @@ async fn sqlite_retention_that_removes_the_newest_keeps_the_head_and_the_count()
     assert_eq!(h.store.prune().await.unwrap(), 6);
     drop(h);
 
-    let h = sqlite_at(&path, aging);
+    let h = sqlite_on(&path, aging, unsynced(), Hooks::default());
     assert_eq!(h.store.head("t").await.unwrap().last, 3);
     assert_eq!(h.store.head("@ana").await.unwrap().last, 3);
-    let count = inbox_count_of(&h, "@ana").await;
-    assert_eq!(count.unread, 0, "both unread notifications were removed");
+    let (listed, count) = listed_unread(&h, "@ana").await;
+    assert_eq!(
+        (listed, count.unread),
+        (0, 0),
+        "both unread notifications were removed"
+    );
     assert!(count.seq > newest.seq, "{count:?} after {newest:?}");
     assert_eq!(append(&h, "t", "new").await.notification.offset, 4);
     let next = append(&h, "@ana", "4").await;

@@ -1285,16 +1285,8 @@ async fn concurrent_changes_and_arrivals_keep_the_count_exact(make: Make) {
 async fn sqlite_statements_are_planned_once_whatever_is_bound() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("plans.db");
-    drop(
-        SqliteStore::open(
-            &path,
-            SqliteOptions::default(),
-            retention(),
-            mpsc::channel(1).0,
-            Hooks::default(),
-        )
-        .unwrap(),
-    );
+    // The store's schema, then a connection as the store opens its own.
+    drop(sqlite_on(&path, retention(), unsynced(), Hooks::default()));
     let conn = sqlite::connect(&path).unwrap();
     let mut st = conn
         .prepare(
